@@ -1,0 +1,111 @@
+//! Constructors for decisions and channel verdicts.
+
+use crate::{ChannelVerdict, Decision, Permissions, Verdict};
+
+impl Decision {
+    /// No opinion: the next module in precedence order decides.
+    pub fn no_match() -> Self {
+        Decision {
+            verdict: Verdict::NoMatch,
+            principals: Vec::new(),
+            permissions: Permissions::empty(),
+            reason: String::new(),
+        }
+    }
+
+    /// Allow the connection; the certificate carries `principals` and permits a pty.
+    pub fn allow<I, S>(principals: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Decision {
+            verdict: Verdict::Allow,
+            principals: principals.into_iter().map(Into::into).collect(),
+            permissions: Permissions::PTY,
+            reason: String::new(),
+        }
+    }
+
+    /// Allow the connection under audit ("Audit SSH"); with `command_logging` the
+    /// session's terminal traffic is recorded, sealed to the auditor's key.
+    pub fn audit<I, S>(principals: I, command_logging: bool) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Decision {
+            verdict: Verdict::Audit(command_logging),
+            ..Decision::allow(principals)
+        }
+    }
+
+    /// Block the connection; `reason` is shown to the user and logged.
+    pub fn block(reason: impl Into<String>) -> Self {
+        let reason = reason.into();
+        Decision {
+            verdict: Verdict::Block(reason.clone()),
+            reason,
+            ..Decision::no_match()
+        }
+    }
+
+    /// Sets the human-readable explanation recorded in the session log.
+    #[must_use]
+    pub fn with_reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = reason.into();
+        self
+    }
+
+    /// Replaces the permissions (pty, forwarding...) the certificate grants.
+    #[must_use]
+    pub fn with_permissions(mut self, permissions: Permissions) -> Self {
+        self.permissions = permissions;
+        self
+    }
+
+    /// Whether this decision lets the next module decide.
+    pub fn is_no_match(&self) -> bool {
+        matches!(self.verdict, Verdict::NoMatch)
+    }
+}
+
+impl ChannelVerdict {
+    /// Refuse the channel request with a reason.
+    pub fn deny(reason: impl Into<String>) -> Self {
+        ChannelVerdict::Deny(reason.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_grants_a_pty_and_the_given_principals() {
+        let d = Decision::allow(["jdoe", "deploy"]);
+        assert!(matches!(d.verdict, Verdict::Allow));
+        assert_eq!(d.principals, vec!["jdoe".to_string(), "deploy".to_string()]);
+        assert_eq!(d.permissions, Permissions::PTY);
+    }
+
+    #[test]
+    fn audit_keeps_the_command_logging_choice() {
+        assert!(matches!(
+            Decision::audit(["a"], true).verdict,
+            Verdict::Audit(true)
+        ));
+        assert!(matches!(
+            Decision::audit(["a"], false).verdict,
+            Verdict::Audit(false)
+        ));
+    }
+
+    #[test]
+    fn block_carries_its_reason_and_no_principals() {
+        let d = Decision::block("outside office hours");
+        assert!(matches!(&d.verdict, Verdict::Block(r) if r == "outside office hours"));
+        assert!(d.principals.is_empty());
+        assert_eq!(d.reason, "outside office hours");
+    }
+}

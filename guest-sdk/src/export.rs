@@ -1,0 +1,75 @@
+//! The glue between an author's [`Policy`] and the exports of the world.
+//!
+//! Invariant: `configure` runs once per instance before any other call (the host
+//! guarantees it); a call made before a successful `configure` blocks, failing closed.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::marker::PhantomData;
+
+use serde::de::DeserializeOwned;
+
+use crate::bindings::Guest;
+use crate::{ChannelRequest, ChannelVerdict, ConfigFormat, ConnectionRequest, Decision};
+
+/// A policy: a type built from the module's configuration that decides connections.
+///
+/// Mark the impl with [`#[policy]`](crate::policy) to export it. The type itself is the
+/// configuration: it is deserialized from the operator's `NAME.toml` (or `NAME.json`)
+/// when the module is loaded. Use [`NoConfig`](crate::NoConfig)-like empty structs or
+/// `#[serde(default)]` fields when no file is needed.
+pub trait Policy: DeserializeOwned + 'static {
+    /// Decide a connection. Return [`Decision::no_match`] to let the next module decide.
+    fn decide(&self, request: &ConnectionRequest) -> Decision;
+
+    /// Decide a request made on an allowed connection (a shell, a command, a subsystem
+    /// such as sftp, port forwarding). The default has no opinion.
+    fn check_channel(
+        &self,
+        _request: &ConnectionRequest,
+        _channel: &ChannelRequest,
+    ) -> ChannelVerdict {
+        ChannelVerdict::NoOpinion
+    }
+}
+
+thread_local! {
+    static CONFIGURED: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+}
+
+fn with_policy<P: Policy, R>(f: impl FnOnce(&P) -> R, unconfigured: R) -> R {
+    CONFIGURED.with(
+        |slot| match slot.borrow().as_ref().and_then(|b| b.downcast_ref::<P>()) {
+            Some(policy) => f(policy),
+            None => unconfigured,
+        },
+    )
+}
+
+/// Exports a [`Policy`] as the component's implementation of the world. Written by the
+/// [`#[policy]`](crate::policy) macro; authors do not name it.
+#[derive(Debug)]
+pub struct Export<P>(PhantomData<P>);
+
+impl<P: Policy> Guest for Export<P> {
+    fn configure(format: ConfigFormat, text: String) -> Result<(), String> {
+        crate::log::install_panic_hook();
+        let policy: P = crate::config::parse(format, &text)?;
+        CONFIGURED.with(|slot| *slot.borrow_mut() = Some(Box::new(policy)));
+        Ok(())
+    }
+
+    fn decide(request: ConnectionRequest) -> Decision {
+        with_policy::<P, _>(
+            |p| p.decide(&request),
+            Decision::block("policy module was called before it was configured"),
+        )
+    }
+
+    fn check_channel(request: ConnectionRequest, channel: ChannelRequest) -> ChannelVerdict {
+        with_policy::<P, _>(
+            |p| p.check_channel(&request, &channel),
+            ChannelVerdict::Deny("policy module was called before it was configured".into()),
+        )
+    }
+}

@@ -1,0 +1,164 @@
+//! Helpers about who is connecting.
+
+use std::net::IpAddr;
+
+use crate::{ConnectionRequest, Endpoint, Identity, Target};
+
+/// The local part of an email address: `jdoe` for `jdoe@example.com`. An address
+/// without `@` is returned whole. A `+tag` suffix is kept (`jdoe+ops` stays distinct).
+pub fn local_part(email: &str) -> &str {
+    match email.rsplit_once('@') {
+        Some((local, _domain)) => local,
+        None => email,
+    }
+}
+
+/// The domain of an email address, lower-cased comparison is left to the caller.
+pub fn domain(email: &str) -> Option<&str> {
+    email.rsplit_once('@').map(|(_, d)| d)
+}
+
+/// An email pattern: an exact address or a glob (`*@example.com`, `*`),
+/// case-insensitive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailPattern(String);
+
+impl EmailPattern {
+    /// Whether `email` matches.
+    pub fn matches(&self, email: &str) -> bool {
+        crate::net::glob(self.0.as_bytes(), email.to_ascii_lowercase().as_bytes())
+    }
+}
+
+impl std::str::FromStr for EmailPattern {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let p = s.trim();
+        if p.is_empty() || p.chars().any(char::is_whitespace) {
+            return Err(format!("`{s}` is not an email address or pattern"));
+        }
+        Ok(EmailPattern(p.to_ascii_lowercase()))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for EmailPattern {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Identity {
+    /// The local part of the user's email: the default Unix login.
+    pub fn local_part(&self) -> &str {
+        local_part(&self.email)
+    }
+
+    /// Whether the user's email equals `email`, ignoring ASCII case.
+    pub fn is(&self, email: &str) -> bool {
+        self.email.eq_ignore_ascii_case(email)
+    }
+
+    /// Whether the user belongs to `group` (exact, case-sensitive as the identity
+    /// source spells it).
+    pub fn in_group(&self, group: &str) -> bool {
+        self.groups.iter().any(|g| g == group)
+    }
+
+    /// Whether the user belongs to at least one of `groups`. An empty list matches
+    /// nobody; callers that mean "no group condition" should test for emptiness first.
+    pub fn in_any_group<S: AsRef<str>>(&self, groups: &[S]) -> bool {
+        groups.iter().any(|g| self.in_group(g.as_ref()))
+    }
+}
+
+impl Endpoint {
+    /// The address, parsed. IPv4-mapped IPv6 addresses are returned as IPv4.
+    pub fn ip_addr(&self) -> Option<IpAddr> {
+        crate::net::parse_ip(&self.ip)
+    }
+}
+
+impl Target {
+    /// The resolved address of the target, parsed; or the host itself when the user
+    /// typed an address.
+    pub fn ip_addr(&self) -> Option<IpAddr> {
+        self.ip
+            .as_deref()
+            .and_then(crate::net::parse_ip)
+            .or_else(|| crate::net::parse_ip(&self.host))
+    }
+}
+
+impl ConnectionRequest {
+    /// The source address of the client, parsed.
+    pub fn source_ip(&self) -> Option<IpAddr> {
+        self.source.ip_addr()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Authentication;
+
+    fn id(email: &str, groups: &[&str]) -> Identity {
+        Identity {
+            email: email.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            authentication: Authentication::PublicKey("SHA256:x".into()),
+        }
+    }
+
+    #[test]
+    fn local_part_is_what_comes_before_the_last_at() {
+        assert_eq!(local_part("jdoe@example.com"), "jdoe");
+        assert_eq!(local_part("first.last+ops@example.com"), "first.last+ops");
+        assert_eq!(local_part("\"odd@local\"@example.com"), "\"odd@local\"");
+        assert_eq!(local_part("nobody"), "nobody");
+        assert_eq!(domain("jdoe@example.com"), Some("example.com"));
+        assert_eq!(domain("nobody"), None);
+    }
+
+    #[test]
+    fn email_patterns_match_exact_addresses_and_globs() {
+        let p: EmailPattern = "JDoe@Example.com".parse().unwrap();
+        assert!(p.matches("jdoe@example.com") && !p.matches("jdoe@example.org"));
+        let p: EmailPattern = "*@example.com".parse().unwrap();
+        assert!(p.matches("a.b+c@EXAMPLE.com") && !p.matches("a@example.com.evil"));
+        assert!("".parse::<EmailPattern>().is_err());
+    }
+
+    #[test]
+    fn group_membership_is_exact() {
+        let i = id("a@b.c", &["sre", "db-admins"]);
+        assert!(i.in_group("sre"));
+        assert!(!i.in_group("SRE"));
+        assert!(i.in_any_group(&["dev", "db-admins"]));
+        assert!(!i.in_any_group::<&str>(&[]));
+        assert!(i.is("A@B.C"));
+    }
+
+    #[test]
+    fn target_address_falls_back_to_a_literal_host() {
+        let t = Target {
+            host: "10.0.0.5".into(),
+            ip: None,
+            port: 22,
+        };
+        assert_eq!(t.ip_addr(), Some("10.0.0.5".parse().unwrap()));
+        let t = Target {
+            host: "db1".into(),
+            ip: None,
+            port: 22,
+        };
+        assert_eq!(t.ip_addr(), None);
+        let t = Target {
+            host: "db1".into(),
+            ip: Some("::ffff:10.1.2.3".into()),
+            port: 22,
+        };
+        assert_eq!(t.ip_addr(), Some("10.1.2.3".parse().unwrap()));
+    }
+}

@@ -1,0 +1,48 @@
+//! The policy plane: WebAssembly policy modules that decide every connection.
+//!
+//! Invariants:
+//! - Modules are evaluated in file-name order; the first answer other than no-match
+//!   wins; when none matches, the connection is blocked.
+//! - Every failure of a module (trap, timeout, memory cap, malformed answer) blocks,
+//!   naming the module; the host keeps serving.
+//! - The loaded set is an immutable snapshot ([`PolicySet`]) swapped atomically; a
+//!   session keeps the snapshot that decided it, for its channel checks as well.
+
+mod bindings;
+mod engine;
+mod limits;
+mod loader;
+mod reload;
+mod types;
+
+pub use engine::{PolicyEngine, PolicySet};
+pub use limits::Limits;
+pub use loader::{LoadError, LoadErrors, ModuleInfo};
+pub use reload::{ReloadHandle, watch};
+pub use types::{
+    Action, Authentication, ChannelDecision, ChannelRequest, DecisionRequest, Evaluation,
+    Permissions,
+};
+
+use std::path::PathBuf;
+
+/// Errors of the policy plane that are not a decision.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The policy directory could not be read.
+    #[error("cannot read policy directory {path}: {source}")]
+    ReadDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// One or more modules (or their configurations) failed to load.
+    #[error("{0}")]
+    Load(#[from] LoadErrors),
+    /// The WebAssembly engine could not be set up.
+    #[error("cannot set up the WebAssembly engine: {0}")]
+    Engine(String),
+    /// The directory watcher could not be started.
+    #[error("cannot watch policy directory {path}: {reason}")]
+    Watch { path: PathBuf, reason: String },
+}

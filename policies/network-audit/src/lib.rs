@@ -1,0 +1,65 @@
+//! Network audit: connections to chosen destinations are allowed under audit
+//! ("Audit SSH"), with or without command logging. Other destinations are left to the
+//! next module (no match).
+//!
+//! ```toml
+//! # 20-network-audit.toml
+//! [[rule]]
+//! destinations = ["10.0.0.0/8", "db-*.prod.internal:22"]  # IPs, CIDRs, ranges, globs, :ports
+//! groups = ["contractors"]        # optional: only users in one of these groups
+//! command_logging = true          # record the session, sealed to the auditor's key
+//! principals = ["deploy"]         # optional: logins allowed; default the email local part
+//! reason = "production network"   # recorded in the session log
+//! ```
+//!
+//! Rules are tried in order; the first that matches decides.
+
+use portcullis_policy::prelude::*;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkAudit {
+    #[serde(default, rename = "rule")]
+    rules: Vec<Rule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rule {
+    destinations: Vec<Destination>,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    command_logging: bool,
+    #[serde(default)]
+    principals: Vec<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+impl Rule {
+    fn matches(&self, request: &ConnectionRequest) -> bool {
+        (self.groups.is_empty() || request.identity.in_any_group(&self.groups))
+            && self.destinations.iter().any(|d| d.matches(&request.target))
+    }
+}
+
+#[policy]
+impl Policy for NetworkAudit {
+    fn decide(&self, request: &ConnectionRequest) -> Decision {
+        let Some(rule) = self.rules.iter().find(|r| r.matches(request)) else {
+            return Decision::no_match();
+        };
+        let principals = if rule.principals.is_empty() {
+            vec![request.identity.local_part().to_string()]
+        } else {
+            rule.principals.clone()
+        };
+        let logging = if rule.command_logging { "with" } else { "without" };
+        let reason = match &rule.reason {
+            Some(r) => format!("audit {logging} command logging: {r}"),
+            None => format!("audit {logging} command logging"),
+        };
+        Decision::audit(principals, rule.command_logging).with_reason(reason)
+    }
+}

@@ -1,0 +1,87 @@
+//! Username mapping: which Unix logins a user may use on targets, covering the four
+//! cases operators know from sshd's `AuthorizedPrincipalsFile` recipes.
+//!
+//! ```toml
+//! # 30-username-map.toml
+//! # 1. One email to a different username: jdoe@example.com logs in as johndoe.
+//! [[map]]
+//! emails = ["jdoe@example.com"]
+//! logins = ["johndoe"]
+//!
+//! # 2. Several emails to one shared account.
+//! [[map]]
+//! emails = ["alice@example.com", "bob@example.com"]
+//! logins = ["vmuser"]
+//!
+//! # 3. Any user to one account (emails may be globs: "*", "*@example.com").
+//! [[map]]
+//! emails = ["*@example.com"]
+//! logins = ["vmuser"]
+//!
+//! # 4. Any user to any account: "*" in logins grants the login the user asks for.
+//! [[map]]
+//! groups = ["admins"]
+//! logins = ["*"]
+//! ```
+//!
+//! An entry matches a user by email (`emails`, exact or glob, case-insensitive) or by
+//! group (`groups`); at least one of the two is required. The logins of every matching
+//! entry are granted together. `keep_own_login = true` (default false) also grants the
+//! email local part to mapped users. Users that no entry matches are left to the next
+//! module.
+
+use portcullis_policy::prelude::*;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsernameMap {
+    #[serde(default, rename = "map")]
+    maps: Vec<Map>,
+    #[serde(default)]
+    keep_own_login: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Map {
+    #[serde(default)]
+    emails: Vec<EmailPattern>,
+    #[serde(default)]
+    groups: Vec<String>,
+    logins: Vec<String>,
+}
+
+impl Map {
+    fn matches(&self, identity: &Identity) -> bool {
+        self.emails.iter().any(|p| p.matches(&identity.email)) || identity.in_any_group(&self.groups)
+    }
+}
+
+#[policy]
+impl Policy for UsernameMap {
+    fn decide(&self, request: &ConnectionRequest) -> Decision {
+        let identity = &request.identity;
+        let mut logins: Vec<String> = Vec::new();
+        let mut grant = |login: &str| {
+            if !logins.iter().any(|l| l == login) {
+                logins.push(login.to_string());
+            }
+        };
+        let mut matched = false;
+        for map in self.maps.iter().filter(|m| m.matches(identity)) {
+            matched = true;
+            for login in &map.logins {
+                // "*" grants whatever login the user asked for.
+                grant(if login == "*" { &request.login } else { login });
+            }
+        }
+        if !matched {
+            return Decision::no_match();
+        }
+        if self.keep_own_login {
+            grant(identity.local_part());
+        }
+        let reason = format!("username map: {} may log in as {}", identity.email, logins.join(", "));
+        Decision::allow(logins).with_reason(reason)
+    }
+}
