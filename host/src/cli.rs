@@ -23,9 +23,62 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the proxy.
+    Serve {
+        /// The configuration file.
+        #[arg(long, short, default_value = "portcullis.toml")]
+        config: PathBuf,
+    },
+    /// Manage the gateway CA.
+    Ca {
+        /// The configuration file (its `[ca] dir` holds the CA).
+        #[arg(long, short, global = true, default_value = "portcullis.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Show recent sessions from the session log.
+    Sessions {
+        #[arg(long, short, default_value = "portcullis.toml")]
+        config: PathBuf,
+        /// Only sessions of users whose email contains this.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only sessions to targets whose host contains this (or with this address).
+        #[arg(long)]
+        target: Option<String>,
+        /// Only sessions started within this long ago, e.g. 2h, 7d.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// At most this many sessions (the most recent).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
     /// Work with policy modules.
     #[command(subcommand)]
     Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Create the gateway user CA and host CA (fails if a CA exists).
+    Init {
+        #[arg(long, value_enum, default_value = "ecdsa")]
+        key_type: crate::ca::KeyKind,
+    },
+    /// Print the user CA public keys for the targets' TrustedUserCAKeys file.
+    Show {
+        /// Print the @cert-authority line for users' known_hosts instead.
+        #[arg(long)]
+        known_hosts: bool,
+    },
+    /// Add a new user CA key that signs from now on; old keys stay trusted.
+    Rotate {
+        #[arg(long, value_enum, default_value = "ecdsa")]
+        key_type: crate::ca::KeyKind,
+    },
+    /// Remove every user CA key but the newest (after targets trust the new one).
+    Retire,
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,6 +138,15 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
+        Command::Serve { config } => serve(&config),
+        Command::Ca { config, command } => ca(&config, command),
+        Command::Sessions {
+            config,
+            user,
+            target,
+            since,
+            limit,
+        } => sessions(&config, user.as_deref(), target.as_deref(), since, limit),
         Command::Policy(PolicyCommand::Check { dir, json }) => policy_check(dir, json),
         Command::Policy(PolicyCommand::Eval(args)) => policy_eval(*args),
     };
@@ -95,6 +157,86 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn serve(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let config = crate::config::Config::load(path)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let shutdown = async {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!("cannot handle SIGTERM: {e}");
+                        return std::future::pending().await;
+                    }
+                };
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+            }
+        };
+        crate::run(config, shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sessions(
+    path: &std::path::Path,
+    user: Option<&str>,
+    target: Option<&str>,
+    since: Option<std::time::Duration>,
+    limit: usize,
+) -> anyhow::Result<ExitCode> {
+    let config = crate::config::Config::load(path)?;
+    let since = since.map(|d| SystemTime::now() - d);
+    crate::recording::print_sessions(&config.session_log, user, target, since, limit)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config.session_log.display()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ca(path: &std::path::Path, command: CaCommand) -> anyhow::Result<ExitCode> {
+    let config = crate::config::Config::load(path)?;
+    let dir = &config.ca_dir;
+    let print_user = |ca: &crate::ca::Ca| {
+        for line in ca.user_ca_lines() {
+            println!("{line}");
+        }
+    };
+    match command {
+        CaCommand::Init { key_type } => {
+            let ca = crate::ca::init(dir, key_type)?;
+            eprintln!(
+                "created the gateway CA in {}; targets trust it with TrustedUserCAKeys:",
+                dir.display()
+            );
+            print_user(&ca);
+        }
+        CaCommand::Show { known_hosts } => {
+            let ca = crate::ca::Ca::open(dir)?;
+            if known_hosts {
+                println!("{}", ca.known_hosts_line());
+            } else {
+                print_user(&ca);
+            }
+        }
+        CaCommand::Rotate { key_type } => {
+            let ca = crate::ca::rotate(dir, key_type)?;
+            eprintln!("added a user CA key; it signs from now on. Targets should trust all of:");
+            print_user(&ca);
+        }
+        CaCommand::Retire => {
+            for key in crate::ca::retire_old(dir)? {
+                eprintln!(
+                    "retired {}",
+                    key.fingerprint(russh::keys::ssh_key::HashAlg::Sha256)
+                );
+            }
+            print_user(&crate::ca::Ca::open(dir)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init_logging() {

@@ -1,8 +1,149 @@
 //! Portcullis: a self-hosted SSH access proxy. Users connect with any OpenSSH client;
-//! WebAssembly policy modules decide whether, and as whom, they reach the target.
+//! WebAssembly policy modules decide whether, and as whom, they reach the target;
+//! Portcullis logs in with a short-lived certificate from its own CA and records the
+//! session.
 //!
-//! The crate is the `portcullis` binary's library, so tests and embedders can drive
-//! every part of it in-process.
+//! The crate is the `portcullis` binary's library, so tests and embedders can run the
+//! proxy in-process with [`run`].
 
+pub mod ca;
 pub mod cli;
+pub mod config;
+pub mod identity;
 pub mod policy;
+pub mod recording;
+pub mod server;
+pub mod upstream;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use config::Config;
+
+/// Errors that stop the proxy from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Ca(#[from] ca::CaError),
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyError),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs the proxy until `shutdown` completes, then stops accepting and waits up to the
+/// configured grace period for sessions to end.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let ca = ca::Ca::open(&config.ca_dir)?;
+    let host_key = ca::load_or_create_host_key(&config.host_key)?;
+    let users = identity::UsersFile::load(&config.users_file)?;
+    let policy = Arc::new(policy::PolicyEngine::new(
+        &config.policy_dir,
+        config.policy_limits,
+    )?);
+    let reload = policy::watch(Arc::clone(&policy), config.reload_debounce)?;
+    let session_log =
+        recording::SessionLog::open(&config.session_log).map_err(|source| Error::Io {
+            what: "cannot open the session log",
+            path: config.session_log.display().to_string(),
+            source,
+        })?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Io {
+            what: "cannot listen on",
+            path: config.listen.to_string(),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| Error::Io {
+        what: "cannot listen on",
+        path: config.listen.to_string(),
+        source,
+    })?;
+    tracing::info!(
+        listen = %local,
+        users = users.key_count(),
+        policies = ?policy.current().names(),
+        "portcullis is serving"
+    );
+    let grace = config.shutdown_grace;
+    let users_file = config.users_file.clone();
+    let shared = Arc::new(server::Shared::new(
+        config,
+        ca,
+        host_key,
+        Box::new(users),
+        Arc::clone(&policy),
+        session_log,
+    ));
+    let server_config = shared.server_config();
+    let mut sessions = tokio::task::JoinSet::new();
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|source| Error::Io {
+            what: "cannot handle",
+            path: "SIGHUP".into(),
+            source,
+        })?;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = hangups.recv() => {
+                tracing::info!("SIGHUP: reloading policies and users");
+                reload.trigger();
+                match identity::UsersFile::load(&users_file) {
+                    Ok(users) => shared.identities.store(Arc::new(Box::new(users))),
+                    Err(e) => tracing::error!("users file not reloaded; the previous one stays in force: {e}"),
+                }
+            }
+            accepted = listener.accept() => {
+                let (socket, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!("accept failed: {e}");
+                        continue;
+                    }
+                };
+                let _ = socket.set_nodelay(true);
+                let handler = server::ConnHandler::new(Arc::clone(&shared), peer, None);
+                let config = Arc::clone(&server_config);
+                sessions.spawn(async move {
+                    match russh::server::run_stream(config, socket, handler).await {
+                        Ok(session) => {
+                            if let Err(e) = session.await {
+                                tracing::debug!(%peer, "connection ended: {e}");
+                            }
+                        }
+                        Err(e) => tracing::debug!(%peer, "handshake failed: {e}"),
+                    }
+                });
+            }
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+        }
+    }
+    tracing::info!(
+        open = sessions.len(),
+        "shutting down; draining sessions for up to {grace:?}"
+    );
+    let drained = tokio::time::timeout(grace, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = sessions.len(),
+            "grace period over; closing remaining sessions"
+        );
+        sessions.shutdown().await;
+    }
+    Ok(())
+}

@@ -1,0 +1,343 @@
+//! The configuration file (`portcullis.toml`): serde types with one `Default`, and
+//! `validate()` into the checked [`Config`] that everything after start-up uses.
+//!
+//! Unknown keys are errors naming the key. Relative paths are relative to the
+//! directory of the configuration file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::policy::Limits;
+
+/// Errors of loading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: `{key}` {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    server: RawServer,
+    ca: RawCa,
+    identity: RawIdentity,
+    policy: RawPolicy,
+    upstream: RawUpstream,
+    session_log: RawSessionLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    listen: String,
+    host_key: PathBuf,
+    #[serde(with = "humantime_serde")]
+    auth_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    shutdown_grace: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCa {
+    dir: PathBuf,
+    #[serde(with = "humantime_serde")]
+    cert_validity: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawIdentity {
+    users_file: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPolicy {
+    dir: PathBuf,
+    #[serde(with = "humantime_serde")]
+    timeout: Duration,
+    memory_limit_mib: u64,
+    idle_instances: usize,
+    #[serde(with = "humantime_serde")]
+    reload_debounce: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawUpstream {
+    host_key_check: String,
+    known_hosts: PathBuf,
+    #[serde(with = "humantime_serde")]
+    connect_timeout: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSessionLog {
+    path: PathBuf,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        RawConfig {
+            server: RawServer {
+                listen: "0.0.0.0:2222".into(),
+                host_key: "host_key".into(),
+                auth_timeout: Duration::from_secs(60),
+                shutdown_grace: Duration::from_secs(30),
+            },
+            ca: RawCa {
+                dir: "ca".into(),
+                cert_validity: Duration::from_secs(300),
+            },
+            identity: RawIdentity {
+                users_file: "users.toml".into(),
+            },
+            policy: RawPolicy {
+                dir: "policies".into(),
+                timeout: Limits::default().timeout,
+                memory_limit_mib: Limits::default().memory_bytes >> 20,
+                idle_instances: Limits::default().idle_instances,
+                reload_debounce: Duration::from_millis(250),
+            },
+            upstream: RawUpstream {
+                host_key_check: "tofu".into(),
+                known_hosts: "known_targets".into(),
+                connect_timeout: Duration::from_secs(10),
+            },
+            session_log: RawSessionLog {
+                path: "sessions.jsonl".into(),
+            },
+        }
+    }
+}
+
+// Each section's default is its part of the one `RawConfig::default()`, so that a
+// section left out, or a key left out of a section, gets the same value.
+macro_rules! section_defaults {
+    ($($ty:ident => $field:ident),*) => {$(
+        impl Default for $ty {
+            fn default() -> Self {
+                RawConfig::default().$field
+            }
+        }
+    )*};
+}
+
+section_defaults!(
+    RawServer => server,
+    RawCa => ca,
+    RawIdentity => identity,
+    RawPolicy => policy,
+    RawUpstream => upstream,
+    RawSessionLog => session_log
+);
+
+/// How target host keys are verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKeyCheck {
+    /// Trust on first use: a target's key is pinned the first time; a change is refused.
+    Tofu,
+    /// Only keys already in the known-hosts file are accepted.
+    Strict,
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was loaded from (or `None` for defaults in tests).
+    pub source: Option<PathBuf>,
+    pub listen: SocketAddr,
+    /// The proxy's own SSH host key (created on first start).
+    pub host_key: PathBuf,
+    pub auth_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub ca_dir: PathBuf,
+    pub cert_validity: Duration,
+    pub users_file: PathBuf,
+    pub policy_dir: PathBuf,
+    pub policy_limits: Limits,
+    pub reload_debounce: Duration,
+    pub host_key_check: HostKeyCheck,
+    pub known_hosts: PathBuf,
+    pub connect_timeout: Duration,
+    pub session_log: PathBuf,
+}
+
+impl Config {
+    /// Loads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `path` names it in errors and anchors
+    /// relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim().replace('\n', "\n  "),
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        raw.validate(&base, path)
+    }
+}
+
+impl RawConfig {
+    fn validate(self, base: &Path, path: &Path) -> Result<Config, ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            message,
+        };
+        let abs = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        let listen = self.server.listen.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                "server.listen",
+                format!(
+                    "must be an address and port such as \"0.0.0.0:2222\", not {:?}",
+                    self.server.listen
+                ),
+            )
+        })?;
+        let p = &self.policy;
+        if p.timeout < Duration::from_millis(1) || p.timeout > Duration::from_secs(10) {
+            return Err(invalid(
+                "policy.timeout",
+                "must be between 1ms and 10s".into(),
+            ));
+        }
+        if !(1..=4096).contains(&p.memory_limit_mib) {
+            return Err(invalid(
+                "policy.memory_limit_mib",
+                "must be between 1 and 4096".into(),
+            ));
+        }
+        let cert_validity = self.ca.cert_validity;
+        if cert_validity < Duration::from_secs(30) || cert_validity > Duration::from_secs(24 * 3600)
+        {
+            return Err(invalid(
+                "ca.cert_validity",
+                "must be between 30s and 24h".into(),
+            ));
+        }
+        let host_key_check = match self.upstream.host_key_check.as_str() {
+            "tofu" => HostKeyCheck::Tofu,
+            "strict" => HostKeyCheck::Strict,
+            other => {
+                return Err(invalid(
+                    "upstream.host_key_check",
+                    format!(
+                        "must be \"tofu\" or \"strict\", not {other:?} (host keys are always checked)"
+                    ),
+                ));
+            }
+        };
+        Ok(Config {
+            source: Some(path.to_path_buf()),
+            listen,
+            host_key: abs(&self.server.host_key),
+            auth_timeout: self.server.auth_timeout,
+            shutdown_grace: self.server.shutdown_grace,
+            ca_dir: abs(&self.ca.dir),
+            cert_validity,
+            users_file: abs(&self.identity.users_file),
+            policy_dir: abs(&p.dir),
+            policy_limits: Limits {
+                timeout: p.timeout,
+                memory_bytes: p.memory_limit_mib << 20,
+                idle_instances: p.idle_instances,
+            },
+            reload_debounce: p.reload_debounce,
+            host_key_check,
+            known_hosts: abs(&self.upstream.known_hosts),
+            connect_timeout: self.upstream.connect_timeout,
+            session_log: abs(&self.session_log.path),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/portcullis/portcullis.toml"))
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_defaults_relative_to_the_file() {
+        let c = parse("").unwrap();
+        assert_eq!(c.listen, "0.0.0.0:2222".parse().unwrap());
+        assert_eq!(c.policy_dir, Path::new("/etc/portcullis/policies"));
+        assert_eq!(c.host_key_check, HostKeyCheck::Tofu);
+        assert_eq!(c.cert_validity, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn a_misspelt_key_is_an_error_naming_it() {
+        let err = parse("[policy]\ntimout = \"1s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("timout") && err.contains("portcullis.toml"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn human_durations_parse_and_bounds_are_checked() {
+        let c = parse("[policy]\ntimeout = \"250ms\"\n[ca]\ncert_validity = \"2m\"\n").unwrap();
+        assert_eq!(c.policy_limits.timeout, Duration::from_millis(250));
+        assert_eq!(c.cert_validity, Duration::from_secs(120));
+        let err = parse("[policy]\ntimeout = \"1m\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`policy.timeout`"), "{err}");
+    }
+
+    #[test]
+    fn host_key_checking_cannot_be_turned_off() {
+        let err = parse("[upstream]\nhost_key_check = \"none\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("always checked"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_listen_address_is_explained() {
+        let err = parse("[server]\nlisten = \"2222\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`server.listen`") && err.contains("0.0.0.0:2222"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,490 @@
+//! The russh server `Handler`: one per client connection (and one per inner
+//! connection of a ProxyJump). Callbacks stay thin: they copy what they need and hand
+//! the work to the session's state and to per-channel tasks.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use russh::keys::ssh_key::Certificate;
+use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId};
+
+use super::Shared;
+use super::target::parse_user;
+use crate::identity::Identity;
+use crate::policy::{Action, ChannelRequest, DecisionRequest, Evaluation, PolicySet};
+use crate::recording::{ChannelRecord, SessionRecord, timestamp as session_log_timestamp};
+use crate::upstream::{self, ChannelContext, Login, Target};
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A decided session: who, where, and what the policies said.
+struct Decided {
+    identity: Identity,
+    host: String,
+    port: u16,
+    addr: Option<SocketAddr>,
+    request: Arc<DecisionRequest>,
+    policy: Arc<PolicySet>,
+    decision: Arc<Evaluation>,
+    /// Why the session cannot go ahead, in words for the user; `None` if it can.
+    refusal: Option<String>,
+    target: Arc<tokio::sync::Mutex<Option<Arc<Target>>>>,
+    bytes_from_client: Arc<AtomicU64>,
+    bytes_to_client: Arc<AtomicU64>,
+    channels: Arc<Mutex<Vec<ChannelRecord>>>,
+    close_reason: Arc<Mutex<String>>,
+}
+
+/// One client connection.
+pub(crate) struct ConnHandler {
+    shared: Arc<Shared>,
+    id: String,
+    peer: SocketAddr,
+    via: &'static str,
+    /// The target of an inner ProxyJump connection.
+    forced_target: Option<(String, u16)>,
+    start: SystemTime,
+    user: Option<(Identity, String)>,
+    decided: Option<Decided>,
+    /// A refusal found before the decision (a malformed user name).
+    early_refusal: Option<String>,
+}
+
+impl ConnHandler {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        peer: SocketAddr,
+        forced_target: Option<(String, u16)>,
+    ) -> Self {
+        let id = format!("{:016x}", rand::random::<u64>());
+        let via = if forced_target.is_some() {
+            "proxyjump"
+        } else {
+            "username"
+        };
+        ConnHandler {
+            shared,
+            id,
+            peer,
+            via,
+            forced_target,
+            start: SystemTime::now(),
+            user: None,
+            decided: None,
+            early_refusal: None,
+        }
+    }
+
+    fn identify(&self, key: &russh::keys::ssh_key::PublicKey) -> Option<Identity> {
+        self.shared.identities.load().identify(key)
+    }
+
+    /// Decides the session once authentication succeeded.
+    async fn decide(&mut self, client_version: String) {
+        let Some((identity, user)) = self.user.clone() else {
+            return;
+        };
+        let (login, target) = match &self.forced_target {
+            Some(t) => (user.clone(), Some(t.clone())),
+            None => match parse_user(&user) {
+                Ok(u) => (u.login, u.target),
+                Err(e) => {
+                    self.early_refusal = Some(format!("bad user name: {e}"));
+                    return;
+                }
+            },
+        };
+        let Some((host, port)) = target else {
+            // An outer ProxyJump connection: it only carries direct-tcpip channels.
+            return;
+        };
+        let addr = resolve(&host, port).await;
+        let request = Arc::new(DecisionRequest {
+            session_id: self.id.clone(),
+            email: identity.email.clone(),
+            groups: identity.groups.clone(),
+            authentication: identity.authentication.clone(),
+            source: self.peer,
+            target_host: host.clone(),
+            target_ip: addr.map(|a| a.ip()),
+            target_port: port,
+            login: login.clone(),
+            now: SystemTime::now(),
+            client_version,
+        });
+        let policy = self.shared.policy.current();
+        let decision = {
+            let (policy, request) = (Arc::clone(&policy), Arc::clone(&request));
+            tokio::task::spawn_blocking(move || policy.decide(&request))
+                .await
+                .unwrap_or_else(|e| {
+                    Evaluation::blocked(None, format!("policy evaluation failed: {e}"))
+                })
+        };
+        let by = decision.module.as_deref().unwrap_or("no policy");
+        let refusal = if !decision.is_allowed() {
+            Some(format!(
+                "access to {host}:{port} as {login} blocked by {by}: {}",
+                decision.reason
+            ))
+        } else if !decision.permits_login(&login) {
+            Some(format!(
+                "login {login:?} is not permitted on {host}:{port} ({by} allows: {})",
+                decision.principals.join(", ")
+            ))
+        } else if addr.is_none() {
+            Some(format!("cannot resolve {host}"))
+        } else {
+            None
+        };
+        tracing::info!(
+            session_id = %self.id, user = %identity.email, target = %format!("{host}:{port}"), %login,
+            module = ?decision.module, action = ?decision.action, reason = %decision.reason,
+            allowed = refusal.is_none(), "session decided"
+        );
+        self.decided = Some(Decided {
+            identity,
+            host,
+            port,
+            addr,
+            request,
+            policy,
+            decision: Arc::new(decision),
+            refusal,
+            target: Arc::new(tokio::sync::Mutex::new(None)),
+            bytes_from_client: Arc::new(AtomicU64::new(0)),
+            bytes_to_client: Arc::new(AtomicU64::new(0)),
+            channels: Arc::new(Mutex::new(Vec::new())),
+            close_reason: Arc::new(Mutex::new(String::new())),
+        });
+    }
+
+    fn upstream_login(&self, d: &Decided, addr: SocketAddr) -> Result<Login, String> {
+        let key = crate::ca::generate(crate::ca::KeyKind::Ed25519, "portcullis-session")
+            .map_err(|e| e.to_string())?;
+        let key_id = format!("portcullis:{}:{}", d.identity.email, self.id);
+        let certificate = self
+            .shared
+            .ca
+            .issue_user_cert(
+                key.public_key(),
+                std::slice::from_ref(&d.request.login),
+                &key_id,
+                self.shared.config.cert_validity,
+                &d.decision.permissions,
+            )
+            .map_err(|e| e.to_string())?;
+        Ok(Login {
+            host: d.host.clone(),
+            addr,
+            login: d.request.login.clone(),
+            key: Arc::new(key),
+            certificate,
+        })
+    }
+}
+
+async fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, port));
+    }
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await.ok()?.collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+}
+
+/// Tells the user why, on stderr, and ends the channel with exit status 1.
+async fn refuse_channel(handle: russh::server::Handle, id: ChannelId, message: String) {
+    let text = format!("portcullis: {message}\r\n");
+    let _ = handle.extended_data(id, 1, text.into_bytes()).await;
+    let _ = handle.exit_status_request(id, 1).await;
+    let _ = handle.eof(id).await;
+    let _ = handle.close(id).await;
+}
+
+impl russh::server::Handler for ConnHandler {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(match self.identify(offer.public_key) {
+            Some(_) => Auth::Accept,
+            None => Auth::reject(),
+        })
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        match self.identify(key.public_key) {
+            Some(identity) => {
+                self.user = Some((identity, user.to_string()));
+                Ok(Auth::Accept)
+            }
+            None => {
+                tracing::warn!(peer = %self.peer, %user, "unknown key refused");
+                Ok(Auth::reject())
+            }
+        }
+    }
+
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        let version = String::from_utf8_lossy(session.remote_sshid()).into_owned();
+        self.decide(version).await;
+        Ok(())
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let handle = session.handle();
+        let id = channel.id();
+        reply.accept().await;
+        let refusal = match &self.decided {
+            None => Some(self.early_refusal.clone().unwrap_or_else(|| {
+                format!(
+                    "no target given: use `ssh -J USER@PROXY LOGIN@HOST` or `ssh 'LOGIN{}HOST@PROXY'`",
+                    super::target::SEPARATOR
+                )
+            })),
+            Some(d) => d.refusal.clone(),
+        };
+        if let Some(message) = refusal {
+            if let Some(d) = &self.decided {
+                *lock(&d.close_reason) = message.clone();
+            }
+            tokio::spawn(refuse_channel(handle, id, message));
+            return Ok(());
+        }
+        let Some(d) = &self.decided else {
+            return Ok(());
+        };
+        let Some(addr) = d.addr else { return Ok(()) };
+        let login = match self.upstream_login(d, addr) {
+            Ok(l) => l,
+            Err(e) => {
+                tokio::spawn(refuse_channel(
+                    handle,
+                    id,
+                    format!("cannot issue a certificate: {e}"),
+                ));
+                return Ok(());
+            }
+        };
+        let ctx = ChannelContext {
+            policy: Arc::clone(&d.policy),
+            request: Arc::clone(&d.request),
+            decision: Arc::clone(&d.decision),
+            bytes_from_client: Arc::clone(&d.bytes_from_client),
+            bytes_to_client: Arc::clone(&d.bytes_to_client),
+            channels: Arc::clone(&d.channels),
+        };
+        let target_slot = Arc::clone(&d.target);
+        let close_reason = Arc::clone(&d.close_reason);
+        let host_keys = self.shared.host_key_policy.clone();
+        tokio::spawn(async move {
+            let target = {
+                let mut slot = target_slot.lock().await;
+                match slot.as_ref() {
+                    Some(t) => Ok(Arc::clone(t)),
+                    None => match upstream::connect(&login, &host_keys).await {
+                        Ok(t) => {
+                            let t = Arc::new(t);
+                            *slot = Some(Arc::clone(&t));
+                            Ok(t)
+                        }
+                        Err(e) => Err(e),
+                    },
+                }
+            };
+            let channel_on_target = match target {
+                Ok(t) => t
+                    .channel_open_session()
+                    .await
+                    .map_err(|e| format!("the target refused a session channel: {e}")),
+                Err(e) => Err(e),
+            };
+            match channel_on_target {
+                Ok(tc) => upstream::bridge_session(channel, handle, tc, ctx).await,
+                Err(message) => {
+                    *lock(&close_reason) = message.clone();
+                    refuse_channel(handle, id, message).await;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Ok(port) = u16::try_from(port_to_connect) else {
+            reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+            return Ok(());
+        };
+        if let Some(d) = &self.decided {
+            // Port forwarding on a decided session: to the target's side, if allowed.
+            let request = ChannelRequest::DirectTcpip {
+                host: host_to_connect.to_string(),
+                port,
+            };
+            let verdict = d.policy.check_channel(&d.request, &d.decision, &request);
+            lock(&d.channels).push(ChannelRecord {
+                kind: "direct-tcpip".into(),
+                allowed: verdict.allowed,
+                denied_reason: (!verdict.allowed).then(|| verdict.reason.clone()),
+                ..Default::default()
+            });
+            let target = d.target.lock().await.clone();
+            match (verdict.allowed, target) {
+                (true, Some(t)) => {
+                    let host = host_to_connect.to_string();
+                    match t
+                        .channel_open_direct_tcpip(host, u32::from(port), "127.0.0.1", 0)
+                        .await
+                    {
+                        Ok(tc) => {
+                            reply.accept().await;
+                            tokio::spawn(async move {
+                                let mut a = channel.into_stream();
+                                let mut b = tc.into_stream();
+                                let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                            });
+                        }
+                        Err(_) => reply.reject(russh::ChannelOpenFailure::ConnectFailed).await,
+                    }
+                }
+                _ => {
+                    reply
+                        .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                        .await
+                }
+            }
+            return Ok(());
+        }
+        if self.forced_target.is_some() || self.user.is_none() {
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
+        // ProxyJump: terminate the inner SSH connection here, presenting a host
+        // certificate for the requested host.
+        let host = host_to_connect.to_string();
+        let config = match self.shared.inner_server_config(&host) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("cannot issue a host certificate for {host}: {e}");
+                reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+                return Ok(());
+            }
+        };
+        reply.accept().await;
+        let inner = ConnHandler::new(Arc::clone(&self.shared), self.peer, Some((host, port)));
+        let stream = channel.into_stream();
+        tokio::spawn(async move {
+            match russh::server::run_stream(config, stream, inner).await {
+                Ok(running) => {
+                    let _ = running.await;
+                }
+                Err(e) => tracing::debug!("inner ProxyJump connection ended: {e}"),
+            }
+        });
+        Ok(())
+    }
+}
+
+impl Drop for ConnHandler {
+    fn drop(&mut self) {
+        let Some(d) = &self.decided else { return };
+        let end = SystemTime::now();
+        let refused = d.refusal.is_some() || !lock(&d.close_reason).is_empty();
+        let action = match (&d.decision.action, refused) {
+            (Action::Block, _) => "block",
+            (_, true) => "refused",
+            (Action::Allow, false) => "allow",
+            (Action::Audit, false) => "audit",
+        };
+        let close_reason = {
+            let r = lock(&d.close_reason).clone();
+            if r.is_empty() {
+                "connection closed".to_string()
+            } else {
+                r
+            }
+        };
+        let record = SessionRecord {
+            id: self.id.clone(),
+            email: d.identity.email.clone(),
+            groups: d.identity.groups.clone(),
+            source: self.peer.to_string(),
+            via: self.via.to_string(),
+            target_host: d.host.clone(),
+            target_ip: d.addr.map(|a| a.ip().to_string()),
+            target_port: d.port,
+            login: d.request.login.clone(),
+            policy: d.decision.module.clone(),
+            action: action.to_string(),
+            command_logging: d.decision.command_logging,
+            reason: d.decision.reason.clone(),
+            start: session_log_timestamp(self.start),
+            end: session_log_timestamp(end),
+            duration_ms: end
+                .duration_since(self.start)
+                .unwrap_or_default()
+                .as_millis() as u64,
+            bytes_from_client: d.bytes_from_client.load(Ordering::Relaxed),
+            bytes_to_client: d.bytes_to_client.load(Ordering::Relaxed),
+            channels: lock(&d.channels).clone(),
+            close_reason,
+        };
+        self.shared.session_log.append(&record);
+    }
+}
+
+/// Host certificates for ProxyJump targets, cached per host name.
+#[derive(Debug, Default)]
+pub(crate) struct HostCertCache(Mutex<HashMap<String, (Certificate, SystemTime)>>);
+
+impl HostCertCache {
+    pub(crate) fn get_or_issue(
+        &self,
+        host: &str,
+        issue: impl FnOnce() -> Result<Certificate, crate::ca::CaError>,
+    ) -> Result<Certificate, crate::ca::CaError> {
+        const LIFETIME: Duration = Duration::from_secs(12 * 3600);
+        let mut map = lock(&self.0);
+        if let Some((cert, issued)) = map.get(host)
+            && issued.elapsed().unwrap_or(LIFETIME) < LIFETIME
+        {
+            return Ok(cert.clone());
+        }
+        let cert = issue()?;
+        map.insert(host.to_string(), (cert.clone(), SystemTime::now()));
+        Ok(cert)
+    }
+}

@@ -1,0 +1,104 @@
+//! The client-facing leg: the accept loop, the russh server configuration, and the
+//! state every connection shares.
+
+mod handler;
+pub mod target;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use russh::MethodKind;
+use russh::keys::PrivateKey;
+
+use crate::ca::{Ca, CaError};
+use crate::config::Config;
+use crate::identity::IdentitySource;
+use crate::policy::PolicyEngine;
+use crate::recording::SessionLog;
+use crate::upstream::HostKeyPolicy;
+
+pub(crate) use handler::ConnHandler;
+
+/// What every connection shares. Immutable but for the identity source and the policy
+/// engine's current set, which are swapped atomically on reload.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub ca: Ca,
+    pub host_key: PrivateKey,
+    pub identities: ArcSwap<Box<dyn IdentitySource>>,
+    pub policy: Arc<PolicyEngine>,
+    pub session_log: SessionLog,
+    pub host_key_policy: HostKeyPolicy,
+    host_certs: handler::HostCertCache,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        config: Config,
+        ca: Ca,
+        host_key: PrivateKey,
+        identities: Box<dyn IdentitySource>,
+        policy: Arc<PolicyEngine>,
+        session_log: SessionLog,
+    ) -> Self {
+        let host_key_policy = HostKeyPolicy {
+            mode: config.host_key_check,
+            known_hosts: config.known_hosts.clone(),
+            connect_timeout: config.connect_timeout,
+        };
+        Shared {
+            config,
+            ca,
+            host_key,
+            identities: ArcSwap::from_pointee(identities),
+            policy,
+            session_log,
+            host_key_policy,
+            host_certs: handler::HostCertCache::default(),
+        }
+    }
+
+    /// The server configuration for the proxy's listening socket.
+    pub(crate) fn server_config(&self) -> Arc<russh::server::Config> {
+        Arc::new(self.base_server_config(Vec::new()))
+    }
+
+    fn base_server_config(
+        &self,
+        certificates: Vec<russh::keys::Certificate>,
+    ) -> russh::server::Config {
+        russh::server::Config {
+            server_id: russh::SshId::Standard(
+                format!("SSH-2.0-Portcullis_{}", env!("CARGO_PKG_VERSION")).into(),
+            ),
+            methods: russh::MethodSet::from(&[MethodKind::PublicKey][..]),
+            auth_rejection_time: Duration::from_millis(300),
+            auth_rejection_time_initial: Some(Duration::ZERO),
+            keys: vec![self.host_key.clone()],
+            certificates,
+            window_size: 8 * 1024 * 1024,
+            maximum_packet_size: 65535,
+            inactivity_timeout: Some(Duration::from_secs(3600)),
+            keepalive_interval: Some(Duration::from_secs(30)),
+            nodelay: true,
+            ..Default::default()
+        }
+    }
+
+    /// The configuration of an inner (ProxyJump) connection to `host`: the proxy's host
+    /// key with a host certificate for `host` signed by the host CA.
+    pub(crate) fn inner_server_config(
+        &self,
+        host: &str,
+    ) -> Result<Arc<russh::server::Config>, CaError> {
+        let cert = self.host_certs.get_or_issue(host, || {
+            self.ca.issue_host_cert(
+                self.host_key.public_key(),
+                &[host.to_string()],
+                Duration::from_secs(24 * 3600),
+            )
+        })?;
+        Ok(Arc::new(self.base_server_config(vec![cert])))
+    }
+}

@@ -1,0 +1,153 @@
+//! The target-facing leg: connect to the target's sshd, verify its host key, log in
+//! with a fresh key and a short-lived certificate signed by the gateway CA.
+
+mod bridge;
+
+pub use bridge::{ChannelContext, bridge_session};
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::client;
+use russh::keys::ssh_key::{Certificate, HashAlg, PublicKey};
+use russh::keys::{PrivateKey, PublicKeyOrCertificate};
+
+use crate::config::HostKeyCheck;
+
+/// What the upstream leg needs to log in.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub host: String,
+    pub addr: SocketAddr,
+    pub login: String,
+    pub key: Arc<PrivateKey>,
+    pub certificate: Certificate,
+}
+
+/// How to check target host keys.
+#[derive(Debug, Clone)]
+pub struct HostKeyPolicy {
+    pub mode: HostKeyCheck,
+    pub known_hosts: PathBuf,
+    pub connect_timeout: Duration,
+}
+
+/// Checks the target's host key against the known-hosts store.
+#[derive(Debug)]
+pub struct TargetHandler {
+    host: String,
+    port: u16,
+    policy: HostKeyPolicy,
+    problem: Arc<Mutex<Option<String>>>,
+}
+
+impl TargetHandler {
+    fn check(&self, key: &PublicKey) -> Result<(), String> {
+        let fp = key.fingerprint(HashAlg::Sha256);
+        let path = &self.policy.known_hosts;
+        match russh::keys::check_known_hosts_path(&self.host, self.port, key, path) {
+            Ok(true) => Ok(()),
+            Ok(false) if self.policy.mode == HostKeyCheck::Tofu => {
+                if let Some(parent) = path.parent() {
+                    let _ = std::fs::create_dir_all(parent);
+                }
+                russh::keys::known_hosts::learn_known_hosts_path(&self.host, self.port, key, path)
+                    .map_err(|e| format!("cannot pin the host key of {}: {e}", self.host))?;
+                tracing::info!(host = %self.host, port = self.port, %fp, "pinned target host key on first use");
+                Ok(())
+            }
+            Ok(false) => Err(format!(
+                "the host key of {}:{} ({fp}) is not in {} and host_key_check is strict",
+                self.host,
+                self.port,
+                path.display()
+            )),
+            Err(russh::keys::Error::KeyChanged { line }) => Err(format!(
+                "HOST KEY CHANGED for {}:{}: it now presents {fp}, which differs from the key pinned at {}:{line}; \
+                 refusing to connect",
+                self.host,
+                self.port,
+                path.display()
+            )),
+            Err(e) => Err(format!("cannot check the host key of {}: {e}", self.host)),
+        }
+    }
+}
+
+impl client::Handler for TargetHandler {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        match self.check(&key.public_key()) {
+            Ok(()) => Ok(true),
+            Err(problem) => {
+                tracing::error!(host = %self.host, port = self.port, "{problem}");
+                *self
+                    .problem
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(problem);
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// A logged-in connection to the target.
+pub type Target = client::Handle<TargetHandler>;
+
+/// The client configuration for targets: fast ciphers first, large windows, nodelay.
+fn client_config() -> client::Config {
+    client::Config {
+        nodelay: true,
+        window_size: 8 * 1024 * 1024,
+        maximum_packet_size: 65535,
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(30)),
+        ..Default::default()
+    }
+}
+
+/// Connects and logs in, or says why not in words for the user.
+pub async fn connect(login: &Login, policy: &HostKeyPolicy) -> Result<Target, String> {
+    let problem = Arc::new(Mutex::new(None));
+    let handler = TargetHandler {
+        host: login.host.clone(),
+        port: login.addr.port(),
+        policy: policy.clone(),
+        problem: Arc::clone(&problem),
+    };
+    let config = Arc::new(client_config());
+    let connecting = client::connect(config, login.addr, handler);
+    let mut handle = match tokio::time::timeout(policy.connect_timeout, connecting).await {
+        Err(_) => return Err(format!("timed out connecting to {}", login.addr)),
+        Ok(Err(e)) => {
+            let why = problem
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            return Err(why.unwrap_or_else(|| format!("cannot connect to {}: {e}", login.addr)));
+        }
+        Ok(Ok(h)) => h,
+    };
+    let auth = handle
+        .authenticate_openssh_cert(
+            login.login.clone(),
+            Arc::clone(&login.key),
+            login.certificate.clone(),
+        )
+        .await
+        .map_err(|e| format!("login to {} failed: {e}", login.addr))?;
+    if !auth.success() {
+        return Err(format!(
+            "{} refused the gateway certificate for login {:?}: does the account exist, and does the \
+             target trust the gateway CA (TrustedUserCAKeys)?",
+            login.addr, login.login
+        ));
+    }
+    Ok(handle)
+}
