@@ -216,12 +216,18 @@ impl russh::server::Handler for ConnHandler {
 
     async fn auth_publickey_offered(
         &mut self,
-        _user: &str,
+        user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
         Ok(match self.identify(offer.public_key) {
             Some(_) => Auth::Accept,
-            None => Auth::reject(),
+            None => {
+                let fp = offer
+                    .public_key
+                    .fingerprint(russh::keys::ssh_key::HashAlg::Sha256);
+                tracing::info!(peer = %self.peer, %user, %fp, "unknown key offered; refused");
+                Auth::reject()
+            }
         })
     }
 

@@ -1,0 +1,408 @@
+//! A lab for end-to-end tests: a real OpenSSH `sshd` on a loopback port trusting the
+//! gateway CA, the real `portcullis serve` in front of it, and an OpenSSH client
+//! configuration for a user with a fresh key. Everything lives in a temporary
+//! directory; processes are killed when the lab is dropped.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{PolicyDir, portcullis};
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, what: &str, child: &mut Child) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited with {status} before listening on {port}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{what} did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Makes sure a Unix account exists and can log in with a key (locked with `*`, not
+/// `!`: sshd without PAM refuses `!`-locked accounts).
+pub fn ensure_user(name: &str) {
+    let exists = Command::new("id")
+        .arg(name)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    if !exists.success() {
+        let out = Command::new("useradd")
+            .args(["-m", "-s", "/bin/sh", name])
+            .output()
+            .unwrap();
+        // Another test process may have created it meanwhile.
+        let again = Command::new("id")
+            .arg(name)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(
+            again.success(),
+            "useradd {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Command::new("usermod")
+        .args(["-p", "*", name])
+        .status()
+        .unwrap();
+}
+
+fn keygen(path: &Path, comment: &str) {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ssh-keygen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The lab.
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+    pub policies: PolicyDir,
+    pub sshd_port: u16,
+    pub proxy_port: u16,
+    sshd: Option<Child>,
+    proxy: Option<Child>,
+}
+
+impl Lab {
+    /// Sets up a lab with the given users (`email`, groups) whose keys are
+    /// `client/<local part>`; policies are added by the caller, then [`Lab::start`].
+    pub fn new(users: &[(&str, &[&str])]) -> Lab {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let policies = PolicyDir::new();
+        let (sshd_port, proxy_port) = (free_port(), free_port());
+        let p = dir.path().to_path_buf();
+        std::fs::create_dir_all(p.join("client")).unwrap();
+        std::fs::create_dir_all(p.join("target")).unwrap();
+        std::fs::write(
+            p.join("portcullis.toml"),
+            format!(
+                "[server]\nlisten = \"127.0.0.1:{proxy_port}\"\nshutdown_grace = \"2s\"\n\
+                 [policy]\ndir = \"{}\"\nreload_debounce = \"100ms\"\n",
+                policies.path().display()
+            ),
+        )
+        .unwrap();
+        let lab = Lab {
+            dir,
+            policies,
+            sshd_port,
+            proxy_port,
+            sshd: None,
+            proxy: None,
+        };
+        lab.portcullis(&["ca", "init"]).success_or_panic("ca init");
+        keygen(&p.join("host_key"), "portcullis-host");
+        let mut users_toml = String::new();
+        for (email, groups) in users {
+            let name = email.split('@').next().unwrap();
+            keygen(&p.join(format!("client/{name}")), email);
+            let key = std::fs::read_to_string(p.join(format!("client/{name}.pub"))).unwrap();
+            users_toml.push_str(&format!(
+                "[[user]]\nemail = \"{email}\"\ngroups = {groups:?}\nkeys = [\"{}\"]\n\n",
+                key.trim()
+            ));
+        }
+        std::fs::write(p.join("users.toml"), users_toml).unwrap();
+        keygen(&p.join("target/ssh_host_ed25519_key"), "target");
+        lab.trust_ca();
+        lab.write_client_config();
+        lab
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs `portcullis SUBCOMMAND... --config portcullis.toml`.
+    pub fn portcullis(&self, args: &[&str]) -> Output {
+        portcullis()
+            .args(args)
+            .arg("--config")
+            .arg(self.path().join("portcullis.toml"))
+            .output()
+            .unwrap()
+    }
+
+    /// Writes the target's TrustedUserCAKeys from `portcullis ca show`.
+    pub fn trust_ca(&self) {
+        let out = self.portcullis(&["ca", "show"]).success_or_panic("ca show");
+        std::fs::write(self.path().join("target/ca.pub"), out.stdout).unwrap();
+    }
+
+    fn write_client_config(&self) {
+        let p = self.path();
+        let host_pub = std::fs::read_to_string(p.join("host_key.pub")).unwrap();
+        let host_pub: Vec<&str> = host_pub.split_whitespace().take(2).collect();
+        let ca_line = self
+            .portcullis(&["ca", "show", "--known-hosts"])
+            .success_or_panic("ca show --known-hosts");
+        std::fs::write(
+            p.join("client/known_hosts"),
+            format!(
+                "[127.0.0.1]:{} {}\n{}",
+                self.proxy_port,
+                host_pub.join(" "),
+                String::from_utf8_lossy(&ca_line.stdout)
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            p.join("client/ssh_config"),
+            format!(
+                "Host portcullis\n  HostName 127.0.0.1\n  Port {}\nHost *\n  IdentitiesOnly yes\n  \
+                 UserKnownHostsFile {}\n  StrictHostKeyChecking yes\n  BatchMode yes\n  ConnectTimeout 10\n  \
+                 LogLevel ERROR\n",
+                self.proxy_port,
+                p.join("client/known_hosts").display()
+            ),
+        )
+        .unwrap();
+    }
+
+    /// Starts (or restarts) sshd on the target port.
+    pub fn start_sshd(&mut self) {
+        self.stop_sshd();
+        let p = self.path();
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let config = p.join("target/sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "ListenAddress 127.0.0.1\nHostKey {}\nTrustedUserCAKeys {}\nAuthorizedKeysFile none\n\
+                 PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                 UsePAM no\nSubsystem sftp internal-sftp\nPidFile none\nLogLevel VERBOSE\n",
+                p.join("target/ssh_host_ed25519_key").display(),
+                p.join("target/ca.pub").display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(p.join("target/sshd.log")).unwrap();
+        let mut child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .args(["-p", &self.sshd_port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("run /usr/sbin/sshd (apt-get install openssh-server)");
+        wait_for_port(self.sshd_port, "sshd", &mut child);
+        self.sshd = Some(child);
+    }
+
+    pub fn stop_sshd(&mut self) {
+        if let Some(mut c) = self.sshd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The target's sshd log so far.
+    pub fn sshd_log(&self) -> String {
+        std::fs::read_to_string(self.path().join("target/sshd.log")).unwrap_or_default()
+    }
+
+    /// Starts (or restarts) the proxy.
+    pub fn start_proxy(&mut self) {
+        self.stop_proxy();
+        let log = std::fs::File::create(self.path().join("proxy.log")).unwrap();
+        let mut child = portcullis()
+            .args(["serve", "--config"])
+            .arg(self.path().join("portcullis.toml"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        wait_for_port(self.proxy_port, "portcullis", &mut child);
+        self.proxy = Some(child);
+    }
+
+    pub fn stop_proxy(&mut self) {
+        if let Some(mut c) = self.proxy.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let start = Instant::now();
+            while c.try_wait().ok().flatten().is_none() && start.elapsed() < Duration::from_secs(5)
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The proxy's log so far.
+    pub fn proxy_log(&self) -> String {
+        std::fs::read_to_string(self.path().join("proxy.log")).unwrap_or_default()
+    }
+
+    /// Starts sshd and the proxy.
+    pub fn start(&mut self) {
+        self.start_sshd();
+        self.start_proxy();
+    }
+
+    /// Base arguments of an OpenSSH client run as `user` (the key `client/<user>`). The
+    /// key goes in a per-user configuration file, because ProxyJump passes `-F` on to
+    /// the jump connection but not `-i`.
+    pub fn client_args(&self, user: &str) -> Vec<String> {
+        let p = self.path();
+        let base = std::fs::read_to_string(p.join("client/ssh_config")).unwrap();
+        let config = p.join(format!("client/{user}.config"));
+        let key = p.join(format!("client/{user}"));
+        std::fs::write(&config, format!("IdentityFile {}\n{base}", key.display())).unwrap();
+        vec!["-F".into(), config.display().to_string()]
+    }
+
+    /// `ssh -J portcullis LOGIN@127.0.0.1 -p SSHD_PORT COMMAND` as `user`.
+    pub fn ssh_jump(&self, user: &str, login: &str, command: &str) -> Output {
+        self.ssh(
+            user,
+            &[
+                "-J",
+                &format!("{user}@portcullis"),
+                "-p",
+                &self.sshd_port.to_string(),
+                &format!("{login}@127.0.0.1"),
+                command,
+            ],
+        )
+    }
+
+    /// `ssh -p PROXY 'LOGIN%127.0.0.1:SSHD_PORT@127.0.0.1' COMMAND` as `user`.
+    pub fn ssh_username_form(&self, user: &str, login: &str, command: &str) -> Output {
+        let dest = format!("{login}%127.0.0.1:{}@127.0.0.1", self.sshd_port);
+        self.ssh(user, &["-p", &self.proxy_port.to_string(), &dest, command])
+    }
+
+    /// Runs `ssh` with the lab's client configuration as `user` and extra arguments.
+    pub fn ssh(&self, user: &str, args: &[&str]) -> Output {
+        Command::new("ssh")
+            .args(self.client_args(user))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `scp` or `sftp` (`tool`) through the proxy by ProxyJump as `user`.
+    pub fn file_tool(&self, tool: &str, user: &str, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new(tool);
+        cmd.args(self.client_args(user))
+            .args([
+                "-J",
+                &format!("{user}@portcullis"),
+                "-P",
+                &self.sshd_port.to_string(),
+            ])
+            .args(args);
+        match stdin {
+            None => cmd.stdin(Stdio::null()).output().unwrap(),
+            Some(input) => {
+                use std::io::Write;
+                let mut child = cmd
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(input.as_bytes())
+                    .unwrap();
+                child.wait_with_output().unwrap()
+            }
+        }
+    }
+
+    /// The session log records so far.
+    pub fn sessions(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.path().join("sessions.jsonl")).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Waits for the session log to hold `n` records (a record is written when the
+    /// proxy has seen the connection close, just after the client exits).
+    pub fn wait_sessions(&self, n: usize) -> Vec<serde_json::Value> {
+        let start = Instant::now();
+        loop {
+            let s = self.sessions();
+            if s.len() >= n || start.elapsed() > Duration::from_secs(10) {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn known_targets(&self) -> PathBuf {
+        self.path().join("known_targets")
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.stop_proxy();
+        self.stop_sshd();
+    }
+}
+
+/// Asserting on command output.
+pub trait OutputExt {
+    fn success_or_panic(self, what: &str) -> Output;
+    fn stdout_text(&self) -> String;
+    fn stderr_text(&self) -> String;
+}
+
+impl OutputExt for Output {
+    fn success_or_panic(self, what: &str) -> Output {
+        assert!(
+            self.status.success(),
+            "{what} failed ({}):\nstdout: {}\nstderr: {}",
+            self.status,
+            String::from_utf8_lossy(&self.stdout),
+            String::from_utf8_lossy(&self.stderr)
+        );
+        self
+    }
+    fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}

@@ -1,0 +1,378 @@
+//! The proxy end to end: the real OpenSSH client (`ssh`, `scp`, `sftp`) through the real
+//! `portcullis serve` to a real `sshd` on a loopback port that trusts the gateway CA,
+//! with real policy components built from source.
+//!
+//! Needs root (test accounts on this machine) and openssh-server (scripts/setup).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use common::lab::{Lab, OutputExt, ensure_user};
+
+fn default_lab(users: &[(&str, &[&str])]) -> Lab {
+    let mut lab = Lab::new(users);
+    lab.policies
+        .module("90-default-principal.wasm", "default_principal");
+    lab.start();
+    lab
+}
+
+#[test]
+fn proxyjump_exec_returns_output_and_exit_status_and_is_logged() {
+    ensure_user("jdoe");
+    let lab = default_lab(&[("jdoe@example.com", &["sre"])]);
+    let out = lab.ssh_jump("jdoe", "jdoe", "echo out-$((6*7)); echo err >&2; exit 7");
+    assert_eq!(out.status.code(), Some(7), "{}", out.stderr_text());
+    assert_eq!(out.stdout_text(), "out-42\n");
+    assert!(out.stderr_text().contains("err"));
+    let out = lab
+        .ssh_jump("jdoe", "jdoe", "id -un")
+        .success_or_panic("id");
+    assert_eq!(out.stdout_text(), "jdoe\n");
+
+    let sessions = lab.wait_sessions(2);
+    let s = &sessions[0];
+    assert_eq!(s["email"], "jdoe@example.com");
+    assert_eq!(s["groups"], serde_json::json!(["sre"]));
+    assert_eq!(s["via"], "proxyjump");
+    assert_eq!(s["target_host"], "127.0.0.1");
+    assert_eq!(s["target_port"], lab.sshd_port);
+    assert_eq!(s["login"], "jdoe");
+    assert_eq!(s["policy"], "90-default-principal.wasm");
+    assert_eq!(s["action"], "allow");
+    assert_eq!(s["command_logging"], false);
+    assert_eq!(s["channels"][0]["kind"], "exec");
+    assert_eq!(s["channels"][0]["exit_status"], 7);
+    assert!(s["bytes_to_client"].as_u64().unwrap() >= 7);
+    assert!(s["source"].as_str().unwrap().starts_with("127.0.0.1:"));
+    let text = std::fs::read_to_string(lab.path().join("sessions.jsonl")).unwrap();
+    assert!(
+        !text.contains("echo out"),
+        "no command text in the session log"
+    );
+
+    // The target saw a certificate from the gateway CA, with the session in its key id.
+    let log = lab.sshd_log();
+    assert!(
+        log.contains("Accepted publickey for jdoe") && log.contains("portcullis:jdoe@example.com"),
+        "{log}"
+    );
+}
+
+#[test]
+fn the_username_form_works_like_proxyjump() {
+    ensure_user("jdoe");
+    let lab = default_lab(&[("jdoe@example.com", &[])]);
+    let out = lab.ssh_username_form("jdoe", "jdoe", "echo via-username; exit 3");
+    assert_eq!(out.status.code(), Some(3), "{}", out.stderr_text());
+    assert_eq!(out.stdout_text(), "via-username\n");
+    assert_eq!(lab.wait_sessions(1)[0]["via"], "username");
+}
+
+#[test]
+fn an_interactive_pty_session_works() {
+    ensure_user("jdoe");
+    let lab = default_lab(&[("jdoe@example.com", &[])]);
+    let mut cmd = std::process::Command::new("ssh");
+    cmd.args(lab.client_args("jdoe"))
+        .args([
+            "-tt",
+            "-J",
+            "jdoe@portcullis",
+            "-p",
+            &lab.sshd_port.to_string(),
+            "jdoe@127.0.0.1",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b"tty; echo answer-$((6*7)); exit 5\n")
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = out.stdout_text();
+    assert_eq!(out.status.code(), Some(5), "{text}{}", out.stderr_text());
+    assert!(
+        text.contains("/dev/pts/"),
+        "a terminal was allocated: {text}"
+    );
+    assert!(text.contains("answer-42"), "{text}");
+    let s = &lab.wait_sessions(1)[0];
+    assert_eq!(s["channels"][0]["kind"], "shell");
+}
+
+#[test]
+fn scp_and_sftp_move_files_intact() {
+    ensure_user("jdoe");
+    let lab = default_lab(&[("jdoe@example.com", &[])]);
+    let data: Vec<u8> = (0..6_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let local = lab.path().join("upload.bin");
+    std::fs::write(&local, &data).unwrap();
+    let remote = format!("/tmp/portcullis-e2e-{}.bin", lab.sshd_port);
+    let dest = format!("jdoe@127.0.0.1:{remote}");
+    lab.file_tool("scp", "jdoe", &[local.to_str().unwrap(), &dest], None)
+        .success_or_panic("scp upload");
+    let back = lab.path().join("download.bin");
+    lab.file_tool("scp", "jdoe", &[&dest, back.to_str().unwrap()], None)
+        .success_or_panic("scp download");
+    assert!(
+        std::fs::read(&back).unwrap() == data,
+        "scp round trip differs"
+    );
+
+    let got = lab.path().join("sftp.bin");
+    let script = format!("ls {remote}\nget {remote} {}\nrm {remote}\n", got.display());
+    let out = lab
+        .file_tool(
+            "sftp",
+            "jdoe",
+            &["-b", "-", "jdoe@127.0.0.1"],
+            Some(&script),
+        )
+        .success_or_panic("sftp");
+    assert!(out.stdout_text().contains(&remote), "{}", out.stdout_text());
+    assert!(
+        std::fs::read(&got).unwrap() == data,
+        "sftp download differs"
+    );
+    let sessions = lab.wait_sessions(3);
+    assert_eq!(sessions[2]["channels"][0]["kind"], "subsystem:sftp");
+    assert!(sessions[0]["bytes_from_client"].as_u64().unwrap() >= 6_000_000);
+}
+
+#[test]
+fn username_mapping_cases_work_against_sshd() {
+    for u in ["jdoe", "johndoe", "vmuser", "carol"] {
+        ensure_user(u);
+    }
+    let mut lab = Lab::new(&[
+        ("jdoe@example.com", &[]),
+        ("alice@example.com", &[]),
+        ("bob@example.com", &[]),
+        ("carol@example.com", &["admins"]),
+    ]);
+    lab.policies
+        .module("30-username-map.wasm", "username_map")
+        .file(
+            "30-username-map.toml",
+            b"[[map]]\nemails = [\"jdoe@example.com\"]\nlogins = [\"johndoe\"]\n\n\
+              [[map]]\nemails = [\"alice@example.com\", \"bob@example.com\"]\nlogins = [\"vmuser\"]\n\n\
+              [[map]]\ngroups = [\"admins\"]\nlogins = [\"*\"]\n",
+        )
+        .module("90-default-principal.wasm", "default_principal");
+    lab.start();
+    let who = |user: &str, login: &str| lab.ssh_jump(user, login, "id -un");
+    assert_eq!(
+        who("jdoe", "johndoe")
+            .success_or_panic("jdoe as johndoe")
+            .stdout_text(),
+        "johndoe\n"
+    );
+    let refused = who("jdoe", "jdoe");
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        refused.stderr_text().contains("not permitted"),
+        "{}",
+        refused.stderr_text()
+    );
+    assert_eq!(
+        who("alice", "vmuser")
+            .success_or_panic("alice")
+            .stdout_text(),
+        "vmuser\n"
+    );
+    assert_eq!(
+        who("bob", "vmuser").success_or_panic("bob").stdout_text(),
+        "vmuser\n"
+    );
+    assert_eq!(
+        who("carol", "vmuser")
+            .success_or_panic("carol any")
+            .stdout_text(),
+        "vmuser\n"
+    );
+    assert_eq!(
+        who("carol", "jdoe")
+            .success_or_panic("carol any")
+            .stdout_text(),
+        "jdoe\n"
+    );
+    let actions: Vec<String> = lab
+        .wait_sessions(6)
+        .iter()
+        .map(|s| s["action"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        actions.iter().filter(|a| *a == "refused").count(),
+        1,
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn a_blocked_connection_never_reaches_the_target_and_says_why() {
+    ensure_user("jdoe");
+    let mut lab = Lab::new(&[("jdoe@example.com", &[])]);
+    lab.policies
+        .module("10-conditions.wasm", "conditions")
+        .file(
+            "10-conditions.toml",
+            b"allowed_sources = [\"10.0.0.0/8\"]\n",
+        )
+        .module("90-default-principal.wasm", "default_principal");
+    lab.start();
+    let out = lab.ssh_jump("jdoe", "jdoe", "echo should-not-run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!out.stdout_text().contains("should-not-run"));
+    let err = out.stderr_text();
+    assert!(
+        err.contains("blocked by 10-conditions.wasm") && err.contains("127.0.0.1"),
+        "{err}"
+    );
+    assert!(
+        !lab.known_targets().exists(),
+        "the proxy must not have connected to the target"
+    );
+    assert!(!lab.sshd_log().contains("Accepted"), "{}", lab.sshd_log());
+    let s = &lab.wait_sessions(1)[0];
+    assert_eq!(s["action"], "block");
+    assert_eq!(s["policy"], "10-conditions.wasm");
+}
+
+#[test]
+fn sftp_can_be_refused_by_a_channel_policy() {
+    ensure_user("jdoe");
+    let mut lab = Lab::new(&[("jdoe@example.com", &[])]);
+    lab.policies
+        .module("10-conditions.wasm", "conditions")
+        .file("10-conditions.toml", b"deny_subsystems = [\"sftp\"]\n")
+        .module("90-default-principal.wasm", "default_principal");
+    lab.start();
+    let out = lab.file_tool(
+        "sftp",
+        "jdoe",
+        &["-b", "-", "jdoe@127.0.0.1"],
+        Some("ls /\n"),
+    );
+    assert!(!out.status.success());
+    lab.ssh_jump("jdoe", "jdoe", "true")
+        .success_or_panic("exec still allowed");
+    let sessions = lab.wait_sessions(2);
+    let sftp = &sessions[0]["channels"][0];
+    assert_eq!(sftp["kind"], "subsystem:sftp");
+    assert_eq!(sftp["allowed"], false);
+    assert!(sftp["denied_reason"].as_str().unwrap().contains("sftp"));
+}
+
+#[test]
+fn an_unknown_key_is_refused() {
+    ensure_user("jdoe");
+    let lab = default_lab(&[("jdoe@example.com", &[])]);
+    let stranger = lab.path().join("client/stranger");
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&stranger)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = lab.ssh(
+        "stranger",
+        &[
+            "-p",
+            &lab.proxy_port.to_string(),
+            &format!("jdoe%127.0.0.1:{}@127.0.0.1", lab.sshd_port),
+            "true",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        out.stderr_text().contains("Permission denied"),
+        "{}",
+        out.stderr_text()
+    );
+    assert!(
+        lab.proxy_log().contains("unknown key"),
+        "{}",
+        lab.proxy_log()
+    );
+}
+
+#[test]
+fn a_changed_target_host_key_is_refused() {
+    ensure_user("jdoe");
+    let mut lab = default_lab(&[("jdoe@example.com", &[])]);
+    lab.ssh_jump("jdoe", "jdoe", "true")
+        .success_or_panic("first use pins the key");
+    assert!(lab.known_targets().exists());
+    // The target comes back with another host key.
+    let key = lab.path().join("target/ssh_host_ed25519_key");
+    std::fs::remove_file(&key).unwrap();
+    std::fs::remove_file(key.with_extension("pub")).unwrap();
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    lab.start_sshd();
+    let out = lab.ssh_jump("jdoe", "jdoe", "echo should-not-run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stderr_text().contains("HOST KEY CHANGED"),
+        "{}",
+        out.stderr_text()
+    );
+    assert!(lab.proxy_log().contains("HOST KEY CHANGED"));
+    let sessions = lab.wait_sessions(2);
+    assert_eq!(sessions[1]["action"], "refused");
+    assert!(
+        sessions[1]["close_reason"]
+            .as_str()
+            .unwrap()
+            .contains("HOST KEY CHANGED")
+    );
+}
+
+#[test]
+fn sessions_keep_working_through_a_ca_rotation() {
+    ensure_user("jdoe");
+    let mut lab = default_lab(&[("jdoe@example.com", &[])]);
+    lab.ssh_jump("jdoe", "jdoe", "true")
+        .success_or_panic("before rotation");
+    lab.portcullis(&["ca", "rotate"])
+        .success_or_panic("ca rotate");
+    lab.trust_ca();
+    let trusted = std::fs::read_to_string(lab.path().join("target/ca.pub")).unwrap();
+    assert_eq!(
+        trusted.lines().count(),
+        2,
+        "targets trust old and new: {trusted}"
+    );
+    lab.ssh_jump("jdoe", "jdoe", "true")
+        .success_or_panic("old key still signing");
+    lab.start_proxy();
+    lab.ssh_jump("jdoe", "jdoe", "true")
+        .success_or_panic("new key signing");
+    lab.portcullis(&["ca", "retire"])
+        .success_or_panic("ca retire");
+    lab.trust_ca();
+    lab.ssh_jump("jdoe", "jdoe", "true")
+        .success_or_panic("after retiring the old key");
+    // A proxy still signing with a retired key is refused by the target.
+    let ca_init_again = lab.portcullis(&["ca", "init"]);
+    assert!(!ca_init_again.status.success());
+    assert!(ca_init_again.stderr_text().contains("already exists"));
+}
