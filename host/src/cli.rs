@@ -57,6 +57,42 @@ enum Command {
     /// Work with policy modules.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Generate the auditor's key pair for sealed command logs: FILE (private, 0600)
+    /// and FILE.pub (the proxy's `[recording] public_key`).
+    Keygen {
+        #[arg(short = 'o', long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Decrypt a sealed command log into a zip (or an asciicast v2 recording).
+    Decrypt {
+        #[arg(short = 'i', long, value_name = "SSHLOG")]
+        input: PathBuf,
+        #[arg(short = 'k', long, value_name = "PRIVATE_KEY")]
+        key: PathBuf,
+        /// Default: INPUT-decrypted.zip (or INPUT.cast).
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "zip")]
+        format: DecryptFormat,
+    },
+    /// Replay a recorded terminal session in this terminal.
+    Replay {
+        #[arg(short = 'i', long, value_name = "SSHLOG")]
+        input: PathBuf,
+        #[arg(short = 'k', long, value_name = "PRIVATE_KEY")]
+        key: PathBuf,
+        /// Playback speed factor (2 = twice as fast).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum DecryptFormat {
+    /// The hosted product's zip: term_data.txt + term_times.txt, or data_from_*.txt.
+    Zip,
+    /// asciicast v2, playable with `asciinema play`.
+    Asciicast,
 }
 
 #[derive(Debug, Subcommand)]
@@ -147,6 +183,14 @@ pub fn main() -> ExitCode {
             since,
             limit,
         } => sessions(&config, user.as_deref(), target.as_deref(), since, limit),
+        Command::Keygen { output } => keygen(&output),
+        Command::Decrypt {
+            input,
+            key,
+            output,
+            format,
+        } => decrypt(&input, &key, output, format),
+        Command::Replay { input, key, speed } => replay(&input, &key, speed),
         Command::Policy(PolicyCommand::Check { dir, json }) => policy_check(dir, json),
         Command::Policy(PolicyCommand::Eval(args)) => policy_eval(*args),
     };
@@ -235,6 +279,79 @@ fn ca(path: &std::path::Path, command: CaCommand) -> anyhow::Result<ExitCode> {
             }
             print_user(&crate::ca::Ca::open(dir)?);
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn keygen(output: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let public = crate::recording::cmdlog::keygen(output)?;
+    eprintln!(
+        "wrote {} (private: keep it off the proxy) and {} (set it as [recording] public_key)",
+        output.display(),
+        public.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn open_log(
+    input: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<crate::recording::cmdlog::Decrypted> {
+    use crate::recording::cmdlog;
+    let key = cmdlog::OpeningKey::read(key)?;
+    let bytes = std::fs::read(input).map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
+    let d =
+        cmdlog::decrypt(&bytes, &key).map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
+    if let Some(w) = &d.warning {
+        eprintln!("warning: {}: {w}", input.display());
+    }
+    Ok(d)
+}
+
+fn decrypt(
+    input: &std::path::Path,
+    key: &std::path::Path,
+    output: Option<PathBuf>,
+    format: DecryptFormat,
+) -> anyhow::Result<ExitCode> {
+    use crate::recording::cmdlog;
+    let d = open_log(input, key)?;
+    let out = match format {
+        DecryptFormat::Zip => {
+            let out = output
+                .unwrap_or_else(|| PathBuf::from(format!("{}-decrypted.zip", input.display())));
+            cmdlog::write_zip(&d, &out)?;
+            out
+        }
+        DecryptFormat::Asciicast => {
+            let out = output.unwrap_or_else(|| PathBuf::from(format!("{}.cast", input.display())));
+            std::fs::write(&out, cmdlog::asciicast(&d))
+                .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+            out
+        }
+    };
+    eprintln!("wrote {} ({} packets)", out.display(), d.packets.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn replay(input: &std::path::Path, key: &std::path::Path, speed: f64) -> anyhow::Result<ExitCode> {
+    use crate::recording::cmdlog::{CODE_REQUEST, SOURCE_SERVER};
+    use std::io::Write;
+    anyhow::ensure!(speed > 0.0, "--speed must be positive");
+    let d = open_log(input, key)?;
+    let mut out = std::io::stdout().lock();
+    let mut last = 0u64;
+    for p in d
+        .packets
+        .iter()
+        .filter(|p| p.source == SOURCE_SERVER && p.code != CODE_REQUEST)
+    {
+        let wait = (p.elapsed_us.saturating_sub(last)) as f64 / 1e6 / speed;
+        // Long pauses are shortened, as scriptreplay users expect.
+        std::thread::sleep(std::time::Duration::from_secs_f64(wait.min(2.0)));
+        last = p.elapsed_us;
+        out.write_all(&p.data)?;
+        out.flush()?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -40,6 +40,7 @@ struct RawConfig {
     policy: RawPolicy,
     upstream: RawUpstream,
     session_log: RawSessionLog,
+    recording: RawRecording,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,6 +95,15 @@ struct RawSessionLog {
     path: PathBuf,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRecording {
+    /// The auditor's public key (`portcullis keygen -o sshkey` writes `sshkey.pub`).
+    /// Without it, sessions a policy wants recorded are refused.
+    public_key: Option<PathBuf>,
+    dir: PathBuf,
+}
+
 impl Default for RawConfig {
     fn default() -> Self {
         RawConfig {
@@ -125,6 +135,10 @@ impl Default for RawConfig {
             session_log: RawSessionLog {
                 path: "sessions.jsonl".into(),
             },
+            recording: RawRecording {
+                public_key: None,
+                dir: "command-logs".into(),
+            },
         }
     }
 }
@@ -147,7 +161,8 @@ section_defaults!(
     RawIdentity => identity,
     RawPolicy => policy,
     RawUpstream => upstream,
-    RawSessionLog => session_log
+    RawSessionLog => session_log,
+    RawRecording => recording
 );
 
 /// How target host keys are verified.
@@ -179,6 +194,9 @@ pub struct Config {
     pub known_hosts: PathBuf,
     pub connect_timeout: Duration,
     pub session_log: PathBuf,
+    /// The auditor's HPKE public key file, if command logging is set up.
+    pub recording_key: Option<PathBuf>,
+    pub recording_dir: PathBuf,
 }
 
 impl Config {
@@ -279,6 +297,8 @@ impl RawConfig {
             known_hosts: abs(&self.upstream.known_hosts),
             connect_timeout: self.upstream.connect_timeout,
             session_log: abs(&self.session_log.path),
+            recording_key: self.recording.public_key.as_deref().map(abs),
+            recording_dir: abs(&self.recording.dir),
         })
     }
 }

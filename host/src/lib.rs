@@ -31,6 +31,8 @@ pub enum Error {
     Identity(#[from] identity::IdentityError),
     #[error(transparent)]
     Policy(#[from] policy::PolicyError),
+    #[error(transparent)]
+    Recording(#[from] recording::cmdlog::CmdLogError),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -57,6 +59,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             path: config.session_log.display().to_string(),
             source,
         })?;
+    let recording_key = match &config.recording_key {
+        Some(path) => Some(recording::cmdlog::SealingKey::read(path)?),
+        None => None,
+    };
+    // Finish what a proxy that died mid-session left behind, before taking sessions.
+    let recovered = recording::cmdlog::recover(&config.recording_dir)?;
+    if !recovered.is_empty() {
+        tracing::warn!(
+            count = recovered.len(),
+            "finalised interrupted command logs"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| Error::Io {
@@ -84,6 +98,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         Box::new(users),
         Arc::clone(&policy),
         session_log,
+        recording_key,
     ));
     let server_config = shared.server_config();
     let mut sessions = tokio::task::JoinSet::new();

@@ -142,6 +142,22 @@ impl Lab {
         self.dir.path()
     }
 
+    /// Appends to portcullis.toml (before the proxy starts).
+    pub fn add_config(&self, text: &str) {
+        let path = self.path().join("portcullis.toml");
+        let mut config = std::fs::read_to_string(&path).unwrap();
+        config.push_str(text);
+        std::fs::write(path, config).unwrap();
+    }
+
+    /// Kills the proxy without letting it clean up (kill -9).
+    pub fn kill_proxy(&mut self) {
+        if let Some(mut c) = self.proxy.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// Runs `portcullis SUBCOMMAND... --config portcullis.toml`.
     pub fn portcullis(&self, args: &[&str]) -> Output {
         portcullis()

@@ -1,5 +1,6 @@
-//! Recording: the session log (always). Sealed command logs come with the next stage.
+//! Recording: the session log (always), and sealed command logs (Audit SSH).
 
+pub mod cmdlog;
 mod session_log;
 
 pub use session_log::{ChannelRecord, SessionLog, SessionRecord, print_sessions, timestamp};

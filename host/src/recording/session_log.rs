@@ -49,6 +49,9 @@ pub struct SessionRecord {
     pub bytes_from_client: u64,
     pub bytes_to_client: u64,
     pub channels: Vec<ChannelRecord>,
+    /// The sealed command logs of the session's channels.
+    #[serde(default)]
+    pub command_logs: Vec<String>,
     pub close_reason: String,
 }
 

@@ -38,7 +38,11 @@ struct Decided {
     bytes_from_client: Arc<AtomicU64>,
     bytes_to_client: Arc<AtomicU64>,
     channels: Arc<Mutex<Vec<ChannelRecord>>>,
+    command_logs: Arc<Mutex<Vec<String>>>,
     close_reason: Arc<Mutex<String>>,
+    /// One clone per running channel task: the session record waits for them, so it
+    /// holds their exit status and command logs.
+    channel_tasks: Arc<()>,
 }
 
 /// One client connection.
@@ -140,6 +144,14 @@ impl ConnHandler {
             ))
         } else if addr.is_none() {
             Some(format!("cannot resolve {host}"))
+        } else if decision.command_logging && self.shared.recording_key.is_none() {
+            tracing::error!(
+                "a policy asks for command logging but [recording] public_key is not set"
+            );
+            Some(
+                "this session must be recorded, and the proxy has no auditor key configured"
+                    .to_string(),
+            )
         } else {
             None
         };
@@ -161,6 +173,8 @@ impl ConnHandler {
             bytes_from_client: Arc::new(AtomicU64::new(0)),
             bytes_to_client: Arc::new(AtomicU64::new(0)),
             channels: Arc::new(Mutex::new(Vec::new())),
+            command_logs: Arc::new(Mutex::new(Vec::new())),
+            channel_tasks: Arc::new(()),
             close_reason: Arc::new(Mutex::new(String::new())),
         });
     }
@@ -301,8 +315,18 @@ impl russh::server::Handler for ConnHandler {
             bytes_from_client: Arc::clone(&d.bytes_from_client),
             bytes_to_client: Arc::clone(&d.bytes_to_client),
             channels: Arc::clone(&d.channels),
+            command_log: match (&self.shared.recording_key, d.decision.command_logging) {
+                (Some(key), true) => Some(upstream::CommandLogTarget {
+                    dir: self.shared.config.recording_dir.clone(),
+                    key: key.clone(),
+                    session_id: self.id.clone(),
+                }),
+                _ => None,
+            },
+            command_logs: Arc::clone(&d.command_logs),
         };
         let target_slot = Arc::clone(&d.target);
+        let running = Arc::clone(&d.channel_tasks);
         let close_reason = Arc::clone(&d.close_reason);
         let host_keys = self.shared.host_key_policy.clone();
         tokio::spawn(async move {
@@ -328,7 +352,10 @@ impl russh::server::Handler for ConnHandler {
                 Err(e) => Err(e),
             };
             match channel_on_target {
-                Ok(tc) => upstream::bridge_session(channel, handle, tc, ctx).await,
+                Ok(tc) => {
+                    upstream::bridge_session(channel, handle, tc, ctx).await;
+                    drop(running);
+                }
                 Err(message) => {
                     *lock(&close_reason) = message.clone();
                     refuse_channel(handle, id, message).await;
@@ -426,49 +453,78 @@ impl russh::server::Handler for ConnHandler {
 
 impl Drop for ConnHandler {
     fn drop(&mut self) {
-        let Some(d) = &self.decided else { return };
+        let Some(d) = self.decided.take() else { return };
         let end = SystemTime::now();
-        let refused = d.refusal.is_some() || !lock(&d.close_reason).is_empty();
-        let action = match (&d.decision.action, refused) {
-            (Action::Block, _) => "block",
-            (_, true) => "refused",
-            (Action::Allow, false) => "allow",
-            (Action::Audit, false) => "audit",
+        let shared = Arc::clone(&self.shared);
+        let (id, peer, via, start) = (self.id.clone(), self.peer, self.via, self.start);
+        let write = move |d: Decided| {
+            shared
+                .session_log
+                .append(&session_record(d, id, peer, via, start, end))
         };
-        let close_reason = {
-            let r = lock(&d.close_reason).clone();
-            if r.is_empty() {
-                "connection closed".to_string()
-            } else {
-                r
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    // Channel tasks finish their exit status and command logs after the
+                    // connection ends; the record waits for them (bounded).
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                    while Arc::strong_count(&d.channel_tasks) > 1
+                        && tokio::time::Instant::now() < deadline
+                    {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    write(d);
+                });
             }
-        };
-        let record = SessionRecord {
-            id: self.id.clone(),
-            email: d.identity.email.clone(),
-            groups: d.identity.groups.clone(),
-            source: self.peer.to_string(),
-            via: self.via.to_string(),
-            target_host: d.host.clone(),
-            target_ip: d.addr.map(|a| a.ip().to_string()),
-            target_port: d.port,
-            login: d.request.login.clone(),
-            policy: d.decision.module.clone(),
-            action: action.to_string(),
-            command_logging: d.decision.command_logging,
-            reason: d.decision.reason.clone(),
-            start: session_log_timestamp(self.start),
-            end: session_log_timestamp(end),
-            duration_ms: end
-                .duration_since(self.start)
-                .unwrap_or_default()
-                .as_millis() as u64,
-            bytes_from_client: d.bytes_from_client.load(Ordering::Relaxed),
-            bytes_to_client: d.bytes_to_client.load(Ordering::Relaxed),
-            channels: lock(&d.channels).clone(),
-            close_reason,
-        };
-        self.shared.session_log.append(&record);
+            Err(_) => write(d),
+        }
+    }
+}
+
+fn session_record(
+    d: Decided,
+    id: String,
+    peer: SocketAddr,
+    via: &'static str,
+    start: SystemTime,
+    end: SystemTime,
+) -> SessionRecord {
+    let close_reason = lock(&d.close_reason).clone();
+    let action = match (
+        &d.decision.action,
+        d.refusal.is_some() || !close_reason.is_empty(),
+    ) {
+        (Action::Block, _) => "block",
+        (_, true) => "refused",
+        (Action::Allow, false) => "allow",
+        (Action::Audit, false) => "audit",
+    };
+    SessionRecord {
+        id,
+        email: d.identity.email.clone(),
+        groups: d.identity.groups.clone(),
+        source: peer.to_string(),
+        via: via.to_string(),
+        target_host: d.host.clone(),
+        target_ip: d.addr.map(|a| a.ip().to_string()),
+        target_port: d.port,
+        login: d.request.login.clone(),
+        policy: d.decision.module.clone(),
+        action: action.to_string(),
+        command_logging: d.decision.command_logging,
+        reason: d.decision.reason.clone(),
+        start: session_log_timestamp(start),
+        end: session_log_timestamp(end),
+        duration_ms: end.duration_since(start).unwrap_or_default().as_millis() as u64,
+        bytes_from_client: d.bytes_from_client.load(Ordering::Relaxed),
+        bytes_to_client: d.bytes_to_client.load(Ordering::Relaxed),
+        channels: lock(&d.channels).clone(),
+        command_logs: lock(&d.command_logs).clone(),
+        close_reason: if close_reason.is_empty() {
+            "connection closed".into()
+        } else {
+            close_reason
+        },
     }
 }
 

@@ -30,6 +30,8 @@ pub(crate) struct Shared {
     pub policy: Arc<PolicyEngine>,
     pub session_log: SessionLog,
     pub host_key_policy: HostKeyPolicy,
+    /// The auditor's key for sealed command logs, if configured.
+    pub recording_key: Option<crate::recording::cmdlog::SealingKey>,
     host_certs: handler::HostCertCache,
 }
 
@@ -41,6 +43,7 @@ impl Shared {
         identities: Box<dyn IdentitySource>,
         policy: Arc<PolicyEngine>,
         session_log: SessionLog,
+        recording_key: Option<crate::recording::cmdlog::SealingKey>,
     ) -> Self {
         let host_key_policy = HostKeyPolicy {
             mode: config.host_key_check,
@@ -55,6 +58,7 @@ impl Shared {
             policy,
             session_log,
             host_key_policy,
+            recording_key,
             host_certs: handler::HostCertCache::default(),
         }
     }

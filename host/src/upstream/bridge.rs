@@ -17,6 +17,54 @@ use russh::{Channel, ChannelId, ChannelMsg};
 
 use crate::policy::{ChannelRequest, DecisionRequest, Evaluation, PolicySet};
 use crate::recording::ChannelRecord;
+use crate::recording::cmdlog::{
+    self, CODE_DATA, CODE_EXTENDED_DATA, CODE_REQUEST, SOURCE_CLIENT, SOURCE_SERVER,
+};
+
+/// Where a channel's command log goes, when the decision asks for one.
+#[derive(Debug, Clone)]
+pub struct CommandLogTarget {
+    pub dir: std::path::PathBuf,
+    pub key: cmdlog::SealingKey,
+    pub session_id: String,
+}
+
+/// A channel's command log, shared by the two directions. A write error ends the
+/// channel (fail closed); nothing is dropped silently.
+#[derive(Debug, Clone)]
+struct Recorder(Option<Arc<Mutex<Option<cmdlog::Writer>>>>);
+
+impl Recorder {
+    /// Records; returns false when recording failed and the channel must end.
+    fn record(
+        &self,
+        f: impl FnOnce(&mut cmdlog::Writer) -> Result<(), cmdlog::CmdLogError>,
+    ) -> bool {
+        let Some(slot) = &self.0 else { return true };
+        let mut guard = lock(slot);
+        let Some(writer) = guard.as_mut() else {
+            return false;
+        };
+        match f(writer) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!("command log write failed; ending the channel: {e}");
+                false
+            }
+        }
+    }
+
+    fn finish(&self, exit: cmdlog::ExitData) -> Option<String> {
+        let writer = self.0.as_ref().and_then(|slot| lock(slot).take())?;
+        match writer.finish(Some(exit)) {
+            Ok(path) => Some(path.display().to_string()),
+            Err(e) => {
+                tracing::error!("cannot finish the command log: {e}");
+                None
+            }
+        }
+    }
+}
 
 /// What a channel needs from its session.
 #[derive(Debug, Clone)]
@@ -27,6 +75,10 @@ pub struct ChannelContext {
     pub bytes_from_client: Arc<AtomicU64>,
     pub bytes_to_client: Arc<AtomicU64>,
     pub channels: Arc<Mutex<Vec<ChannelRecord>>>,
+    /// Set when the decision turned command logging on.
+    pub command_log: Option<CommandLogTarget>,
+    /// The command logs written, for the session log.
+    pub command_logs: Arc<Mutex<Vec<String>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -73,16 +125,41 @@ pub async fn bridge_session(
         channels.len() - 1
     };
     let cid = client.id();
+    let recorder = match &ctx.command_log {
+        None => Recorder(None),
+        Some(t) => {
+            let path = t.dir.join(format!("{}-{index}.sshlog", t.session_id));
+            match cmdlog::Writer::create(&path, &t.key) {
+                Ok(w) => Recorder(Some(Arc::new(Mutex::new(Some(w))))),
+                Err(e) => {
+                    tracing::error!("cannot start the command log; refusing the channel: {e}");
+                    let msg = "portcullis: this session must be recorded, and recording failed\r\n";
+                    let _ = client_handle
+                        .extended_data(cid, 1, msg.as_bytes().to_vec())
+                        .await;
+                    let _ = client_handle.exit_status_request(cid, 1).await;
+                    let _ = client_handle.close(cid).await;
+                    return;
+                }
+            }
+        }
+    };
+    let exit: Arc<Mutex<cmdlog::ExitData>> = Arc::new(Mutex::new(cmdlog::ExitData::default()));
     let (mut c_rx, c_tx) = client.split();
     let (mut t_rx, t_tx) = target.split();
     let pending: Arc<Mutex<VecDeque<bool>>> = Arc::new(Mutex::new(VecDeque::new()));
+    // Either direction ending ends the other: the target closing closes the client's
+    // channel, and the client closing (or a refusal) stops reading the target.
     let (done_tx, mut done_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
 
     let upstream = {
         let pending = Arc::clone(&pending);
         let handle = client_handle.clone();
         let ctx = ctx.clone();
+        let rec = recorder.clone();
         async move {
+            let _stop_on_exit = StopOnDrop(stop_tx);
             let forward = |want_reply: bool| lock(&pending).push_back(want_reply);
             loop {
                 let msg = tokio::select! {
@@ -90,6 +167,10 @@ pub async fn bridge_session(
                     _ = done_rx.changed() => None,
                 };
                 let Some(msg) = msg else { break };
+                if !rec.record(|w| record_client(w, &msg)) {
+                    let _ = t_tx.close().await;
+                    break;
+                }
                 let sent = match msg {
                     ChannelMsg::Data { data } => {
                         ctx.bytes_from_client
@@ -152,7 +233,10 @@ pub async fn bridge_session(
                                 forward(want_reply);
                                 t_tx.request_shell(true).await
                             }
-                            false => Ok(()),
+                            false => {
+                                let _ = t_tx.close().await;
+                                break;
+                            }
                         }
                     }
                     ChannelMsg::Exec {
@@ -176,7 +260,10 @@ pub async fn bridge_session(
                                 forward(want_reply);
                                 t_tx.exec(true, command).await
                             }
-                            false => Ok(()),
+                            false => {
+                                let _ = t_tx.close().await;
+                                break;
+                            }
                         }
                     }
                     ChannelMsg::RequestSubsystem { want_reply, name } => {
@@ -195,7 +282,10 @@ pub async fn bridge_session(
                                 forward(want_reply);
                                 t_tx.request_subsystem(true, name).await
                             }
-                            false => Ok(()),
+                            false => {
+                                let _ = t_tx.close().await;
+                                break;
+                            }
                         }
                     }
                     ChannelMsg::AgentForward { want_reply }
@@ -217,8 +307,31 @@ pub async fn bridge_session(
 
     let downstream = {
         let ctx = ctx.clone();
+        let rec = recorder.clone();
+        let exit = Arc::clone(&exit);
         async move {
-            while let Some(msg) = t_rx.wait().await {
+            loop {
+                let msg = tokio::select! {
+                    m = t_rx.wait() => m,
+                    _ = stop_rx.changed() => None,
+                };
+                let Some(msg) = msg else { break };
+                let recorded = match &msg {
+                    ChannelMsg::Data { data } => {
+                        rec.record(|w| w.packet(SOURCE_SERVER, CODE_DATA, data))
+                    }
+                    ChannelMsg::ExtendedData { data, .. } => {
+                        rec.record(|w| w.packet(SOURCE_SERVER, CODE_EXTENDED_DATA, data))
+                    }
+                    _ => true,
+                };
+                if !recorded {
+                    let msg = "\r\nportcullis: recording failed; ending the session\r\n";
+                    let _ = client_handle
+                        .extended_data(cid, 1, msg.as_bytes().to_vec())
+                        .await;
+                    break;
+                }
                 let sent = match msg {
                     ChannelMsg::Data { data } => {
                         ctx.bytes_to_client
@@ -233,6 +346,7 @@ pub async fn bridge_session(
                     ChannelMsg::Eof => c_tx.eof().await.map_err(|_| ()),
                     ChannelMsg::ExitStatus { exit_status } => {
                         ctx.record(index, |r| r.exit_status = Some(exit_status));
+                        lock(&exit).status = Some(exit_status);
                         client_handle.exit_status_request(cid, exit_status).await
                     }
                     ChannelMsg::ExitSignal {
@@ -242,6 +356,13 @@ pub async fn bridge_session(
                         lang_tag,
                     } => {
                         ctx.record(index, |r| r.exit_signal = Some(format!("{signal_name:?}")));
+                        {
+                            let mut e = lock(&exit);
+                            e.signal = Some(format!("{signal_name:?}"));
+                            e.core_dumped = core_dumped;
+                            e.error_msg =
+                                (!error_message.is_empty()).then(|| error_message.clone());
+                        }
                         client_handle
                             .exit_signal_request(
                                 cid,
@@ -273,6 +394,69 @@ pub async fn bridge_session(
         }
     };
     tokio::join!(upstream, downstream);
+    let mut exit = lock(&exit).clone();
+    exit.timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    if let Some(path) = recorder.finish(exit) {
+        lock(&ctx.command_logs).push(path);
+    }
+}
+
+/// Signals the other direction when this one ends, however it ends.
+struct StopOnDrop(tokio::sync::watch::Sender<bool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(true);
+    }
+}
+
+/// What the command log keeps of a message from the client: data, the pty, window
+/// changes and the requests (sealed; never in plaintext anywhere).
+fn record_client(w: &mut cmdlog::Writer, msg: &ChannelMsg) -> Result<(), cmdlog::CmdLogError> {
+    match msg {
+        ChannelMsg::Data { data } => w.packet(SOURCE_CLIENT, CODE_DATA, data),
+        ChannelMsg::ExtendedData { data, .. } => w.packet(SOURCE_CLIENT, CODE_EXTENDED_DATA, data),
+        ChannelMsg::RequestPty {
+            term,
+            col_width,
+            row_height,
+            terminal_modes,
+            ..
+        } => w.set_pty(cmdlog::PtyMeta {
+            term: Some(term.clone()),
+            width: *col_width,
+            height: *row_height,
+            modes: terminal_modes
+                .iter()
+                .map(|(m, v)| (format!("{m:?}"), *v))
+                .collect(),
+        }),
+        ChannelMsg::WindowChange {
+            col_width,
+            row_height,
+            ..
+        } => w.packet(
+            SOURCE_CLIENT,
+            CODE_REQUEST,
+            format!("window-change\0{col_width}x{row_height}").as_bytes(),
+        ),
+        ChannelMsg::RequestShell { .. } => w.packet(SOURCE_CLIENT, CODE_REQUEST, b"shell\0"),
+        ChannelMsg::Exec { command, .. } => {
+            let mut d = b"exec\0".to_vec();
+            d.extend_from_slice(command);
+            w.packet(SOURCE_CLIENT, CODE_REQUEST, &d)
+        }
+        ChannelMsg::RequestSubsystem { name, .. } => w.packet(
+            SOURCE_CLIENT,
+            CODE_REQUEST,
+            format!("subsystem\0{name}").as_bytes(),
+        ),
+        ChannelMsg::Eof | ChannelMsg::Close => w.flush(),
+        _ => Ok(()),
+    }
 }
 
 /// Asks the policy about a channel request; on refusal tells the user why on stderr,

@@ -3,7 +3,7 @@
 
 mod bridge;
 
-pub use bridge::{ChannelContext, bridge_session};
+pub use bridge::{ChannelContext, CommandLogTarget, bridge_session};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

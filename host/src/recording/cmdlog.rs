@@ -1,0 +1,861 @@
+//! Sealed command logs, in the file format of the hosted product's decryption tool
+//! (see DESIGN.md): HPKE base mode, DHKEM(X25519, HKDF-SHA256) / HKDF-SHA256 /
+//! ChaCha20-Poly1305, empty info and aad, one sender context per file.
+//!
+//! File: `u32 M` + base64(JSON metadata) (M bytes), then blocks `u32 N` + N bytes of
+//! ciphertext until EOF. Plaintext: packets `u32 T` (T >= 13), `u8 source`, `u32 code`,
+//! `u64 elapsed µs`, T-13 bytes of data. Whole packets per block, never an empty block,
+//! elapsed never decreasing.
+//!
+//! Invariants of the writer: the metadata header must come first but holds the exit
+//! data, so blocks stream to `NAME.partial` while the channel lives, beside `NAME.meta`
+//! (everything but the exit data). Finishing writes header + blocks to `NAME.tmp`,
+//! syncs it, renames it to `NAME`, then removes the side files. A proxy that dies leaves
+//! `.meta` + `.partial`; [`recover`] finalises them (header without exit data, every
+//! complete block kept).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use hpke::aead::{AeadCtxS, ChaCha20Poly1305};
+use hpke::kdf::HkdfSha256;
+use hpke::kem::X25519HkdfSha256;
+use hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable};
+use serde::{Deserialize, Serialize};
+
+type Kem = X25519HkdfSha256;
+type PublicKey = <Kem as hpke::Kem>::PublicKey;
+type PrivateKey = <Kem as hpke::Kem>::PrivateKey;
+type EncappedKey = <Kem as hpke::Kem>::EncappedKey;
+
+/// Data from the client.
+pub const SOURCE_CLIENT: u8 = 0;
+/// Data from the server (the target).
+pub const SOURCE_SERVER: u8 = 1;
+/// Packet code of channel data (SSH_MSG_CHANNEL_DATA).
+pub const CODE_DATA: u32 = 94;
+/// Packet code of extended data such as stderr (SSH_MSG_CHANNEL_EXTENDED_DATA).
+pub const CODE_EXTENDED_DATA: u32 = 95;
+/// Packet code of a channel request (SSH_MSG_CHANNEL_REQUEST): `exec\0COMMAND`,
+/// `subsystem\0NAME`, `shell\0`, `window-change\0COLSxROWS`. Sent with the client as
+/// source, which the reference tool leaves out of pty replays.
+pub const CODE_REQUEST: u32 = 98;
+
+/// Errors of command logs.
+#[derive(Debug, thiserror::Error)]
+pub enum CmdLogError {
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("{0}")]
+    Format(String),
+    #[error("cannot decrypt: {0}")]
+    Crypto(String),
+}
+
+fn file_err(path: &Path, e: impl std::fmt::Display) -> CmdLogError {
+    CmdLogError::File {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// The terminal of a pty session.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PtyMeta {
+    pub term: Option<String>,
+    pub width: u32,
+    pub height: u32,
+    pub modes: Vec<(String, u32)>,
+}
+
+/// How the channel ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitData {
+    pub timestamp: u64,
+    pub status: Option<u32>,
+    pub signal: Option<String>,
+    #[serde(default)]
+    pub core_dumped: bool,
+    pub error_msg: Option<String>,
+}
+
+/// The metadata header.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    pub started_at: u64,
+    pub data_size: u64,
+    pub encapsulated_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pty: Option<PtyMeta>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_data: Option<ExitData>,
+}
+
+// ---------------------------------------------------------------------------- keys
+
+/// Generates a key pair: (private, public), each 32 bytes in standard base64.
+pub fn generate_keypair() -> (String, String) {
+    let (private, public) = Kem::gen_keypair();
+    (
+        B64.encode(private.to_bytes()),
+        B64.encode(public.to_bytes()),
+    )
+}
+
+fn decode_key(text: &str, path: &Path, what: &str) -> Result<Vec<u8>, CmdLogError> {
+    let bytes = B64
+        .decode(text.trim())
+        .map_err(|e| file_err(path, format!("not a base64 {what} ({e})")))?;
+    if bytes.len() != 32 {
+        return Err(file_err(
+            path,
+            format!("a {what} is 32 bytes, this is {}", bytes.len()),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// The auditor's public key, from `sshkey.pub`.
+#[derive(Clone)]
+pub struct SealingKey(PublicKey);
+
+impl std::fmt::Debug for SealingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SealingKey(")?;
+        f.write_str(&B64.encode(self.0.to_bytes()))?;
+        f.write_str(")")
+    }
+}
+
+impl SealingKey {
+    pub fn read(path: &Path) -> Result<SealingKey, CmdLogError> {
+        let text = fs::read_to_string(path).map_err(|e| file_err(path, e))?;
+        let bytes = decode_key(&text, path, "public key")?;
+        PublicKey::from_bytes(&bytes)
+            .map(SealingKey)
+            .map_err(|e| file_err(path, format!("{e:?}")))
+    }
+}
+
+/// The auditor's private key, from `sshkey`. Never printed.
+pub struct OpeningKey(PrivateKey);
+
+impl std::fmt::Debug for OpeningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OpeningKey(..)")
+    }
+}
+
+impl OpeningKey {
+    pub fn read(path: &Path) -> Result<OpeningKey, CmdLogError> {
+        let text = fs::read_to_string(path).map_err(|e| file_err(path, e))?;
+        let bytes = decode_key(&text, path, "private key")?;
+        PrivateKey::from_bytes(&bytes)
+            .map(OpeningKey)
+            .map_err(|e| file_err(path, format!("{e:?}")))
+    }
+}
+
+/// Writes `sshkey` (0600) and `sshkey.pub`, without trailing newlines.
+pub fn keygen(out: &Path) -> Result<PathBuf, CmdLogError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let public_path = PathBuf::from(format!("{}.pub", out.display()));
+    for p in [out, public_path.as_path()] {
+        if p.exists() {
+            return Err(file_err(p, "exists; refusing to overwrite a key"));
+        }
+    }
+    let (private, public) = generate_keypair();
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .map_err(|e| file_err(out, e))?;
+    f.write_all(private.as_bytes())
+        .map_err(|e| file_err(out, e))?;
+    fs::write(&public_path, public).map_err(|e| file_err(&public_path, e))?;
+    Ok(public_path)
+}
+
+// -------------------------------------------------------------------------- writer
+
+#[derive(Serialize, Deserialize)]
+struct SideMeta {
+    started_at: u64,
+    encapsulated_key: String,
+    pty: Option<PtyMeta>,
+}
+
+fn side_paths(path: &Path) -> (PathBuf, PathBuf) {
+    let s = path.display().to_string();
+    (
+        PathBuf::from(format!("{s}.partial")),
+        PathBuf::from(format!("{s}.meta")),
+    )
+}
+
+/// Encodes one plaintext packet.
+pub fn encode_packet(source: u8, code: u32, elapsed_us: u64, data: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(17 + data.len());
+    p.extend_from_slice(&((13 + data.len()) as u32).to_be_bytes());
+    p.push(source);
+    p.extend_from_slice(&code.to_be_bytes());
+    p.extend_from_slice(&elapsed_us.to_be_bytes());
+    p.extend_from_slice(data);
+    p
+}
+
+/// A command log being written.
+pub struct Writer {
+    path: PathBuf,
+    blocks: File,
+    ctx: AeadCtxS<ChaCha20Poly1305, HkdfSha256, Kem>,
+    meta: SideMeta,
+    start: Instant,
+    last_elapsed: u64,
+    data_size: u64,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("path", &self.path)
+            .field("data_size", &self.data_size)
+            .finish()
+    }
+}
+
+impl Writer {
+    /// Starts a log that will be `path` once finished.
+    pub fn create(path: &Path, key: &SealingKey) -> Result<Writer, CmdLogError> {
+        let (enc, ctx) =
+            hpke::setup_sender::<ChaCha20Poly1305, HkdfSha256, Kem>(&OpModeS::Base, &key.0, &[])
+                .map_err(|e| CmdLogError::Crypto(format!("{e:?}")))?;
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+        }
+        let (partial, _) = side_paths(path);
+        let meta = SideMeta {
+            started_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
+            encapsulated_key: hex::encode(enc.to_bytes()),
+            pty: None,
+        };
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&partial)
+            .map_err(|e| file_err(&partial, e))?;
+        let w = Writer {
+            path: path.to_path_buf(),
+            blocks: file,
+            ctx,
+            meta,
+            start: Instant::now(),
+            last_elapsed: 0,
+            data_size: 0,
+        };
+        w.write_side_meta()?;
+        Ok(w)
+    }
+
+    fn write_side_meta(&self) -> Result<(), CmdLogError> {
+        let (_, meta_path) = side_paths(&self.path);
+        let json =
+            serde_json::to_vec(&self.meta).map_err(|e| CmdLogError::Format(e.to_string()))?;
+        let tmp = PathBuf::from(format!("{}.tmp", meta_path.display()));
+        fs::write(&tmp, json)
+            .and_then(|()| fs::rename(&tmp, &meta_path))
+            .map_err(|e| file_err(&meta_path, e))
+    }
+
+    /// The final path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Records the pty of the session.
+    pub fn set_pty(&mut self, pty: PtyMeta) -> Result<(), CmdLogError> {
+        self.meta.pty = Some(pty);
+        self.write_side_meta()
+    }
+
+    /// Seals and writes one packet. Empty data writes nothing.
+    pub fn packet(&mut self, source: u8, code: u32, data: &[u8]) -> Result<(), CmdLogError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let elapsed = (self.start.elapsed().as_micros() as u64).max(self.last_elapsed);
+        self.last_elapsed = elapsed;
+        let plain = encode_packet(source, code, elapsed, data);
+        let sealed = self
+            .ctx
+            .seal(&plain, &[])
+            .map_err(|e| CmdLogError::Crypto(format!("{e:?}")))?;
+        // One write per block, straight to the operating system: a block the client
+        // has been sent data for survives the proxy being killed.
+        let mut frame = Vec::with_capacity(4 + sealed.len());
+        frame.extend_from_slice(&(sealed.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&sealed);
+        let (partial, _) = side_paths(&self.path);
+        self.blocks
+            .write_all(&frame)
+            .map_err(|e| file_err(&partial, e))?;
+        self.data_size += plain.len() as u64;
+        Ok(())
+    }
+
+    /// Syncs the blocks written so far to disk.
+    pub fn flush(&mut self) -> Result<(), CmdLogError> {
+        let (partial, _) = side_paths(&self.path);
+        self.blocks.sync_data().map_err(|e| file_err(&partial, e))
+    }
+
+    /// Writes the final file with the exit data and removes the side files.
+    pub fn finish(mut self, exit: Option<ExitData>) -> Result<PathBuf, CmdLogError> {
+        self.flush()?;
+        let (partial, meta_path) = side_paths(&self.path);
+        let meta = Metadata {
+            started_at: self.meta.started_at,
+            data_size: self.data_size,
+            encapsulated_key: self.meta.encapsulated_key.clone(),
+            pty: self.meta.pty.clone(),
+            exit_data: exit,
+        };
+        finalise(&self.path, &partial, &meta_path, &meta)?;
+        Ok(self.path)
+    }
+}
+
+/// Writes header + the complete blocks of `partial` to `path`, then removes the side
+/// files. Returns how many bytes of a torn last block were dropped.
+fn finalise(
+    path: &Path,
+    partial: &Path,
+    meta_path: &Path,
+    meta: &Metadata,
+) -> Result<u64, CmdLogError> {
+    let mut blocks = Vec::new();
+    File::open(partial)
+        .and_then(|mut f| f.read_to_end(&mut blocks))
+        .map_err(|e| file_err(partial, e))?;
+    let complete = complete_blocks_len(&blocks);
+    let header =
+        B64.encode(serde_json::to_vec(meta).map_err(|e| CmdLogError::Format(e.to_string()))?);
+    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+    let write = || -> std::io::Result<()> {
+        let mut f = BufWriter::new(File::create(&tmp)?);
+        f.write_all(&(header.len() as u32).to_be_bytes())?;
+        f.write_all(header.as_bytes())?;
+        f.write_all(blocks.get(..complete).unwrap_or_default())?;
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        fs::rename(&tmp, path)
+    };
+    write().map_err(|e| file_err(path, e))?;
+    let _ = fs::remove_file(partial);
+    let _ = fs::remove_file(meta_path);
+    Ok((blocks.len() - complete) as u64)
+}
+
+/// The big-endian u32 at `at`, if the bytes are there.
+fn be_u32(bytes: &[u8], at: usize) -> Option<usize> {
+    let b: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
+    Some(u32::from_be_bytes(b) as usize)
+}
+
+fn be_u64(bytes: &[u8], at: usize) -> Option<u64> {
+    let b: [u8; 8] = bytes.get(at..at.checked_add(8)?)?.try_into().ok()?;
+    Some(u64::from_be_bytes(b))
+}
+
+fn complete_blocks_len(bytes: &[u8]) -> usize {
+    let mut at = 0usize;
+    while let Some(len) = be_u32(bytes, at) {
+        let end = at + 4 + len;
+        if end > bytes.len() {
+            break;
+        }
+        at = end;
+    }
+    at
+}
+
+/// Finalises the logs a killed proxy left in `dir` (header without exit data). Returns
+/// the finished paths.
+pub fn recover(dir: &Path) -> Result<Vec<PathBuf>, CmdLogError> {
+    let mut done = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(done);
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let meta_path = entry.path();
+        let Some(name) = meta_path.to_str().and_then(|s| s.strip_suffix(".meta")) else {
+            continue;
+        };
+        let path = PathBuf::from(name);
+        let (partial, _) = side_paths(&path);
+        let side: SideMeta = match fs::read(&meta_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+        {
+            Some(m) => m,
+            None => {
+                tracing::error!(path = %meta_path.display(), "unreadable command log metadata; left in place");
+                continue;
+            }
+        };
+        if !partial.exists() {
+            File::create(&partial).map_err(|e| file_err(&partial, e))?;
+        }
+        let size = fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        let meta = Metadata {
+            started_at: side.started_at,
+            data_size: size,
+            encapsulated_key: side.encapsulated_key,
+            pty: side.pty,
+            exit_data: None,
+        };
+        let torn = finalise(&path, &partial, &meta_path, &meta)?;
+        tracing::warn!(path = %path.display(), torn_bytes = torn, "finalised a command log left by an interrupted proxy");
+        done.push(path);
+    }
+    Ok(done)
+}
+
+// -------------------------------------------------------------------------- reader
+
+/// One decrypted packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packet {
+    pub source: u8,
+    pub code: u32,
+    pub elapsed_us: u64,
+    pub data: Vec<u8>,
+}
+
+/// A decrypted log: its header, its packets, and what was wrong past them, if anything.
+#[derive(Debug)]
+pub struct Decrypted {
+    pub meta: Metadata,
+    pub packets: Vec<Packet>,
+    /// Set when the file was damaged or truncated: the packets are those before it.
+    pub warning: Option<String>,
+}
+
+/// Decrypts a whole log. A file that is not a log, or a wrong key, is an error; damage
+/// after the first block yields everything before it and a warning.
+pub fn decrypt(bytes: &[u8], key: &OpeningKey) -> Result<Decrypted, CmdLogError> {
+    let not_a_log = |why: &str| CmdLogError::Format(format!("not a command log: {why}"));
+    let m = be_u32(bytes, 0).ok_or_else(|| not_a_log("shorter than its header length"))?;
+    let header = bytes
+        .get(4..4 + m)
+        .ok_or_else(|| not_a_log("the header is cut short"))?;
+    let json = B64
+        .decode(header)
+        .map_err(|_| not_a_log("the header is not base64"))?;
+    let meta: Metadata =
+        serde_json::from_slice(&json).map_err(|e| not_a_log(&format!("bad header JSON ({e})")))?;
+    let enc = hex::decode(&meta.encapsulated_key).map_err(|_| not_a_log("bad encapsulated_key"))?;
+    let enc = EncappedKey::from_bytes(&enc).map_err(|_| not_a_log("bad encapsulated_key"))?;
+    let mut ctx = hpke::setup_receiver::<ChaCha20Poly1305, HkdfSha256, Kem>(
+        &OpModeR::Base,
+        &key.0,
+        &enc,
+        &[],
+    )
+    .map_err(|e| CmdLogError::Crypto(format!("{e:?}")))?;
+    let mut at = 4 + m;
+    let mut plain = Vec::new();
+    let mut warning = None;
+    let mut block = 0usize;
+    while at < bytes.len() {
+        let Some(n) = be_u32(bytes, at) else {
+            warning = Some(format!(
+                "truncated: {} stray bytes after block {block}",
+                bytes.len() - at
+            ));
+            break;
+        };
+        let Some(sealed) = bytes.get(at + 4..at + 4 + n) else {
+            warning = Some(format!(
+                "truncated in block {}: {} of {n} bytes present",
+                block + 1,
+                bytes.len() - at - 4
+            ));
+            break;
+        };
+        match ctx.open(sealed, &[]) {
+            Ok(p) => plain.extend_from_slice(&p),
+            Err(_) if block == 0 => {
+                return Err(CmdLogError::Crypto(
+                    "the first block does not open: wrong key, or a corrupt file".into(),
+                ));
+            }
+            Err(_) => {
+                warning = Some(format!(
+                    "block {} is corrupt; the {block} blocks before it are intact",
+                    block + 1
+                ));
+                break;
+            }
+        }
+        block += 1;
+        at += 4 + n;
+    }
+    let mut packets = Vec::new();
+    let mut p = 0usize;
+    while p < plain.len() {
+        let parsed = be_u32(&plain, p).filter(|t| *t >= 13).and_then(|t| {
+            let body = plain.get(p + 4..p + 4 + t)?;
+            let packet = Packet {
+                source: *body.first()?,
+                code: be_u32(body, 1)? as u32,
+                elapsed_us: be_u64(body, 5)?,
+                data: body.get(13..)?.to_vec(),
+            };
+            Some((t, packet))
+        });
+        match parsed {
+            Some((t, packet)) => {
+                packets.push(packet);
+                p += 4 + t;
+            }
+            None => {
+                warning.get_or_insert_with(|| format!("malformed packet at plaintext offset {p}"));
+                break;
+            }
+        }
+    }
+    Ok(Decrypted {
+        meta,
+        packets,
+        warning,
+    })
+}
+
+// -------------------------------------------------------------------------- export
+
+fn format_date(secs: u64) -> String {
+    let t = UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    let s = humantime::format_rfc3339_seconds(t).to_string(); // 2026-11-23T21:37:37Z
+    format!("{}+00", s.trim_end_matches('Z').replace('T', " "))
+}
+
+/// The files of the decrypted zip, by name.
+pub fn zip_entries(d: &Decrypted) -> Vec<(&'static str, Vec<u8>)> {
+    let data = |p: &Packet| p.code != CODE_REQUEST;
+    match &d.meta.pty {
+        Some(pty) => {
+            let mut term = format!(
+                "Session started on {} [TERM=\"{}\" COLUMNS=\"{}\" LINES=\"{}\"]\n",
+                format_date(d.meta.started_at),
+                pty.term.as_deref().unwrap_or("unknown"),
+                pty.width,
+                pty.height
+            )
+            .into_bytes();
+            let mut times = String::new();
+            let mut last = 0u64;
+            for p in d
+                .packets
+                .iter()
+                .filter(|p| p.source == SOURCE_SERVER && data(p))
+            {
+                term.extend_from_slice(&p.data);
+                times.push_str(&format!(
+                    "{:.6} {}\n",
+                    (p.elapsed_us - last.min(p.elapsed_us)) as f64 / 1e6,
+                    p.data.len()
+                ));
+                last = p.elapsed_us;
+            }
+            let end = match &d.meta.exit_data {
+                Some(e) => match (&e.error_msg, e.core_dumped) {
+                    (Some(msg), _) => format!(
+                        "\nScript done on {} [ERROR=\"{msg}\"]\n",
+                        format_date(e.timestamp)
+                    ),
+                    (None, true) => format!(
+                        "\nScript done on {} [CORE DUMPED]\n",
+                        format_date(e.timestamp)
+                    ),
+                    (None, false) => format!(
+                        "\nScript done on {} [COMMAND_EXIT_CODE=\"{}\"]\n",
+                        format_date(e.timestamp),
+                        e.status.unwrap_or(0)
+                    ),
+                },
+                None => "\nSession has no termination data\n".to_string(),
+            };
+            term.extend_from_slice(end.as_bytes());
+            vec![
+                ("term_data.txt", term),
+                ("term_times.txt", times.into_bytes()),
+            ]
+        }
+        None => {
+            let pick = |src: u8| -> Vec<u8> {
+                d.packets
+                    .iter()
+                    .filter(|p| p.source == src && data(p))
+                    .flat_map(|p| p.data.iter().copied())
+                    .collect()
+            };
+            vec![
+                ("data_from_client.txt", pick(SOURCE_CLIENT)),
+                ("data_from_server.txt", pick(SOURCE_SERVER)),
+            ]
+        }
+    }
+}
+
+/// Writes the decrypted zip.
+pub fn write_zip(d: &Decrypted, out: &Path) -> Result<(), CmdLogError> {
+    let file = File::create(out).map_err(|e| file_err(out, e))?;
+    let mut zip = zip::ZipWriter::new(file);
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    let mut entries = zip_entries(d);
+    let requests: Vec<String> = d
+        .packets
+        .iter()
+        .filter(|p| p.code == CODE_REQUEST)
+        .map(|p| {
+            format!(
+                "{:.6} {}",
+                p.elapsed_us as f64 / 1e6,
+                String::from_utf8_lossy(&p.data).replacen('\0', " ", 1)
+            )
+        })
+        .collect();
+    if !requests.is_empty() {
+        entries.push(("requests.txt", (requests.join("\n") + "\n").into_bytes()));
+    }
+    for (name, bytes) in entries {
+        zip.start_file(name, options)
+            .map_err(|e| file_err(out, e))?;
+        zip.write_all(&bytes).map_err(|e| file_err(out, e))?;
+    }
+    zip.finish().map_err(|e| file_err(out, e))?;
+    Ok(())
+}
+
+/// asciicast v2: a header line, then `[seconds, "o", text]` for output and
+/// `[seconds, "r", "COLSxROWS"]` for window changes.
+pub fn asciicast(d: &Decrypted) -> String {
+    let pty = d.meta.pty.clone().unwrap_or(PtyMeta {
+        term: None,
+        width: 80,
+        height: 24,
+        modes: vec![],
+    });
+    let header = serde_json::json!({
+        "version": 2,
+        "width": pty.width,
+        "height": pty.height,
+        "timestamp": d.meta.started_at,
+        "env": {"TERM": pty.term.unwrap_or_else(|| "xterm".into())},
+    });
+    let mut out = header.to_string();
+    out.push('\n');
+    for p in &d.packets {
+        let t = p.elapsed_us as f64 / 1e6;
+        let event = if p.code == CODE_REQUEST {
+            let text = String::from_utf8_lossy(&p.data);
+            match text.strip_prefix("window-change\0") {
+                Some(size) => serde_json::json!([t, "r", size]),
+                None => continue,
+            }
+        } else if p.source == SOURCE_SERVER {
+            serde_json::json!([t, "o", String::from_utf8_lossy(&p.data)])
+        } else {
+            continue;
+        };
+        out.push_str(&event.to_string());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(dir: &Path) -> (SealingKey, OpeningKey) {
+        let public = keygen(&dir.join("sshkey")).unwrap();
+        (
+            SealingKey::read(&public).unwrap(),
+            OpeningKey::read(&dir.join("sshkey")).unwrap(),
+        )
+    }
+
+    #[test]
+    fn key_files_are_44_base64_characters_without_newline() {
+        let d = tempfile::tempdir().unwrap();
+        keygen(&d.path().join("sshkey")).unwrap();
+        for name in ["sshkey", "sshkey.pub"] {
+            let text = fs::read_to_string(d.path().join(name)).unwrap();
+            assert_eq!(text.len(), 44, "{name}");
+            assert!(!text.ends_with('\n'));
+        }
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(d.path().join("sshkey"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        assert!(
+            keygen(&d.path().join("sshkey")).is_err(),
+            "never overwrites"
+        );
+    }
+
+    #[test]
+    fn a_log_round_trips_with_pty_and_exit_data() {
+        let d = tempfile::tempdir().unwrap();
+        let (seal, open) = keys(d.path());
+        let path = d.path().join("logs/s1-c0.sshlog");
+        let mut w = Writer::create(&path, &seal).unwrap();
+        w.set_pty(PtyMeta {
+            term: Some("xterm".into()),
+            width: 80,
+            height: 24,
+            modes: vec![("ECHO".into(), 1)],
+        })
+        .unwrap();
+        w.packet(SOURCE_CLIENT, CODE_REQUEST, b"shell\0").unwrap();
+        w.packet(SOURCE_CLIENT, CODE_DATA, b"ls\r").unwrap();
+        w.packet(SOURCE_SERVER, CODE_DATA, b"file1\r\n").unwrap();
+        w.packet(SOURCE_SERVER, CODE_DATA, b"").unwrap();
+        let exit = ExitData {
+            timestamp: 1,
+            status: Some(0),
+            ..Default::default()
+        };
+        w.finish(Some(exit.clone())).unwrap();
+        assert!(!side_paths(&path).0.exists() && !side_paths(&path).1.exists());
+        let got = decrypt(&fs::read(&path).unwrap(), &open).unwrap();
+        assert!(got.warning.is_none());
+        assert_eq!(got.packets.len(), 3, "empty data is never sealed");
+        assert_eq!(got.meta.exit_data, Some(exit));
+        let entries = zip_entries(&got);
+        let term = String::from_utf8(entries[0].1.clone()).unwrap();
+        assert!(
+            term.starts_with("Session started on ")
+                && term.contains("TERM=\"xterm\" COLUMNS=\"80\""),
+            "{term}"
+        );
+        assert!(term.contains("file1") && !term.contains("ls\r"), "{term}");
+        assert!(term.contains("COMMAND_EXIT_CODE=\"0\""));
+    }
+
+    #[test]
+    fn a_wrong_key_and_a_non_log_are_clear_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let (seal, _) = keys(d.path());
+        let other = tempfile::tempdir().unwrap();
+        let (_, wrong) = keys(other.path());
+        let path = d.path().join("x.sshlog");
+        let mut w = Writer::create(&path, &seal).unwrap();
+        w.packet(SOURCE_SERVER, CODE_DATA, b"secret").unwrap();
+        w.finish(None).unwrap();
+        let err = decrypt(&fs::read(&path).unwrap(), &wrong)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("wrong key"), "{err}");
+        let err = decrypt(b"hello world, not a log", &wrong)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a command log"), "{err}");
+    }
+
+    fn three_block_log(dir: &Path) -> (Vec<u8>, OpeningKey, Vec<usize>) {
+        let (seal, open) = keys(dir);
+        let path = dir.join("t.sshlog");
+        let mut w = Writer::create(&path, &seal).unwrap();
+        for chunk in [&b"one"[..], b"two", b"three"] {
+            w.packet(SOURCE_SERVER, CODE_DATA, chunk).unwrap();
+        }
+        w.finish(None).unwrap();
+        let bytes = fs::read(&path).unwrap();
+        // Block boundaries, found by walking the framing.
+        let m = u32::from_be_bytes(bytes[0..4].try_into().unwrap()) as usize;
+        let mut at = 4 + m;
+        let mut ends = vec![];
+        while at < bytes.len() {
+            at += 4 + u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            ends.push(at);
+        }
+        (bytes, open, ends)
+    }
+
+    #[test]
+    fn truncation_at_a_block_boundary_and_mid_block_keeps_what_came_before() {
+        let d = tempfile::tempdir().unwrap();
+        let (bytes, open, ends) = three_block_log(d.path());
+        assert_eq!(ends.len(), 3);
+        let at_boundary = decrypt(&bytes[..ends[1]], &open).unwrap();
+        assert_eq!(at_boundary.packets.len(), 2);
+        assert!(
+            at_boundary.warning.is_none(),
+            "a boundary cut looks like a shorter log"
+        );
+        let mid = decrypt(&bytes[..ends[1] + 7], &open).unwrap();
+        assert_eq!(mid.packets.len(), 2);
+        assert!(
+            mid.warning.as_deref().unwrap().contains("truncated"),
+            "{:?}",
+            mid.warning
+        );
+    }
+
+    #[test]
+    fn a_corrupt_block_keeps_the_blocks_before_it() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut bytes, open, ends) = three_block_log(d.path());
+        bytes[ends[1] + 6] ^= 0xff;
+        let got = decrypt(&bytes, &open).unwrap();
+        assert_eq!(got.packets.len(), 2);
+        assert!(
+            got.warning
+                .as_deref()
+                .unwrap()
+                .contains("block 3 is corrupt"),
+            "{:?}",
+            got.warning
+        );
+    }
+
+    #[test]
+    fn recovery_finalises_leftovers_and_keeps_complete_blocks() {
+        let d = tempfile::tempdir().unwrap();
+        let (seal, open) = keys(d.path());
+        let path = d.path().join("crash.sshlog");
+        let mut w = Writer::create(&path, &seal).unwrap();
+        w.packet(SOURCE_SERVER, CODE_DATA, b"before the crash")
+            .unwrap();
+        w.flush().unwrap();
+        std::mem::forget(w); // the proxy dies here
+        // A torn block at the end.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(side_paths(&path).0)
+            .unwrap();
+        f.write_all(&[0, 0, 0, 50, 1, 2, 3]).unwrap();
+        let done = recover(d.path()).unwrap();
+        assert_eq!(done, vec![path.clone()]);
+        let got = decrypt(&fs::read(&path).unwrap(), &open).unwrap();
+        assert_eq!(got.packets[0].data, b"before the crash");
+        assert!(got.meta.exit_data.is_none());
+    }
+}

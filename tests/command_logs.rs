@@ -1,0 +1,402 @@
+//! Sealed command logs end to end: audited sessions through the real proxy to a real
+//! sshd, decrypted by the real `portcullis decrypt`, and checked byte for byte by an
+//! independent reader written here from the format's description.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::lab::{Lab, OutputExt, ensure_user};
+use hpke::{Deserializable, OpModeR};
+
+fn audited_lab(command_logging: bool) -> Lab {
+    ensure_user("jdoe");
+    let mut lab = Lab::new(&[("jdoe@example.com", &[])]);
+    let out = common::portcullis()
+        .args(["keygen", "-o"])
+        .arg(lab.path().join("sshkey"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lab.add_config("[recording]\npublic_key = \"sshkey.pub\"\ndir = \"command-logs\"\n");
+    lab.policies
+        .module("20-network-audit.wasm", "network_audit")
+        .file(
+            "20-network-audit.toml",
+            format!(
+                "[[rule]]\ndestinations = [\"127.0.0.1\"]\ncommand_logging = {command_logging}\n"
+            )
+            .as_bytes(),
+        )
+        .module("90-default-principal.wasm", "default_principal");
+    lab.start();
+    lab
+}
+
+fn logs(lab: &Lab) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(lab.path().join("command-logs"))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn unzip(path: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
+    let mut files = std::collections::BTreeMap::new();
+    for i in 0..zip.len() {
+        let mut f = zip.by_index(i).unwrap();
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes).unwrap();
+        files.insert(f.name().to_string(), bytes);
+    }
+    files
+}
+
+/// An independent reader of the format (DESIGN.md), for checking framing and layout.
+struct Parsed {
+    meta: serde_json::Value,
+    /// (source, code, elapsed µs, data)
+    packets: Vec<(u8, u32, u64, Vec<u8>)>,
+    blocks: usize,
+}
+
+fn independent_read(file: &[u8], private_key_b64: &str) -> Parsed {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let m = u32::from_be_bytes(file[0..4].try_into().unwrap()) as usize;
+    let meta: serde_json::Value =
+        serde_json::from_slice(&b64.decode(&file[4..4 + m]).unwrap()).unwrap();
+    type Kem = hpke::kem::X25519HkdfSha256;
+    let sk =
+        <Kem as hpke::Kem>::PrivateKey::from_bytes(&b64.decode(private_key_b64.trim()).unwrap())
+            .unwrap();
+    let enc_hex = meta["encapsulated_key"].as_str().unwrap();
+    let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(&hex::decode(enc_hex).unwrap()).unwrap();
+    let mut ctx = hpke::setup_receiver::<hpke::aead::ChaCha20Poly1305, hpke::kdf::HkdfSha256, Kem>(
+        &OpModeR::Base,
+        &sk,
+        &enc,
+        b"",
+    )
+    .unwrap();
+    let mut at = 4 + m;
+    let mut plain = Vec::new();
+    let mut blocks = 0;
+    while at < file.len() {
+        let n = u32::from_be_bytes(file[at..at + 4].try_into().unwrap()) as usize;
+        let block = ctx
+            .open(&file[at + 4..at + 4 + n], b"")
+            .expect("every block opens in order");
+        assert!(
+            block.len() >= 17,
+            "never an empty block, whole packets only"
+        );
+        plain.extend_from_slice(&block);
+        at += 4 + n;
+        blocks += 1;
+    }
+    assert_eq!(at, file.len(), "blocks run exactly to EOF");
+    let mut packets = Vec::new();
+    let mut p = 0;
+    while p < plain.len() {
+        let t = u32::from_be_bytes(plain[p..p + 4].try_into().unwrap()) as usize;
+        assert!(t >= 13);
+        let body = &plain[p + 4..p + 4 + t];
+        assert!(body[0] <= 1, "source is 0 or 1");
+        let code = u32::from_be_bytes(body[1..5].try_into().unwrap());
+        let elapsed = u64::from_be_bytes(body[5..13].try_into().unwrap());
+        packets.push((body[0], code, elapsed, body[13..].to_vec()));
+        p += 4 + t;
+    }
+    Parsed {
+        meta,
+        packets,
+        blocks,
+    }
+}
+
+#[test]
+fn an_audited_exec_session_is_sealed_and_decrypts() {
+    let lab = audited_lab(true);
+    let out = lab.ssh_jump("jdoe", "jdoe", "echo audited-$((40+2)); exit 4");
+    assert_eq!(out.status.code(), Some(4), "{}", out.stderr_text());
+    assert_eq!(out.stdout_text(), "audited-42\n");
+    let session = &lab.wait_sessions(1)[0];
+    assert_eq!(session["action"], "audit");
+    assert_eq!(session["command_logging"], true);
+    let logs = logs(&lab);
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    assert_eq!(
+        session["command_logs"][0].as_str().unwrap(),
+        logs[0].to_str().unwrap()
+    );
+    // Nothing in plaintext: not the output, not the command line.
+    let sealed = std::fs::read(&logs[0]).unwrap();
+    let needle = b"audited";
+    assert!(!sealed.windows(needle.len()).any(|w| w == needle));
+    let text = std::fs::read_to_string(lab.path().join("sessions.jsonl")).unwrap();
+    assert!(!text.contains("echo audited"));
+
+    // The real decrypt.
+    let zip = lab.path().join("out.zip");
+    let key = lab.path().join("sshkey");
+    common::portcullis()
+        .args(["decrypt", "-i"])
+        .arg(&logs[0])
+        .arg("-k")
+        .arg(&key)
+        .arg("-o")
+        .arg(&zip)
+        .output()
+        .unwrap()
+        .success_or_panic("decrypt");
+    let files = unzip(&zip);
+    assert_eq!(
+        String::from_utf8_lossy(&files["data_from_server.txt"]),
+        "audited-42\n"
+    );
+    assert!(files.contains_key("data_from_client.txt"));
+    assert!(
+        String::from_utf8_lossy(&files["requests.txt"])
+            .contains("exec echo audited-$((40+2)); exit 4")
+    );
+
+    // The independent reader agrees, byte for byte on the layout.
+    let parsed = independent_read(&sealed, &std::fs::read_to_string(&key).unwrap());
+    assert_eq!(parsed.meta["exit_data"]["status"], 4);
+    assert!(parsed.meta["pty"].is_null());
+    assert_eq!(
+        parsed.meta["data_size"].as_u64().unwrap() as usize,
+        parsed.packets.iter().map(|p| 17 + p.3.len()).sum::<usize>()
+    );
+    assert!(parsed.blocks >= 2);
+    let elapsed: Vec<u64> = parsed.packets.iter().map(|p| p.2).collect();
+    assert!(
+        elapsed.windows(2).all(|w| w[0] <= w[1]),
+        "elapsed never decreases: {elapsed:?}"
+    );
+    let server: Vec<u8> = parsed
+        .packets
+        .iter()
+        .filter(|p| p.0 == 1 && p.1 == 94)
+        .flat_map(|p| p.3.clone())
+        .collect();
+    assert_eq!(server, b"audited-42\n");
+    let started = parsed.meta["started_at"].as_u64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(now - started < 120, "started_at is the session's start");
+}
+
+#[test]
+fn an_audited_pty_session_replays_with_timing() {
+    let lab = audited_lab(true);
+    let mut cmd = std::process::Command::new("ssh");
+    cmd.args(lab.client_args("jdoe"))
+        .args([
+            "-tt",
+            "-J",
+            "jdoe@portcullis",
+            "-p",
+            &lab.sshd_port.to_string(),
+            "jdoe@127.0.0.1",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b"echo pty-$((6*7)); sleep 0.3; echo done-typing; exit 0\n")
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.stdout_text().contains("pty-42"),
+        "{}",
+        out.stdout_text()
+    );
+    lab.wait_sessions(1);
+    let logs = logs(&lab);
+    let zip = lab.path().join("pty.zip");
+    let key = lab.path().join("sshkey");
+    common::portcullis()
+        .args(["decrypt", "-i"])
+        .arg(&logs[0])
+        .arg("-k")
+        .arg(&key)
+        .arg("-o")
+        .arg(&zip)
+        .output()
+        .unwrap()
+        .success_or_panic("decrypt");
+    let files = unzip(&zip);
+    let term = String::from_utf8_lossy(&files["term_data.txt"]).to_string();
+    assert!(term.starts_with("Session started on "), "{term}");
+    assert!(
+        term.contains("pty-42") && term.contains("done-typing"),
+        "{term}"
+    );
+    assert!(term.contains("COMMAND_EXIT_CODE=\"0\""), "{term}");
+    let times = String::from_utf8_lossy(&files["term_times.txt"]).to_string();
+    let total: f64 = times
+        .lines()
+        .map(|l| l.split(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert!(
+        (0.3..60.0).contains(&total),
+        "the recorded timing spans the sleep: {total}\n{times}"
+    );
+    let bytes: usize = times
+        .lines()
+        .map(|l| l.split(' ').nth(1).unwrap().parse::<usize>().unwrap())
+        .sum();
+    let header_len = term.find('\n').unwrap() + 1;
+    let tail_len = term.len() - term.rfind("\nScript done").unwrap();
+    assert_eq!(
+        bytes,
+        term.len() - header_len - tail_len,
+        "timing lines cover the output"
+    );
+
+    let cast = lab.path().join("pty.cast");
+    common::portcullis()
+        .args(["decrypt", "--format", "asciicast", "-i"])
+        .arg(&logs[0])
+        .arg("-k")
+        .arg(&key)
+        .arg("-o")
+        .arg(&cast)
+        .output()
+        .unwrap()
+        .success_or_panic("decrypt asciicast");
+    let cast = std::fs::read_to_string(cast).unwrap();
+    let header: serde_json::Value = serde_json::from_str(cast.lines().next().unwrap()).unwrap();
+    assert_eq!(header["version"], 2);
+    assert!(cast.contains("pty-42"));
+}
+
+#[test]
+fn sessions_without_command_logging_write_no_log() {
+    let lab = audited_lab(false);
+    lab.ssh_jump("jdoe", "jdoe", "true")
+        .success_or_panic("audit without logging");
+    let s = &lab.wait_sessions(1)[0];
+    assert_eq!(s["action"], "audit");
+    assert_eq!(s["command_logging"], false);
+    assert!(logs(&lab).is_empty());
+
+    ensure_user("jdoe");
+    let mut plain = Lab::new(&[("jdoe@example.com", &[])]);
+    plain
+        .policies
+        .module("90-default-principal.wasm", "default_principal");
+    plain.start();
+    plain
+        .ssh_jump("jdoe", "jdoe", "true")
+        .success_or_panic("not audited");
+    plain.wait_sessions(1);
+    assert!(logs(&plain).is_empty());
+}
+
+#[test]
+fn a_proxy_killed_mid_session_loses_nothing_already_sent() {
+    let mut lab = audited_lab(true);
+    let mut child = std::process::Command::new("ssh")
+        .args(lab.client_args("jdoe"))
+        .args([
+            "-J",
+            "jdoe@portcullis",
+            "-p",
+            &lab.sshd_port.to_string(),
+            "jdoe@127.0.0.1",
+        ])
+        .arg("echo before-the-kill; sleep 30")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the output has reached the client (so it went through the recorder).
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    while !String::from_utf8_lossy(&seen).contains("before-the-kill") {
+        let mut buf = [0u8; 256];
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(
+            n > 0 && start.elapsed() < Duration::from_secs(20),
+            "no output"
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    lab.kill_proxy();
+    let _ = child.kill();
+    let _ = child.wait();
+    let leftovers: Vec<PathBuf> = logs(&lab);
+    assert!(
+        leftovers
+            .iter()
+            .any(|p| p.to_string_lossy().ends_with(".partial")),
+        "{leftovers:?}"
+    );
+    lab.start_proxy();
+    let finished: Vec<PathBuf> = logs(&lab)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "sshlog"))
+        .collect();
+    assert_eq!(finished.len(), 1, "{:?}", logs(&lab));
+    assert!(lab.proxy_log().contains("finalised"));
+    let zip = lab.path().join("killed.zip");
+    common::portcullis()
+        .args(["decrypt", "-i"])
+        .arg(&finished[0])
+        .arg("-k")
+        .arg(lab.path().join("sshkey"))
+        .arg("-o")
+        .arg(&zip)
+        .output()
+        .unwrap()
+        .success_or_panic("decrypt recovered");
+    let files = unzip(&zip);
+    assert!(String::from_utf8_lossy(&files["data_from_server.txt"]).contains("before-the-kill"));
+}
+
+#[test]
+fn a_policy_asking_for_logging_without_a_key_is_refused() {
+    ensure_user("jdoe");
+    let mut lab = Lab::new(&[("jdoe@example.com", &[])]);
+    lab.policies
+        .module("20-network-audit.wasm", "network_audit")
+        .file(
+            "20-network-audit.toml",
+            b"[[rule]]\ndestinations = [\"127.0.0.1\"]\ncommand_logging = true\n",
+        );
+    lab.start();
+    let out = lab.ssh_jump("jdoe", "jdoe", "echo should-not-run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stderr_text().contains("must be recorded"),
+        "{}",
+        out.stderr_text()
+    );
+    assert!(!lab.known_targets().exists());
+}
