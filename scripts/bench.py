@@ -1,0 +1,162 @@
+"""Benchmark driver for scripts/bench: see that script for what it measures."""
+import argparse, json, os, platform, shutil, socket, statistics, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target/release/portcullis")
+WASM = os.path.join(ROOT, "target/wasm/wasm32-wasip2/release")
+USER = "pclbench"
+
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+
+def wait_port(port, proc, what):
+    t = time.time()
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close(); return
+        except OSError:
+            if proc.poll() is not None or time.time() - t > 20:
+                sys.exit(f"{what} did not start on {port}")
+            time.sleep(0.05)
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def setup(d):
+    subprocess.run(["useradd", "-m", "-s", "/bin/sh", USER], stderr=subprocess.DEVNULL)
+    run(["usermod", "-p", "*", USER])
+    home = os.path.expanduser(f"~{USER}")
+    for k in ["client", "target_host", "bastion_host", "host_key"]:
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f"{d}/{k}"])
+    os.makedirs(f"{home}/.ssh", exist_ok=True)
+    shutil.copy(f"{d}/client.pub", f"{home}/.ssh/authorized_keys")
+    run(["chown", "-R", f"{USER}:{USER}", f"{home}/.ssh"])
+    ports = {"target": free_port(), "bastion": free_port(), "proxy": free_port()}
+    policies = f"{d}/policies"; os.makedirs(policies)
+    shutil.copy(f"{WASM}/network_audit.wasm", f"{policies}/20-network-audit.wasm")
+    open(f"{policies}/20-network-audit.toml", "w").write('[[rule]]\ndestinations = ["127.0.0.2"]\ncommand_logging = true\n')
+    shutil.copy(f"{WASM}/default_principal.wasm", f"{policies}/90-default-principal.wasm")
+    open(f"{d}/portcullis.toml", "w").write(
+        f'[server]\nlisten = "127.0.0.1:{ports["proxy"]}"\n[policy]\ndir = "policies"\n'
+        f'[recording]\npublic_key = "sshkey.pub"\n')
+    run([BIN, "ca", "init", "--config", f"{d}/portcullis.toml"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run([BIN, "keygen", "-o", f"{d}/sshkey"], stderr=subprocess.DEVNULL)
+    ca = subprocess.run([BIN, "ca", "show", "--config", f"{d}/portcullis.toml"], check=True, capture_output=True).stdout
+    open(f"{d}/ca.pub", "wb").write(ca)
+    open(f"{d}/users.toml", "w").write(
+        f'[[user]]\nemail = "{USER}@example.com"\nkeys = ["{open(d + "/client.pub").read().strip()}"]\n')
+    os.makedirs("/run/sshd", exist_ok=True)
+    procs = []
+    for name, extra in [("target", f"ListenAddress 127.0.0.2\nTrustedUserCAKeys {d}/ca.pub\n"),
+                        ("bastion", "AllowTcpForwarding yes\n")]:
+        conf = f"{d}/{name}_sshd_config"
+        open(conf, "w").write(
+            f"ListenAddress 127.0.0.1\n{extra}HostKey {d}/{name}_host\nPasswordAuthentication no\n"
+            f"KbdInteractiveAuthentication no\nUsePAM no\nPidFile none\nSubsystem sftp internal-sftp\n")
+        p = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", conf, "-p", str(ports[name])],
+                             stderr=subprocess.DEVNULL)
+        wait_port(ports[name], p, name); procs.append(p)
+    proxy = subprocess.Popen([BIN, "serve", "--config", f"{d}/portcullis.toml"], stderr=open(f"{d}/proxy.log", "w"))
+    wait_port(ports["proxy"], proxy, "portcullis"); procs.append(proxy)
+    kh = open(f"{d}/known_hosts", "w")
+    for name in ["target", "bastion"]:
+        key = " ".join(open(f"{d}/{name}_host.pub").read().split()[:2])
+        kh.write(f"[127.0.0.1]:{ports[name]} {key}\n[127.0.0.2]:{ports[name]} {key}\n")
+    kh.write(f"[127.0.0.1]:{ports['proxy']} {' '.join(open(d + '/host_key.pub').read().split()[:2])}\n")
+    kh.write(subprocess.run([BIN, "ca", "show", "--known-hosts", "--config", f"{d}/portcullis.toml"],
+                            check=True, capture_output=True, text=True).stdout)
+    kh.close()
+    open(f"{d}/ssh_config", "w").write(
+        f"Host *\n  IdentityFile {d}/client\n  IdentitiesOnly yes\n  UserKnownHostsFile {d}/known_hosts\n"
+        f"  StrictHostKeyChecking yes\n  BatchMode yes\n  LogLevel ERROR\n"
+        f"Host bastion\n  HostName 127.0.0.1\n  Port {ports['bastion']}\n  User {USER}\n"
+        f"Host portcullis\n  HostName 127.0.0.1\n  Port {ports['proxy']}\n  User {USER}\n")
+    return ports, procs
+
+
+def paths(d, ports):
+    base = ["ssh", "-F", f"{d}/ssh_config"]
+    t = str(ports["target"])
+    return {
+        "direct": base + ["-p", t, f"{USER}@127.0.0.1"],
+        "openssh-jump": base + ["-J", "bastion", "-p", t, f"{USER}@127.0.0.1"],
+        "portcullis": base + ["-J", "portcullis", "-p", t, f"{USER}@127.0.0.1"],
+        "portcullis-user": base + ["-p", str(ports["proxy"]), f"{USER}%127.0.0.1:{t}@127.0.0.1"],
+        "portcullis-log": base + ["-J", "portcullis", "-p", t, f"{USER}@127.0.0.2"],
+    }
+
+
+def timed(cmd, stdin=None):
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, stdin=stdin, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--setups", type=int, default=50)
+    ap.add_argument("--skip-criterion", action="store_true")
+    a = ap.parse_args()
+    d = tempfile.mkdtemp(prefix="portcullis-bench-"); os.chmod(d, 0o755)
+    ports, procs = setup(d)
+    try:
+        p = paths(d, ports)
+        size = a.size_mib * 1024 * 1024
+        bulk_paths = ["direct", "openssh-jump", "portcullis", "portcullis-log"]
+        down = {k: [] for k in bulk_paths}; up = {k: [] for k in bulk_paths}
+        for _ in range(a.runs):  # alternate the paths so that noise hits all alike
+            for k in bulk_paths:
+                down[k].append(size / timed(p[k] + [f"head -c {size} /dev/zero"]))
+                with open("/dev/zero", "rb") as z:
+                    src = subprocess.Popen(["head", "-c", str(size)], stdin=z, stdout=subprocess.PIPE)
+                    up[k].append(size / timed(p[k] + ["cat > /dev/null"], stdin=src.stdout))
+                    src.wait()
+        setup_paths = ["direct", "openssh-jump", "portcullis", "portcullis-user"]
+        setups = {k: [] for k in setup_paths}
+        for _ in range(a.setups):
+            for k in setup_paths:
+                setups[k].append(timed(p[k] + ["true"]))
+        crit = ""
+        if not a.skip_criterion:
+            out = subprocess.run(["cargo", "bench", "-q", "-p", "portcullis", "--bench", "decision", "--",
+                                  "--warm-up-time", "2", "--measurement-time", "5"],
+                                 cwd=ROOT, capture_output=True, text=True).stdout
+            crit = "\n".join(l.strip() for l in out.splitlines() if "time:" in l)
+    finally:
+        for pr in procs:
+            pr.terminate()
+    med = statistics.median
+    def p95(v): return sorted(v)[max(0, int(round(0.95 * len(v))) - 1)]
+    lines = [f"Machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores; "
+             f"{subprocess.run(['ssh', '-V'], capture_output=True, text=True).stderr.strip()}; "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+             "", f"Bulk throughput, {a.size_mib} MiB, median of {a.runs} (MiB/s; ratio to direct / to OpenSSH ProxyJump):", "",
+             "| path | download | ratio | vs jump | upload | ratio | vs jump |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for k in bulk_paths:
+        dm, um = med(down[k]) / 2**20, med(up[k]) / 2**20
+        dd, ud = med(down["direct"]) / 2**20, med(up["direct"]) / 2**20
+        dj, uj = med(down["openssh-jump"]) / 2**20, med(up["openssh-jump"]) / 2**20
+        lines.append(f"| {k} | {dm:.0f} | {dm/dd:.2f} | {dm/dj:.2f} | {um:.0f} | {um/ud:.2f} | {um/uj:.2f} |")
+    lines += ["", f"Connection set-up, `ssh ... true` x{a.setups} (ms; ratio of medians to direct / to OpenSSH ProxyJump):", "",
+              "| path | median | p95 | ratio | vs jump |", "| --- | ---: | ---: | ---: | ---: |"]
+    for k in setup_paths:
+        m = med(setups[k]) * 1000
+        lines.append(f"| {k} | {m:.0f} | {p95(setups[k])*1000:.0f} | {m/(med(setups['direct'])*1000):.2f} | "
+                     f"{m/(med(setups['openssh-jump'])*1000):.2f} |")
+    if crit:
+        lines += ["", "Policy decision (criterion; [low median high]):", "", "```", crit, "```"]
+    table = "\n".join(lines)
+    print(table)
+    with open(os.path.join(ROOT, "docs/benchmarks.md"), "w") as f:
+        f.write("# Benchmarks\n\nThe latest `scripts/bench` run (it rewrites this file).\n\n" + table + "\n")
+    shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
