@@ -300,8 +300,28 @@ fn open_log(
     use crate::recording::cmdlog;
     let key = cmdlog::OpeningKey::read(key)?;
     let bytes = std::fs::read(input).map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
-    let d =
-        cmdlog::decrypt(&bytes, &key).map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
+    // A progress bar on large files, when a person is watching.
+    use std::io::IsTerminal;
+    let watched = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+    let bar = (bytes.len() > 16 << 20 && watched)
+        .then(|| indicatif::ProgressBar::new(bytes.len() as u64));
+    if let Some(b) = &bar {
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "decrypting {bar:40} {bytes}/{total_bytes} ({eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+    }
+    let d = cmdlog::decrypt_with_progress(&bytes, &key, &mut |done| {
+        if let Some(b) = &bar {
+            b.set_position(done);
+        }
+    })
+    .map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
     if let Some(w) = &d.warning {
         eprintln!("warning: {}: {w}", input.display());
     }

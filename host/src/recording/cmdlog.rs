@@ -452,6 +452,15 @@ pub struct Decrypted {
 /// Decrypts a whole log. A file that is not a log, or a wrong key, is an error; damage
 /// after the first block yields everything before it and a warning.
 pub fn decrypt(bytes: &[u8], key: &OpeningKey) -> Result<Decrypted, CmdLogError> {
+    decrypt_with_progress(bytes, key, &mut |_| {})
+}
+
+/// [`decrypt`], reporting how many bytes of the file have been processed.
+pub fn decrypt_with_progress(
+    bytes: &[u8],
+    key: &OpeningKey,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Decrypted, CmdLogError> {
     let not_a_log = |why: &str| CmdLogError::Format(format!("not a command log: {why}"));
     let m = be_u32(bytes, 0).ok_or_else(|| not_a_log("shorter than its header length"))?;
     let header = bytes
@@ -508,6 +517,7 @@ pub fn decrypt(bytes: &[u8], key: &OpeningKey) -> Result<Decrypted, CmdLogError>
         }
         block += 1;
         at += 4 + n;
+        progress(at as u64);
     }
     let mut packets = Vec::new();
     let mut p = 0usize;

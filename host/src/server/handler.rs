@@ -58,6 +58,9 @@ pub(crate) struct ConnHandler {
     decided: Option<Decided>,
     /// A refusal found before the decision (a malformed user name).
     early_refusal: Option<String>,
+    /// Set once authentication succeeds; the accept loop disconnects connections that
+    /// do not get there within `server.auth_timeout`.
+    authenticated: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ConnHandler {
@@ -82,7 +85,13 @@ impl ConnHandler {
             user: None,
             decided: None,
             early_refusal: None,
+            authenticated: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
+    }
+
+    /// The flag that tells whether this connection has authenticated.
+    pub(crate) fn authenticated(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        Arc::clone(&self.authenticated)
     }
 
     fn identify(&self, key: &russh::keys::ssh_key::PublicKey) -> Option<Identity> {
@@ -263,6 +272,7 @@ impl russh::server::Handler for ConnHandler {
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        self.authenticated.store(true, Ordering::Relaxed);
         let version = String::from_utf8_lossy(session.remote_sshid()).into_owned();
         self.decide(version).await;
         Ok(())
