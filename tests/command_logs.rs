@@ -67,6 +67,21 @@ fn unzip(path: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     files
 }
 
+/// Runs `portcullis decrypt -i LOG -k KEY -o OUT EXTRA...`.
+fn decrypt_cli(log: &Path, key: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    common::portcullis()
+        .arg("decrypt")
+        .args(extra)
+        .arg("-i")
+        .arg(log)
+        .arg("-k")
+        .arg(key)
+        .arg("-o")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
 /// An independent reader of the format (DESIGN.md), for checking framing and layout.
 struct Parsed {
     meta: serde_json::Value,
@@ -154,16 +169,7 @@ fn an_audited_exec_session_is_sealed_and_decrypts() {
     // The real decrypt.
     let zip = lab.path().join("out.zip");
     let key = lab.path().join("sshkey");
-    common::portcullis()
-        .args(["decrypt", "-i"])
-        .arg(&logs[0])
-        .arg("-k")
-        .arg(&key)
-        .arg("-o")
-        .arg(&zip)
-        .output()
-        .unwrap()
-        .success_or_panic("decrypt");
+    decrypt_cli(&logs[0], &key, &zip, &[]).success_or_panic("decrypt");
     let files = unzip(&zip);
     assert_eq!(
         String::from_utf8_lossy(&files["data_from_server.txt"]),
@@ -207,28 +213,11 @@ fn an_audited_exec_session_is_sealed_and_decrypts() {
 #[test]
 fn an_audited_pty_session_replays_with_timing() {
     let lab = audited_lab(true);
-    let mut cmd = std::process::Command::new("ssh");
-    cmd.args(lab.client_args("jdoe"))
-        .args([
-            "-tt",
-            "-J",
-            "jdoe@portcullis",
-            "-p",
-            &lab.sshd_port.to_string(),
-            "jdoe@127.0.0.1",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin
-            .write_all(b"echo pty-$((6*7)); sleep 0.3; echo done-typing; exit 0\n")
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = lab.ssh_pty(
+        "jdoe",
+        "jdoe",
+        "echo pty-$((6*7)); sleep 0.3; echo done-typing; exit 0\n",
+    );
     assert!(
         out.stdout_text().contains("pty-42"),
         "{}",
@@ -238,16 +227,7 @@ fn an_audited_pty_session_replays_with_timing() {
     let logs = logs(&lab);
     let zip = lab.path().join("pty.zip");
     let key = lab.path().join("sshkey");
-    common::portcullis()
-        .args(["decrypt", "-i"])
-        .arg(&logs[0])
-        .arg("-k")
-        .arg(&key)
-        .arg("-o")
-        .arg(&zip)
-        .output()
-        .unwrap()
-        .success_or_panic("decrypt");
+    decrypt_cli(&logs[0], &key, &zip, &[]).success_or_panic("decrypt");
     let files = unzip(&zip);
     let term = String::from_utf8_lossy(&files["term_data.txt"]).to_string();
     assert!(term.starts_with("Session started on "), "{term}");
@@ -278,15 +258,7 @@ fn an_audited_pty_session_replays_with_timing() {
     );
 
     let cast = lab.path().join("pty.cast");
-    common::portcullis()
-        .args(["decrypt", "--format", "asciicast", "-i"])
-        .arg(&logs[0])
-        .arg("-k")
-        .arg(&key)
-        .arg("-o")
-        .arg(&cast)
-        .output()
-        .unwrap()
+    decrypt_cli(&logs[0], &key, &cast, &["--format", "asciicast"])
         .success_or_panic("decrypt asciicast");
     let cast = std::fs::read_to_string(cast).unwrap();
     let header: serde_json::Value = serde_json::from_str(cast.lines().next().unwrap()).unwrap();
@@ -366,15 +338,7 @@ fn a_proxy_killed_mid_session_loses_nothing_already_sent() {
     assert_eq!(finished.len(), 1, "{:?}", logs(&lab));
     assert!(lab.proxy_log().contains("finalised"));
     let zip = lab.path().join("killed.zip");
-    common::portcullis()
-        .args(["decrypt", "-i"])
-        .arg(&finished[0])
-        .arg("-k")
-        .arg(lab.path().join("sshkey"))
-        .arg("-o")
-        .arg(&zip)
-        .output()
-        .unwrap()
+    decrypt_cli(&finished[0], &lab.path().join("sshkey"), &zip, &[])
         .success_or_panic("decrypt recovered");
     let files = unzip(&zip);
     assert!(String::from_utf8_lossy(&files["data_from_server.txt"]).contains("before-the-kill"));

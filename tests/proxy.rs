@@ -82,28 +82,7 @@ fn the_username_form_works_like_proxyjump() {
 fn an_interactive_pty_session_works() {
     ensure_user("jdoe");
     let lab = default_lab(&[("jdoe@example.com", &[])]);
-    let mut cmd = std::process::Command::new("ssh");
-    cmd.args(lab.client_args("jdoe"))
-        .args([
-            "-tt",
-            "-J",
-            "jdoe@portcullis",
-            "-p",
-            &lab.sshd_port.to_string(),
-            "jdoe@127.0.0.1",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin
-            .write_all(b"tty; echo answer-$((6*7)); exit 5\n")
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = lab.ssh_pty("jdoe", "jdoe", "tty; echo answer-$((6*7)); exit 5\n");
     let text = out.stdout_text();
     assert_eq!(out.status.code(), Some(5), "{text}{}", out.stderr_text());
     assert!(

@@ -332,6 +332,34 @@ impl Lab {
             .unwrap()
     }
 
+    /// An interactive session with a terminal (`ssh -tt`) by ProxyJump as `user`,
+    /// typing `input`.
+    pub fn ssh_pty(&self, user: &str, login: &str, input: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new("ssh")
+            .args(self.client_args(user))
+            .args([
+                "-tt",
+                "-J",
+                &format!("{user}@portcullis"),
+                "-p",
+                &self.sshd_port.to_string(),
+            ])
+            .arg(format!("{login}@127.0.0.1"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
     /// Runs `scp` or `sftp` (`tool`) through the proxy by ProxyJump as `user`.
     pub fn file_tool(&self, tool: &str, user: &str, args: &[&str], stdin: Option<&str>) -> Output {
         let mut cmd = Command::new(tool);

@@ -262,31 +262,15 @@ impl Ca {
         validity: Duration,
         permissions: &Permissions,
     ) -> Result<Certificate, CaError> {
-        let err = |e: ssh_key::Error| CaError::Key {
-            what: "sign a user certificate",
-            message: e.to_string(),
+        let spec = CertSpec {
+            cert_type: CertType::User,
+            key_id: key_id.to_string(),
+            principals,
+            backdate: Duration::from_secs(60),
+            validity,
+            extensions: permissions.extensions(),
         };
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let mut b = Builder::new_with_random_nonce(
-            &mut rand::rng(),
-            key.key_data().clone(),
-            now.saturating_sub(60),
-            now + validity.as_secs(),
-        )
-        .map_err(err)?;
-        b.serial(rand::random::<u64>()).map_err(err)?;
-        b.cert_type(CertType::User).map_err(err)?;
-        b.key_id(key_id).map_err(err)?;
-        for p in principals {
-            b.valid_principal(p.as_str()).map_err(err)?;
-        }
-        for ext in permissions.extensions() {
-            b.extension(ext, "").map_err(err)?;
-        }
-        b.sign(self.signing_key()?).map_err(err)
+        sign(self.signing_key()?, key, spec)
     }
 
     /// Signs a host certificate for the proxy's host key, valid for `hostnames`.
@@ -296,30 +280,55 @@ impl Ca {
         hostnames: &[String],
         validity: Duration,
     ) -> Result<Certificate, CaError> {
-        let err = |e: ssh_key::Error| CaError::Key {
-            what: "sign a host certificate",
-            message: e.to_string(),
+        let spec = CertSpec {
+            cert_type: CertType::Host,
+            key_id: format!("portcullis host {}", hostnames.join(",")),
+            principals: hostnames,
+            backdate: Duration::from_secs(300),
+            validity,
+            extensions: Vec::new(),
         };
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let mut b = Builder::new_with_random_nonce(
-            &mut rand::rng(),
-            key.key_data().clone(),
-            now.saturating_sub(300),
-            now + validity.as_secs(),
-        )
-        .map_err(err)?;
-        b.serial(rand::random::<u64>()).map_err(err)?;
-        b.cert_type(CertType::Host).map_err(err)?;
-        b.key_id(format!("portcullis host {}", hostnames.join(",")))
-            .map_err(err)?;
-        for h in hostnames {
-            b.valid_principal(h.as_str()).map_err(err)?;
-        }
-        b.sign(&self.host_key).map_err(err)
+        sign(&self.host_key, key, spec)
     }
+}
+
+/// What a certificate says.
+struct CertSpec<'a> {
+    cert_type: CertType,
+    key_id: String,
+    principals: &'a [String],
+    /// How long before now it becomes valid (clock skew between proxy and targets).
+    backdate: Duration,
+    validity: Duration,
+    extensions: Vec<&'static str>,
+}
+
+fn sign(signer: &PrivateKey, key: &PublicKey, spec: CertSpec<'_>) -> Result<Certificate, CaError> {
+    let err = |e: ssh_key::Error| CaError::Key {
+        what: "sign a certificate",
+        message: e.to_string(),
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let mut b = Builder::new_with_random_nonce(
+        &mut rand::rng(),
+        key.key_data().clone(),
+        now.saturating_sub(spec.backdate.as_secs()),
+        now + spec.validity.as_secs(),
+    )
+    .map_err(err)?;
+    b.serial(rand::random::<u64>()).map_err(err)?;
+    b.cert_type(spec.cert_type).map_err(err)?;
+    b.key_id(spec.key_id).map_err(err)?;
+    for p in spec.principals {
+        b.valid_principal(p.as_str()).map_err(err)?;
+    }
+    for ext in spec.extensions {
+        b.extension(ext, "").map_err(err)?;
+    }
+    b.sign(signer).map_err(err)
 }
 
 /// Loads the proxy's own host key, creating it (Ed25519, 0600) on first start.

@@ -108,6 +108,17 @@ fn client_config() -> client::Config {
         maximum_packet_size: 65535,
         inactivity_timeout: None,
         keepalive_interval: Some(Duration::from_secs(30)),
+        preferred: russh::Preferred {
+            // AES-GCM first (AES-NI); the rest as fallbacks for older targets.
+            cipher: std::borrow::Cow::Borrowed(&[
+                russh::cipher::AES_128_GCM,
+                russh::cipher::AES_256_GCM,
+                russh::cipher::CHACHA20_POLY1305,
+                russh::cipher::AES_256_CTR,
+                russh::cipher::AES_128_CTR,
+            ]),
+            ..Default::default()
+        },
         ..Default::default()
     }
 }
