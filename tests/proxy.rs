@@ -375,3 +375,90 @@ fn sessions_keep_working_through_a_ca_rotation() {
     assert!(!ca_init_again.status.success());
     assert!(ca_init_again.stderr_text().contains("already exists"));
 }
+
+#[test]
+fn sigterm_stops_accepting_and_drains_running_sessions() {
+    use std::io::Read;
+    ensure_user("jdoe");
+    let mut lab = default_lab(&[("jdoe@example.com", &[])]);
+    let mut child = std::process::Command::new("ssh")
+        .args(lab.client_args("jdoe"))
+        .args([
+            "-J",
+            "jdoe@portcullis",
+            "-p",
+            &lab.sshd_port.to_string(),
+            "jdoe@127.0.0.1",
+        ])
+        .arg("echo started; sleep 2; echo drained")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("started") {
+        let mut buf = [0u8; 64];
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "the session ended early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    lab.signal_proxy("TERM");
+    // New connections are refused while the running session finishes.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let refused = lab.ssh_jump("jdoe", "jdoe", "true");
+    assert!(
+        !refused.status.success(),
+        "a new session was accepted after SIGTERM"
+    );
+    stdout.read_to_end(&mut seen).unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        String::from_utf8_lossy(&seen).contains("drained"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+    assert!(status.success());
+    assert!(
+        lab.wait_proxy_exit(std::time::Duration::from_secs(10)),
+        "the proxy exits once drained"
+    );
+    assert!(lab.proxy_log().contains("draining"), "{}", lab.proxy_log());
+}
+
+#[test]
+fn sighup_reloads_the_users_file() {
+    ensure_user("jdoe");
+    ensure_user("carol");
+    let lab = default_lab(&[("jdoe@example.com", &[])]);
+    // carol's key exists but is not listed yet.
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "carol", "-f"])
+        .arg(lab.path().join("client/carol"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(!lab.ssh_jump("carol", "carol", "true").status.success());
+    let key = std::fs::read_to_string(lab.path().join("client/carol.pub")).unwrap();
+    let mut users = std::fs::read_to_string(lab.path().join("users.toml")).unwrap();
+    users.push_str(&format!(
+        "[[user]]\nemail = \"carol@example.com\"\nkeys = [\"{}\"]\n",
+        key.trim()
+    ));
+    std::fs::write(lab.path().join("users.toml"), users).unwrap();
+    lab.signal_proxy("HUP");
+    let start = std::time::Instant::now();
+    loop {
+        let out = lab.ssh_jump("carol", "carol", "id -un");
+        if out.status.success() {
+            assert_eq!(out.stdout_text(), "carol\n");
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "SIGHUP did not reload the users file"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

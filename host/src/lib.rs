@@ -165,6 +165,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
         }
     }
+    // Stop accepting at once: new connections are refused while sessions drain.
+    drop(listener);
     tracing::info!(
         open = sessions.len(),
         "shutting down; draining sessions for up to {grace:?}"

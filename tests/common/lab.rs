@@ -150,6 +150,32 @@ impl Lab {
         std::fs::write(path, config).unwrap();
     }
 
+    /// Sends a signal (`TERM`, `HUP`...) to the proxy without waiting.
+    pub fn signal_proxy(&self, signal: &str) {
+        let pid = self.proxy.as_ref().expect("proxy running").id();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the proxy to exit on its own; returns whether it did within `within`.
+    pub fn wait_proxy_exit(&mut self, within: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if let Some(c) = self.proxy.as_mut()
+                && c.try_wait().unwrap().is_some()
+            {
+                self.proxy = None;
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     /// Kills the proxy without letting it clean up (kill -9).
     pub fn kill_proxy(&mut self) {
         if let Some(mut c) = self.proxy.take() {
