@@ -2,7 +2,8 @@
 //!
 //! The 10-module set is nine network-audit modules whose rules do not match the
 //! request (each answers no-match) followed by the default mapping, so every decision
-//! calls all ten guests. Run with `cargo bench -p portcullis --bench decision`.
+//! calls all ten guests. A third set replaces the nine with a guest that answers
+//! no-match at once, to show the cost of a call itself. Run with `cargo bench -p portcullis --bench decision`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -43,8 +44,18 @@ fn bench(c: &mut Criterion) {
         );
     }
     ten.module("90-default-principal.wasm", "default_principal");
+    // The cost of a call itself: nine modules that answer no-match without looking.
+    let trivial = common::PolicyDir::new();
+    for i in 0..9 {
+        trivial.module(&format!("{:02}-nomatch.wasm", 10 + i), "hostile");
+    }
+    trivial.module("90-default-principal.wasm", "default_principal");
     let req = request();
-    for (label, dir) in [("decision/1 module", &one), ("decision/10 modules", &ten)] {
+    for (label, dir) in [
+        ("decision/1 module", &one),
+        ("decision/10 modules", &ten),
+        ("decision/10 modules, 9 trivial", &trivial),
+    ] {
         let engine = PolicyEngine::new(dir.path(), Limits::default()).unwrap();
         let set = engine.current();
         assert!(set.decide(&req).permits_login("jdoe"));
