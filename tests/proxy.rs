@@ -462,3 +462,87 @@ fn sighup_reloads_the_users_file() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// Starts `ssh -N -L LPORT:127.0.0.1:SSHD_PORT` through the proxy as `user`; returns the
+/// client process and the local port.
+fn forward(lab: &Lab, user: &str) -> (std::process::Child, u16) {
+    let lport = common::lab::free_port();
+    let child = std::process::Command::new("ssh")
+        .args(lab.client_args(user))
+        .args(["-N", "-o", "ExitOnForwardFailure=yes", "-L"])
+        .arg(format!("{lport}:127.0.0.1:{}", lab.sshd_port))
+        .args([
+            "-J",
+            &format!("{user}@portcullis"),
+            "-p",
+            &lab.sshd_port.to_string(),
+        ])
+        .arg(format!("{user}@127.0.0.1"))
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", lport)).is_err() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(15),
+            "ssh -L did not listen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    (child, lport)
+}
+
+/// What the far end of a forwarded port says first (an SSH banner), or "" if closed.
+fn first_line_through(lport: u16) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", lport)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).to_string()
+}
+
+#[test]
+fn local_port_forwarding_needs_the_permission() {
+    ensure_user("jdoe");
+    ensure_user("carol");
+    let mut lab = Lab::new(&[("jdoe@example.com", &[]), ("carol@example.com", &[])]);
+    lab.policies.module("30-username-map.wasm", "username_map").file(
+        "30-username-map.toml",
+        b"[[map]]\nemails = [\"jdoe@example.com\"]\nlogins = [\"jdoe\"]\nport_forwarding = true\n\n\
+          [[map]]\nemails = [\"carol@example.com\"]\nlogins = [\"carol\"]\n",
+    );
+    lab.start();
+    let (mut allowed, lport) = forward(&lab, "jdoe");
+    let banner = first_line_through(lport);
+    let _ = allowed.kill();
+    let _ = allowed.wait();
+    assert!(
+        banner.starts_with("SSH-2.0-OpenSSH"),
+        "forwarded to the target's sshd: {banner:?}"
+    );
+
+    let (mut refused, lport) = forward(&lab, "carol");
+    let nothing = first_line_through(lport);
+    let _ = refused.kill();
+    let _ = refused.wait();
+    assert_eq!(
+        nothing, "",
+        "forwarding without the permission must be refused"
+    );
+    let sessions = lab.wait_sessions(2);
+    let carol = sessions
+        .iter()
+        .find(|s| s["email"] == "carol@example.com")
+        .unwrap();
+    let ch = &carol["channels"][0];
+    assert_eq!(ch["kind"], "direct-tcpip");
+    assert_eq!(ch["allowed"], false);
+    assert!(
+        ch["denied_reason"]
+            .as_str()
+            .unwrap()
+            .contains("port forwarding")
+    );
+}

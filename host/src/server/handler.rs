@@ -225,6 +225,22 @@ async fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
         .copied()
 }
 
+/// The session's connection to the target, made on first use and shared by its
+/// channels.
+async fn target_connection(
+    slot: &tokio::sync::Mutex<Option<Arc<Target>>>,
+    login: &Login,
+    host_keys: &upstream::HostKeyPolicy,
+) -> Result<Arc<Target>, String> {
+    let mut slot = slot.lock().await;
+    if let Some(t) = slot.as_ref() {
+        return Ok(Arc::clone(t));
+    }
+    let t = Arc::new(upstream::connect(login, host_keys).await?);
+    *slot = Some(Arc::clone(&t));
+    Ok(t)
+}
+
 /// Tells the user why, on stderr, and ends the channel with exit status 1.
 async fn refuse_channel(handle: russh::server::Handle, id: ChannelId, message: String) {
     let text = format!("portcullis: {message}\r\n");
@@ -340,20 +356,7 @@ impl russh::server::Handler for ConnHandler {
         let close_reason = Arc::clone(&d.close_reason);
         let host_keys = self.shared.host_key_policy.clone();
         tokio::spawn(async move {
-            let target = {
-                let mut slot = target_slot.lock().await;
-                match slot.as_ref() {
-                    Some(t) => Ok(Arc::clone(t)),
-                    None => match upstream::connect(&login, &host_keys).await {
-                        Ok(t) => {
-                            let t = Arc::new(t);
-                            *slot = Some(Arc::clone(&t));
-                            Ok(t)
-                        }
-                        Err(e) => Err(e),
-                    },
-                }
-            };
+            let target = target_connection(&target_slot, &login, &host_keys).await;
             let channel_on_target = match target {
                 Ok(t) => t
                     .channel_open_session()
@@ -402,7 +405,16 @@ impl russh::server::Handler for ConnHandler {
                 denied_reason: (!verdict.allowed).then(|| verdict.reason.clone()),
                 ..Default::default()
             });
-            let target = d.target.lock().await.clone();
+            let login = match (verdict.allowed && d.refusal.is_none(), d.addr) {
+                (true, Some(addr)) => self.upstream_login(d, addr).ok(),
+                _ => None,
+            };
+            let target = match login {
+                Some(login) => target_connection(&d.target, &login, &self.shared.host_key_policy)
+                    .await
+                    .ok(),
+                None => None,
+            };
             match (verdict.allowed, target) {
                 (true, Some(t)) => {
                     let host = host_to_connect.to_string();

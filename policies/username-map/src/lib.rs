@@ -26,7 +26,8 @@
 //!
 //! An entry matches a user by email (`emails`, exact or glob, case-insensitive) or by
 //! group (`groups`); at least one of the two is required. The logins of every matching
-//! entry are granted together. `keep_own_login = true` (default false) also grants the
+//! entry are granted together. `port_forwarding = true` on an entry also permits local
+//! port forwarding (`ssh -L`) to its users. `keep_own_login = true` (default false) also grants the
 //! email local part to mapped users. Users that no entry matches are left to the next
 //! module.
 
@@ -49,6 +50,8 @@ struct Map {
     #[serde(default)]
     groups: Vec<String>,
     logins: Vec<String>,
+    #[serde(default)]
+    port_forwarding: bool,
 }
 
 impl Map {
@@ -68,8 +71,12 @@ impl Policy for UsernameMap {
             }
         };
         let mut matched = false;
+        let mut permissions = Permissions::PTY;
         for map in self.maps.iter().filter(|m| m.matches(identity)) {
             matched = true;
+            if map.port_forwarding {
+                permissions |= Permissions::PORT_FORWARDING;
+            }
             for login in &map.logins {
                 // "*" grants whatever login the user asked for.
                 grant(if login == "*" { &request.login } else { login });
@@ -82,6 +89,6 @@ impl Policy for UsernameMap {
             grant(identity.local_part());
         }
         let reason = format!("username map: {} may log in as {}", identity.email, logins.join(", "));
-        Decision::allow(logins).with_reason(reason)
+        Decision::allow(logins).with_permissions(permissions).with_reason(reason)
     }
 }
