@@ -546,3 +546,62 @@ fn local_port_forwarding_needs_the_permission() {
             .contains("port forwarding")
     );
 }
+
+#[test]
+fn several_channels_share_one_session_and_one_target_connection() {
+    ensure_user("jdoe");
+    let lab = default_lab(&[("jdoe@example.com", &[])]);
+    let control = lab.path().join("cm.sock");
+    let control_opt = format!("ControlPath={}", control.display());
+    let port = lab.sshd_port.to_string();
+    let base = ["-J", "jdoe@portcullis", "-p", &port, "-o", &control_opt];
+    let master = lab.ssh(
+        "jdoe",
+        &[
+            &base[..],
+            &[
+                "-o",
+                "ControlMaster=yes",
+                "-o",
+                "ControlPersist=30",
+                "-fN",
+                "jdoe@127.0.0.1",
+            ],
+        ]
+        .concat(),
+    );
+    assert!(master.status.success(), "{}", master.stderr_text());
+    for i in 0..3 {
+        let out = lab
+            .ssh(
+                "jdoe",
+                &[
+                    &base[..],
+                    &[
+                        "-o",
+                        "ControlMaster=no",
+                        "jdoe@127.0.0.1",
+                        &format!("echo channel-{i}"),
+                    ],
+                ]
+                .concat(),
+            )
+            .success_or_panic("multiplexed command");
+        assert_eq!(out.stdout_text(), format!("channel-{i}\n"));
+    }
+    lab.ssh(
+        "jdoe",
+        &[&base[..], &["-O", "exit", "jdoe@127.0.0.1"]].concat(),
+    );
+    let sessions = lab.wait_sessions(1);
+    assert_eq!(sessions.len(), 1, "one connection, one session record");
+    let channels = sessions[0]["channels"].as_array().unwrap();
+    assert_eq!(channels.len(), 3, "{channels:?}");
+    assert!(
+        channels
+            .iter()
+            .all(|c| c["kind"] == "exec" && c["exit_status"] == 0)
+    );
+    let accepted = lab.sshd_log().matches("Accepted publickey").count();
+    assert_eq!(accepted, 1, "the target saw one login for all channels");
+}
