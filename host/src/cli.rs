@@ -12,6 +12,7 @@ use crate::policy::{
     Authentication, ChannelDecision, ChannelRequest, DecisionRequest, Evaluation, Limits,
     ModuleInfo, PolicyEngine,
 };
+use crate::server::target::split_host_port;
 
 /// Self-hosted SSH access proxy with WebAssembly policies.
 #[derive(Debug, Parser)]
@@ -489,7 +490,7 @@ struct ChannelReport {
 }
 
 fn policy_eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
-    let (host, port) = split_host_port(&args.target)?;
+    let (host, port) = split_host_port(&args.target).map_err(anyhow::Error::msg)?;
     let target_ip = match args.resolve {
         Some(ip) => Some(ip),
         None => host.parse::<IpAddr>().ok().or_else(|| {
@@ -552,30 +553,6 @@ fn policy_eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Splits `HOST`, `HOST:PORT`, `[V6]:PORT` or a bare IPv6 address; the port defaults to 22.
-pub fn split_host_port(s: &str) -> anyhow::Result<(String, u16)> {
-    let bad_port = |p: &str| anyhow::anyhow!("{s:?}: {p:?} is not a port number");
-    if let Some(rest) = s.strip_prefix('[') {
-        let (host, tail) = rest
-            .split_once(']')
-            .ok_or_else(|| anyhow::anyhow!("{s:?}: missing `]`"))?;
-        let port = match tail.strip_prefix(':') {
-            Some(p) => p.parse().map_err(|_| bad_port(p))?,
-            None if tail.is_empty() => 22,
-            None => anyhow::bail!("{s:?}: unexpected {tail:?} after `]`"),
-        };
-        return Ok((host.to_string(), port));
-    }
-    if s.parse::<IpAddr>().is_ok() {
-        return Ok((s.to_string(), 22));
-    }
-    match s.rsplit_once(':') {
-        Some((host, p)) => Ok((host.to_string(), p.parse().map_err(|_| bad_port(p))?)),
-        None if s.is_empty() => anyhow::bail!("the target is empty"),
-        None => Ok((s.to_string(), 22)),
-    }
-}
-
 fn parse_time(t: &str) -> anyhow::Result<SystemTime> {
     let dt = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
         .map_err(|e| {
@@ -589,7 +566,7 @@ fn parse_time(t: &str) -> anyhow::Result<SystemTime> {
 fn parse_channel(s: &str) -> anyhow::Result<ChannelRequest> {
     let (kind, arg) = s.split_once(':').unwrap_or((s, ""));
     let host_port = |a: &str| -> anyhow::Result<(String, u16)> {
-        let (h, p) = split_host_port(a)?;
+        let (h, p) = split_host_port(a).map_err(anyhow::Error::msg)?;
         Ok((h, p))
     };
     Ok(match kind {
@@ -620,30 +597,6 @@ fn parse_channel(s: &str) -> anyhow::Result<ChannelRequest> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn targets_split_into_host_and_port() {
-        assert_eq!(split_host_port("db1").unwrap(), ("db1".into(), 22));
-        assert_eq!(split_host_port("db1:2222").unwrap(), ("db1".into(), 2222));
-        assert_eq!(
-            split_host_port("10.0.0.5").unwrap(),
-            ("10.0.0.5".into(), 22)
-        );
-        assert_eq!(
-            split_host_port("[2001:db8::1]:2200").unwrap(),
-            ("2001:db8::1".into(), 2200)
-        );
-        assert_eq!(
-            split_host_port("2001:db8::1").unwrap(),
-            ("2001:db8::1".into(), 22)
-        );
-        assert!(
-            split_host_port("db1:ssh")
-                .unwrap_err()
-                .to_string()
-                .contains("ssh")
-        );
-    }
 
     #[test]
     fn rfc3339_times_with_offsets_parse() {
