@@ -571,6 +571,22 @@ fn several_channels_share_one_session_and_one_target_connection() {
         .concat(),
     );
     assert!(master.status.success(), "{}", master.stderr_text());
+    // The master is ready once its control socket answers.
+    let start = std::time::Instant::now();
+    while !lab
+        .ssh(
+            "jdoe",
+            &[&base[..], &["-O", "check", "jdoe@127.0.0.1"]].concat(),
+        )
+        .status
+        .success()
+    {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "the control master never came up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     for i in 0..3 {
         let out = lab
             .ssh(

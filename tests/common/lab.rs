@@ -105,7 +105,7 @@ impl Lab {
         std::fs::write(
             p.join("portcullis.toml"),
             format!(
-                "[server]\nlisten = \"127.0.0.1:{proxy_port}\"\nshutdown_grace = \"2s\"\n\
+                "[server]\nlisten = \"127.0.0.1:{proxy_port}\"\nshutdown_grace = \"10s\"\n\
                  [policy]\ndir = \"{}\"\nreload_debounce = \"100ms\"\n",
                 policies.path().display()
             ),
