@@ -13,7 +13,6 @@ mod common;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::lab::{Lab, OutputExt, ensure_user};
@@ -292,34 +291,13 @@ fn sessions_without_command_logging_write_no_log() {
 #[test]
 fn a_proxy_killed_mid_session_loses_nothing_already_sent() {
     let mut lab = audited_lab(true);
-    let mut child = std::process::Command::new("ssh")
-        .args(lab.client_args("jdoe"))
-        .args([
-            "-J",
-            "jdoe@portcullis",
-            "-p",
-            &lab.sshd_port.to_string(),
-            "jdoe@127.0.0.1",
-        ])
-        .arg("echo before-the-kill; sleep 30")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    // Wait until the output has reached the client (so it went through the recorder).
-    let mut stdout = child.stdout.take().unwrap();
-    let mut seen = Vec::new();
-    let start = Instant::now();
-    while !String::from_utf8_lossy(&seen).contains("before-the-kill") {
-        let mut buf = [0u8; 256];
-        let n = stdout.read(&mut buf).unwrap();
-        assert!(
-            n > 0 && start.elapsed() < Duration::from_secs(20),
-            "no output"
-        );
-        seen.extend_from_slice(&buf[..n]);
-    }
+    // Once the output has reached the client, it went through the recorder.
+    let (mut child, _) = lab.spawn_jump_until(
+        "jdoe",
+        "jdoe",
+        "echo before-the-kill; sleep 30",
+        "before-the-kill",
+    );
     lab.kill_proxy();
     let _ = child.kill();
     let _ = child.wait();

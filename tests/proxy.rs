@@ -381,29 +381,12 @@ fn sigterm_stops_accepting_and_drains_running_sessions() {
     use std::io::Read;
     ensure_user("jdoe");
     let mut lab = default_lab(&[("jdoe@example.com", &[])]);
-    let mut child = std::process::Command::new("ssh")
-        .args(lab.client_args("jdoe"))
-        .args([
-            "-J",
-            "jdoe@portcullis",
-            "-p",
-            &lab.sshd_port.to_string(),
-            "jdoe@127.0.0.1",
-        ])
-        .arg("echo started; sleep 2; echo drained")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut seen = Vec::new();
-    while !String::from_utf8_lossy(&seen).contains("started") {
-        let mut buf = [0u8; 64];
-        let n = stdout.read(&mut buf).unwrap();
-        assert!(n > 0, "the session ended early");
-        seen.extend_from_slice(&buf[..n]);
-    }
+    let (mut child, mut seen) = lab.spawn_jump_until(
+        "jdoe",
+        "jdoe",
+        "echo started; sleep 2; echo drained",
+        "started",
+    );
     lab.signal_proxy("TERM");
     // New connections are refused while the running session finishes.
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -412,7 +395,7 @@ fn sigterm_stops_accepting_and_drains_running_sessions() {
         !refused.status.success(),
         "a new session was accepted after SIGTERM"
     );
-    stdout.read_to_end(&mut seen).unwrap();
+    child.stdout.take().unwrap().read_to_end(&mut seen).unwrap();
     let status = child.wait().unwrap();
     assert!(
         String::from_utf8_lossy(&seen).contains("drained"),

@@ -3,7 +3,13 @@
 //! configuration for a user with a fresh key. Everything lives in a temporary
 //! directory; processes are killed when the lab is dropped.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -356,6 +362,43 @@ impl Lab {
             .stdin(Stdio::null())
             .output()
             .unwrap()
+    }
+
+    /// Starts `ssh -J portcullis LOGIN@127.0.0.1 COMMAND` as `user` in the background and
+    /// returns once its output contains `marker` (the session is then established and
+    /// data has gone through the proxy). Returns the client and the output so far.
+    pub fn spawn_jump_until(
+        &self,
+        user: &str,
+        login: &str,
+        command: &str,
+        marker: &str,
+    ) -> (Child, Vec<u8>) {
+        use std::io::Read;
+        let mut child = Command::new("ssh")
+            .args(self.client_args(user))
+            .args([
+                "-J",
+                &format!("{user}@portcullis"),
+                "-p",
+                &self.sshd_port.to_string(),
+            ])
+            .arg(format!("{login}@127.0.0.1"))
+            .arg(command)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.as_mut().unwrap();
+        let mut seen = Vec::new();
+        while !String::from_utf8_lossy(&seen).contains(marker) {
+            let mut buf = [0u8; 256];
+            let n = stdout.read(&mut buf).unwrap();
+            assert!(n > 0, "the session ended before printing {marker:?}");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        (child, seen)
     }
 
     /// An interactive session with a terminal (`ssh -tt`) by ProxyJump as `user`,
