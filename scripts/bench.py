@@ -51,7 +51,8 @@ def setup(d):
         f'[[user]]\nemail = "{USER}@example.com"\nkeys = ["{open(d + "/client.pub").read().strip()}"]\n')
     os.makedirs("/run/sshd", exist_ok=True)
     procs = []
-    for name, extra in [("target", f"ListenAddress 127.0.0.2\nTrustedUserCAKeys {d}/ca.pub\n"),
+    # MaxStartups: the concurrency step opens sessions 16 at a time.
+    for name, extra in [("target", f"ListenAddress 127.0.0.2\nTrustedUserCAKeys {d}/ca.pub\nMaxStartups 200\n"),
                         ("bastion", "AllowTcpForwarding yes\n")]:
         conf = f"{d}/{name}_sshd_config"
         open(conf, "w").write(
@@ -75,7 +76,7 @@ def setup(d):
         f"  StrictHostKeyChecking yes\n  BatchMode yes\n  LogLevel ERROR\n"
         f"Host bastion\n  HostName 127.0.0.1\n  Port {ports['bastion']}\n  User {USER}\n"
         f"Host portcullis\n  HostName 127.0.0.1\n  Port {ports['proxy']}\n  User {USER}\n")
-    return ports, procs
+    return ports, procs, proxy
 
 
 def paths(d, ports):
@@ -96,15 +97,32 @@ def timed(cmd, stdin=None):
     return time.perf_counter() - t
 
 
+BEGIN, END = "<!-- bench:latest -->", "<!-- /bench:latest -->"
+
+
+def write_latest(path, table):
+    """Replaces the latest run between the markers; the rest of the file (the
+    explanations and the earlier runs kept by hand) stays."""
+    text = open(path).read() if os.path.exists(path) else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text or END not in text:
+        text = text.rstrip("\n") + f"\n\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    with open(path, "w") as f:
+        f.write(f"{head}{BEGIN}\n{table}\n{END}{tail}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--setups", type=int, default=50)
+    ap.add_argument("--sessions", default="200,500,1000",
+                    help="concurrent idle session levels, comma-separated; empty to skip")
     ap.add_argument("--skip-criterion", action="store_true")
     a = ap.parse_args()
     d = tempfile.mkdtemp(prefix="portcullis-bench-"); os.chmod(d, 0o755)
-    ports, procs = setup(d)
+    ports, procs, proxy = setup(d)
     try:
         p = paths(d, ports)
         size = a.size_mib * 1024 * 1024
@@ -122,6 +140,20 @@ def main():
         for _ in range(a.setups):
             for k in setup_paths:
                 setups[k].append(timed(p[k] + ["true"]))
+        conc, conc_direct = [], []
+        if a.sessions:
+            def idle_sessions(server, user, levels, pid=None):
+                cmd = ["cargo", "bench", "-q", "-p", "portcullis", "--bench", "idle_sessions", "--",
+                       "--proxy", server, "--user", user, "--key", f"{d}/client", "--levels", levels]
+                out = subprocess.run(cmd + (["--pid", str(pid)] if pid else []), cwd=ROOT, capture_output=True, text=True)
+                rows = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
+                if out.returncode != 0 or not rows:
+                    print(f"concurrency step failed: {out.stderr.strip()[-2000:]}", file=sys.stderr)
+                return rows
+            conc = idle_sessions(f"127.0.0.1:{ports['proxy']}", f"{USER}%127.0.0.1:{ports['target']}", a.sessions,
+                                 proxy.pid)
+            # Reference: the same client straight to the target's sshd, at the first level.
+            conc_direct = idle_sessions(f"127.0.0.1:{ports['target']}", USER, a.sessions.split(",")[0])
         crit = ""
         if not a.skip_criterion:
             out = subprocess.run(["cargo", "bench", "-q", "-p", "portcullis", "--bench", "decision", "--",
@@ -149,12 +181,27 @@ def main():
         m = med(setups[k]) * 1000
         lines.append(f"| {k} | {m:.0f} | {p95(setups[k])*1000:.0f} | {m/(med(setups['direct'])*1000):.2f} | "
                      f"{m/(med(setups['openssh-jump'])*1000):.2f} |")
+    if conc:
+        lines += ["", "Concurrent idle interactive sessions (pty + shell) through Portcullis, opened 16 at a time "
+                  "by one russh client (proxy RSS after each level; per session = growth over one warm session; "
+                  "accepted/s = sessions opened per second of that level, end to end through the target's shell):", "",
+                    "| sessions | proxy RSS (MiB) | per session (KiB) | accepted/s | ratio to direct | failed |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+        direct_rate = conc_direct[0]["accept_per_s"] if conc_direct else None
+        for c in conc:
+            ratio = f"{c['accept_per_s'] / direct_rate:.2f}" if direct_rate else "n/a"
+            lines.append(f"| {c['open']} | {c['rss_kib']/1024:.1f} | {c['per_session_kib']:.0f} | "
+                         f"{c['accept_per_s']:.0f} | {ratio} | {c['failed']} |")
+            if c.get("first_error"):
+                lines.append(f"|  | first error: {c['first_error']} | | | | |")
+        if direct_rate:
+            lines += ["", f"Reference: the same client opening {conc_direct[0]['open']} sessions straight to the "
+                      f"target's sshd: {direct_rate:.0f} accepted/s."]
     if crit:
         lines += ["", "Policy decision (criterion; [low median high]):", "", "```", crit, "```"]
     table = "\n".join(lines)
     print(table)
-    with open(os.path.join(ROOT, "docs/benchmarks.md"), "w") as f:
-        f.write("# Benchmarks\n\nThe latest `scripts/bench` run (it rewrites this file).\n\n" + table + "\n")
+    write_latest(os.path.join(ROOT, "docs/benchmarks.md"), table)
     shutil.rmtree(d, ignore_errors=True)
 
 

@@ -45,6 +45,7 @@ pub enum Error {
 /// Runs the proxy until `shutdown` completes, then stops accepting and waits up to the
 /// configured grace period for sessions to end.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    raise_open_file_limit();
     let ca = ca::Ca::open(&config.ca_dir)?;
     let host_key = ca::load_or_create_host_key(&config.host_key)?;
     let users = identity::UsersFile::load(&config.users_file)?;
@@ -183,4 +184,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         sessions.shutdown().await;
     }
     Ok(())
+}
+
+/// Each session holds two sockets (client and target) and, when audited, a log file;
+/// the usual soft limit of 1,024 open files would cap the proxy near 500 sessions. Raise
+/// the soft limit to the hard limit (as Go's runtime does for every server); a failure only
+/// warns (the proxy still serves, with fewer sessions).
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(e) => tracing::warn!("cannot raise the open file limit: {e}"),
+    }
 }

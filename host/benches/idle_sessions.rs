@@ -1,0 +1,200 @@
+//! Concurrency: opens idle interactive sessions (pty + shell) through a running
+//! Portcullis and reports its resident memory and the rate at which it accepted them.
+//!
+//! Driven by `scripts/bench`, which starts the target sshd and the proxy; by hand:
+//!
+//! ```text
+//! cargo bench -p portcullis --bench idle_sessions -- --proxy 127.0.0.1:2222 \
+//!     --user 'me%127.0.0.1:2200' --key ~/.ssh/id_ed25519 --pid $(pidof portcullis) \
+//!     --levels 200,500,1000
+//! ```
+//!
+//! One russh client process holds every session (an OpenSSH client per session would
+//! measure the client, not the proxy). A session counts as open once the target's shell
+//! has printed its prompt through the proxy. Sessions are opened `--parallel` at a time;
+//! levels are cumulative (500 = the first 200 and 300 more). Prints one JSON object per
+//! level. Without `--pid` it measures only the rate (the bench uses that to open
+//! sessions straight to the target's sshd, for reference). The client does not check
+//! host keys: it is a load generator on loopback, not a user.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use russh::client;
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use tokio::sync::Semaphore;
+
+struct AnyHost;
+
+impl client::Handler for AnyHost {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+/// An open session: kept alive by holding the handle and the channel.
+struct Session {
+    _handle: client::Handle<AnyHost>,
+    _channel: russh::Channel<client::Msg>,
+}
+
+struct Args {
+    proxy: SocketAddr,
+    user: String,
+    key: PathBuf,
+    pid: Option<u32>,
+    levels: Vec<usize>,
+    parallel: usize,
+}
+
+fn args() -> Result<Args> {
+    let mut it = std::env::args().skip(1);
+    let (mut proxy, mut user, mut key, mut pid) = (None, None, None, None);
+    let (mut levels, mut parallel) = (vec![200, 500, 1000], 16);
+    while let Some(flag) = it.next() {
+        // `cargo bench` passes `--bench` to every bench target.
+        if flag == "--bench" {
+            continue;
+        }
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--proxy" => proxy = Some(value.parse().context("--proxy")?),
+            "--user" => user = Some(value),
+            "--key" => key = Some(PathBuf::from(value)),
+            "--pid" => pid = Some(value.parse().context("--pid")?),
+            "--parallel" => parallel = value.parse().context("--parallel")?,
+            "--levels" => {
+                levels = value
+                    .split(',')
+                    .map(|l| l.trim().parse())
+                    .collect::<Result<_, _>>()
+                    .context("--levels")?
+            }
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    Ok(Args {
+        proxy: proxy.context("--proxy is required")?,
+        user: user.context("--user is required")?,
+        key: key.context("--key is required")?,
+        pid,
+        levels,
+        parallel,
+    })
+}
+
+/// The proxy's resident set size in KiB, from /proc (0 when no process is watched).
+fn rss_kib(pid: Option<u32>) -> Result<u64> {
+    let Some(pid) = pid else { return Ok(0) };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("no process {pid}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS line")
+}
+
+async fn open(args: &Args, key: &Arc<PrivateKey>) -> Result<Session> {
+    let config = Arc::new(client::Config {
+        inactivity_timeout: None,
+        ..Default::default()
+    });
+    let mut handle = client::connect(config, args.proxy, AnyHost).await?;
+    let auth = handle
+        .authenticate_publickey(
+            args.user.clone(),
+            PrivateKeyWithHashAlg::new(Arc::clone(key), None),
+        )
+        .await?;
+    if !auth.success() {
+        bail!("the proxy refused the key for {}", args.user);
+    }
+    let mut channel = handle.channel_open_session().await?;
+    channel
+        .request_pty(false, "xterm", 80, 24, 0, 0, &[])
+        .await?;
+    channel.request_shell(false).await?;
+    // Open = the target's shell has spoken through the proxy.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(60), channel.wait()).await {
+            Err(_) => bail!("no prompt within 60 s"),
+            Ok(None) => bail!("the channel closed before the shell printed anything"),
+            Ok(Some(russh::ChannelMsg::Data { .. })) => break,
+            Ok(Some(_)) => continue,
+        }
+    }
+    Ok(Session {
+        _handle: handle,
+        _channel: channel,
+    })
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Arc::new(args()?);
+    let key = Arc::new(russh::keys::load_secret_key(&args.key, None).context("--key")?);
+    // One session first so that the proxy's lazily built state (policy instances, the
+    // host certificate cache, the tokio workers) is not counted per session.
+    let warm = open(&args, &key).await.context("first session")?;
+    let baseline = rss_kib(args.pid)?;
+    let mut sessions: Vec<Session> = vec![warm];
+    for &level in &args.levels {
+        let want = level.saturating_sub(sessions.len());
+        let gate = Arc::new(Semaphore::new(args.parallel));
+        let started = Instant::now();
+        let mut tasks = Vec::with_capacity(want);
+        for _ in 0..want {
+            let (args, key, gate) = (Arc::clone(&args), Arc::clone(&key), Arc::clone(&gate));
+            tasks.push(tokio::spawn(async move {
+                let _permit = gate.acquire_owned().await?;
+                open(&args, &key).await
+            }));
+        }
+        let mut failures = 0usize;
+        let mut first_error = None;
+        for t in tasks {
+            match t.await? {
+                Ok(s) => sessions.push(s),
+                Err(e) => {
+                    failures += 1;
+                    first_error.get_or_insert_with(|| format!("{e:#}"));
+                }
+            }
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        // Let the proxy settle (freed buffers, finished handshakes) before reading.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss = rss_kib(args.pid)?;
+        let open_now = sessions.len();
+        println!(
+            "{}",
+            serde_json::json!({
+                "level": level,
+                "open": open_now,
+                "failed": failures,
+                "first_error": first_error,
+                "rss_kib": rss,
+                "baseline_kib": baseline,
+                "per_session_kib": (rss.saturating_sub(baseline)) as f64 / (open_now.max(2) - 1) as f64,
+                "accept_per_s": want.saturating_sub(failures) as f64 / elapsed,
+            })
+        );
+        if failures > 0 {
+            break;
+        }
+    }
+    drop(sessions);
+    Ok(())
+}
