@@ -159,7 +159,16 @@ def main():
             out = subprocess.run(["cargo", "bench", "-q", "-p", "portcullis", "--bench", "decision", "--",
                                   "--warm-up-time", "2", "--measurement-time", "5"],
                                  cwd=ROOT, capture_output=True, text=True).stdout
-            crit = "\n".join(l.strip() for l in out.splitlines() if "time:" in l)
+            # criterion puts a long bench name on a line of its own, before "time:".
+            rows, label = [], ""
+            for l in out.splitlines():
+                if "time:" in l:
+                    name, rest = l.split("time:", 1)
+                    rows.append(f"{(name.strip() or label):40} time: {rest.strip()}")
+                    label = ""
+                elif l.strip():
+                    label = l.strip()
+            crit = "\n".join(rows)
     finally:
         for pr in procs:
             pr.terminate()

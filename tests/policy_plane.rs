@@ -361,6 +361,7 @@ fn policy_check_names_every_broken_file_and_why() {
     dir.file("11-junk.wasm", b"this is not wasm")
         .file("12-core.wasm", b"\0asm\x01\0\0\0")
         .module("13-other.wasm", "wrong_world")
+        .module("13-old.wasm", "old_world")
         .module("14-audit.wasm", "network_audit")
         .file(
             "14-audit.toml",
@@ -394,9 +395,11 @@ fn policy_check_names_every_broken_file_and_why() {
         "{err}"
     );
     assert!(
-        line("13-other.wasm").contains("portcullis:policy@0.1.0"),
+        line("13-other.wasm").contains("portcullis:policy@0.2.0"),
         "{err}"
     );
+    // Built against the previous interface: refused, with what to do about it.
+    assert!(line("13-old.wasm").contains("must be rebuilt"), "{err}");
     assert!(line("14-audit.toml").contains("10.0.0.0/99"), "{err}");
     assert!(line("15-map.toml").contains("login"), "{err}");
     assert!(
@@ -411,7 +414,7 @@ fn policy_check_names_every_broken_file_and_why() {
         .unwrap();
     let report: Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(report["ok"], false);
-    assert_eq!(report["errors"].as_array().unwrap().len(), 6, "{report:#}");
+    assert_eq!(report["errors"].as_array().unwrap().len(), 7, "{report:#}");
 }
 
 fn request(email: &str) -> DecisionRequest {

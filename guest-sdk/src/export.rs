@@ -1,7 +1,8 @@
 //! The glue between an author's [`Policy`] and the exports of the world.
 //!
-//! Invariant: `configure` runs once per instance before any other call (the host
-//! guarantees it); a call made before a successful `configure` blocks, failing closed.
+//! Invariants: `configure` runs once per instance before any other call (the host
+//! guarantees it); a call made before a successful `configure` blocks, and so does a
+//! request that does not decode: both fail closed.
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -59,14 +60,22 @@ impl<P: Policy> Guest for Export<P> {
         Ok(())
     }
 
-    fn decide(request: ConnectionRequest) -> Decision {
+    fn decide(request: Vec<u8>) -> Decision {
+        let request = match ConnectionRequest::decode(&request) {
+            Ok(r) => r,
+            Err(e) => return Decision::block(e),
+        };
         with_policy::<P, _>(
             |p| p.decide(&request),
             Decision::block("policy module was called before it was configured"),
         )
     }
 
-    fn check_channel(request: ConnectionRequest, channel: ChannelRequest) -> ChannelVerdict {
+    fn check_channel(request: Vec<u8>, channel: ChannelRequest) -> ChannelVerdict {
+        let request = match ConnectionRequest::decode(&request) {
+            Ok(r) => r,
+            Err(e) => return ChannelVerdict::Deny(e),
+        };
         with_policy::<P, _>(
             |p| p.check_channel(&request, &channel),
             ChannelVerdict::Deny("policy module was called before it was configured".into()),

@@ -42,6 +42,7 @@ mod export;
 pub mod identity;
 pub mod log;
 pub mod net;
+mod request;
 pub mod time;
 
 pub use config::NoConfig;
@@ -54,7 +55,7 @@ pub use serde;
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;
 
-/// The generated bindings of the `portcullis:policy@0.1.0` world.
+/// The generated bindings of the `portcullis:policy@0.2.0` world.
 #[allow(missing_docs, missing_debug_implementations, clippy::all)]
 pub mod bindings {
     wit_bindgen::generate!({
@@ -68,10 +69,8 @@ pub mod bindings {
     });
 }
 
-pub use bindings::{
-    Authentication, ChannelRequest, ChannelVerdict, ConfigFormat, ConnectionRequest, Datetime,
-    Decision, Endpoint, Identity, Permissions, Target, Verdict,
-};
+pub use bindings::{ChannelRequest, ChannelVerdict, ConfigFormat, Decision, Permissions, Verdict};
+pub use request::{Authentication, ConnectionRequest, Datetime, Endpoint, Identity, Target};
 
 /// Everything a policy usually needs, in one `use`.
 pub mod prelude {

@@ -3,7 +3,10 @@
 //! The 10-module set is nine network-audit modules whose rules do not match the
 //! request (each answers no-match) followed by the default mapping, so every decision
 //! calls all ten guests. A third set replaces the nine with a guest that answers
-//! no-match at once, to show the cost of a call itself. Run with `cargo bench -p portcullis --bench decision`.
+//! no-match at once, to show the cost of a call itself; `1 trivial module` is that guest
+//! alone (so the decision ends in "no policy matched"): the fixed cost of a decision
+//! (encoding the request once) plus one call. Run with
+//! `cargo bench -p portcullis --bench decision`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -50,7 +53,14 @@ fn bench(c: &mut Criterion) {
         trivial.module(&format!("{:02}-nomatch.wasm", 10 + i), "hostile");
     }
     trivial.module("90-default-principal.wasm", "default_principal");
+    let lone = common::PolicyDir::new();
+    lone.module("10-nomatch.wasm", "hostile");
     let req = request();
+    {
+        let engine = PolicyEngine::new(lone.path(), Limits::default()).unwrap();
+        let set = engine.current();
+        c.bench_function("decision/1 trivial module", |b| b.iter(|| set.decide(&req)));
+    }
     for (label, dir) in [
         ("decision/1 module", &one),
         ("decision/10 modules", &ten),

@@ -172,7 +172,8 @@ impl PolicyEngine {
             .and_then(wit::PolicyPre::new)
             .map_err(|e| {
                 fail(format!(
-                    "does not implement the portcullis:policy@0.1.0 world: {}",
+                    "does not implement the portcullis:policy@0.2.0 world (a module built \
+                     with an older portcullis-policy SDK must be rebuilt): {}",
                     first_line(&e)
                 ))
             })?;
@@ -486,35 +487,39 @@ impl PolicySet {
     }
 }
 
-fn to_wire(r: &DecisionRequest) -> wit::ConnectionRequest {
+/// Encodes the request once for every module (the layout is the guest SDK's, documented
+/// in `wit/policy.wit`).
+fn to_wire(r: &DecisionRequest) -> Vec<u8> {
+    use portcullis_policy as sdk;
     let now = r.now.duration_since(UNIX_EPOCH).unwrap_or_default();
-    wit::ConnectionRequest {
+    sdk::ConnectionRequest {
         session_id: r.session_id.clone(),
-        identity: wit::Identity {
+        identity: sdk::Identity {
             email: r.email.clone(),
             groups: r.groups.clone(),
             authentication: match &r.authentication {
-                Authentication::PublicKey(f) => wit::Authentication::PublicKey(f.clone()),
-                Authentication::Certificate(f) => wit::Authentication::Certificate(f.clone()),
-                Authentication::Other(n) => wit::Authentication::Other(n.clone()),
+                Authentication::PublicKey(f) => sdk::Authentication::PublicKey(f.clone()),
+                Authentication::Certificate(f) => sdk::Authentication::Certificate(f.clone()),
+                Authentication::Other(n) => sdk::Authentication::Other(n.clone()),
             },
         },
-        source: wit::Endpoint {
+        source: sdk::Endpoint {
             ip: r.source.ip().to_string(),
             port: r.source.port(),
         },
-        target: wit::Target {
+        target: sdk::Target {
             host: r.target_host.clone(),
             ip: r.target_ip.map(|ip| ip.to_string()),
             port: r.target_port,
         },
         login: r.login.clone(),
-        now: wit::Datetime {
+        now: sdk::Datetime {
             seconds: now.as_secs(),
             nanoseconds: now.subsec_nanos(),
         },
         client_version: r.client_version.clone(),
     }
+    .encode()
 }
 
 fn channel_to_wire(c: &ChannelRequest) -> wit::ChannelRequest {
