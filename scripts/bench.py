@@ -88,6 +88,7 @@ def paths(d, ports):
         "portcullis": base + ["-J", "portcullis", "-p", t, f"{USER}@127.0.0.1"],
         "portcullis-user": base + ["-p", str(ports["proxy"]), f"{USER}%127.0.0.1:{t}@127.0.0.1"],
         "portcullis-log": base + ["-J", "portcullis", "-p", t, f"{USER}@127.0.0.2"],
+        "portcullis-user-log": base + ["-p", str(ports["proxy"]), f"{USER}%127.0.0.2:{t}@127.0.0.1"],
     }
 
 
@@ -126,7 +127,8 @@ def main():
     try:
         p = paths(d, ports)
         size = a.size_mib * 1024 * 1024
-        bulk_paths = ["direct", "openssh-jump", "portcullis", "portcullis-log"]
+        bulk_paths = ["direct", "openssh-jump", "portcullis", "portcullis-user", "portcullis-log",
+                      "portcullis-user-log"]
         down = {k: [] for k in bulk_paths}; up = {k: [] for k in bulk_paths}
         for _ in range(a.runs):  # alternate the paths so that noise hits all alike
             for k in bulk_paths:

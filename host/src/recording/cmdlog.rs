@@ -15,7 +15,7 @@
 //! complete block kept).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -202,12 +202,17 @@ fn side_paths(path: &Path) -> (PathBuf, PathBuf) {
 /// Encodes one plaintext packet.
 pub fn encode_packet(source: u8, code: u32, elapsed_us: u64, data: &[u8]) -> Vec<u8> {
     let mut p = Vec::with_capacity(17 + data.len());
-    p.extend_from_slice(&((13 + data.len()) as u32).to_be_bytes());
-    p.push(source);
-    p.extend_from_slice(&code.to_be_bytes());
-    p.extend_from_slice(&elapsed_us.to_be_bytes());
-    p.extend_from_slice(data);
+    encode_packet_into(&mut p, source, code, elapsed_us, data);
     p
+}
+
+/// Appends one plaintext packet to `out`.
+fn encode_packet_into(out: &mut Vec<u8>, source: u8, code: u32, elapsed_us: u64, data: &[u8]) {
+    out.extend_from_slice(&((13 + data.len()) as u32).to_be_bytes());
+    out.push(source);
+    out.extend_from_slice(&code.to_be_bytes());
+    out.extend_from_slice(&elapsed_us.to_be_bytes());
+    out.extend_from_slice(data);
 }
 
 /// A command log being written.
@@ -219,6 +224,8 @@ pub struct Writer {
     start: Instant,
     last_elapsed: u64,
     data_size: u64,
+    /// The frame being sealed, kept between packets.
+    frame: Vec<u8>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -261,6 +268,7 @@ impl Writer {
             start: Instant::now(),
             last_elapsed: 0,
             data_size: 0,
+            frame: Vec::new(),
         };
         w.write_side_meta()?;
         Ok(w)
@@ -288,27 +296,40 @@ impl Writer {
     }
 
     /// Seals and writes one packet. Empty data writes nothing.
+    ///
+    /// The frame (length, sealed packet, tag) is built in one buffer the writer keeps,
+    /// and the packet is sealed in place: one copy of the data, no allocation once the
+    /// buffer has grown to the channel's packet size.
     pub fn packet(&mut self, source: u8, code: u32, data: &[u8]) -> Result<(), CmdLogError> {
         if data.is_empty() {
             return Ok(());
         }
         let elapsed = (self.start.elapsed().as_micros() as u64).max(self.last_elapsed);
         self.last_elapsed = elapsed;
-        let plain = encode_packet(source, code, elapsed, data);
-        let sealed = self
+        let frame = &mut self.frame;
+        frame.clear();
+        frame.extend_from_slice(&[0; 4]); // the sealed length, filled in below
+        encode_packet_into(frame, source, code, elapsed, data);
+        let plain_len = frame.len() - 4;
+        let tag = self
             .ctx
-            .seal(&plain, &[])
+            .seal_inout_detached(
+                hpke::inout::InOutBuf::from(frame.get_mut(4..).unwrap_or_default()),
+                &[],
+            )
             .map_err(|e| CmdLogError::Crypto(format!("{e:?}")))?;
+        frame.extend_from_slice(&tag.to_bytes());
+        let sealed_len = (frame.len() - 4) as u32;
+        if let Some(len) = frame.get_mut(..4) {
+            len.copy_from_slice(&sealed_len.to_be_bytes());
+        }
         // One write per block, straight to the operating system: a block the client
         // has been sent data for survives the proxy being killed.
-        let mut frame = Vec::with_capacity(4 + sealed.len());
-        frame.extend_from_slice(&(sealed.len() as u32).to_be_bytes());
-        frame.extend_from_slice(&sealed);
         let (partial, _) = side_paths(&self.path);
         self.blocks
-            .write_all(&frame)
+            .write_all(frame)
             .map_err(|e| file_err(&partial, e))?;
-        self.data_size += plain.len() as u64;
+        self.data_size += plain_len as u64;
         Ok(())
     }
 
@@ -342,26 +363,31 @@ fn finalise(
     meta_path: &Path,
     meta: &Metadata,
 ) -> Result<u64, CmdLogError> {
-    let mut blocks = Vec::new();
-    File::open(partial)
-        .and_then(|mut f| f.read_to_end(&mut blocks))
-        .map_err(|e| file_err(partial, e))?;
-    let complete = complete_blocks_len(&blocks);
+    // Streamed, not read into memory: a long session's log can be gigabytes.
+    let mut blocks = File::open(partial).map_err(|e| file_err(partial, e))?;
+    let (complete, total) = complete_blocks_len(&mut blocks).map_err(|e| file_err(partial, e))?;
     let header =
         B64.encode(serde_json::to_vec(meta).map_err(|e| CmdLogError::Format(e.to_string()))?);
     let tmp = PathBuf::from(format!("{}.tmp", path.display()));
-    let write = || -> std::io::Result<()> {
+    let mut write = || -> std::io::Result<()> {
         let mut f = BufWriter::new(File::create(&tmp)?);
         f.write_all(&(header.len() as u32).to_be_bytes())?;
         f.write_all(header.as_bytes())?;
-        f.write_all(blocks.get(..complete).unwrap_or_default())?;
+        blocks.seek(SeekFrom::Start(0))?;
+        let copied = std::io::copy(&mut (&mut blocks).take(complete), &mut f)?;
+        if copied != complete {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{partial:?} shrank while being finalised"),
+            ));
+        }
         f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         fs::rename(&tmp, path)
     };
     write().map_err(|e| file_err(path, e))?;
     let _ = fs::remove_file(partial);
     let _ = fs::remove_file(meta_path);
-    Ok((blocks.len() - complete) as u64)
+    Ok(total - complete)
 }
 
 /// The big-endian u32 at `at`, if the bytes are there.
@@ -375,16 +401,22 @@ fn be_u64(bytes: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_be_bytes(b))
 }
 
-fn complete_blocks_len(bytes: &[u8]) -> usize {
-    let mut at = 0usize;
-    while let Some(len) = be_u32(bytes, at) {
-        let end = at + 4 + len;
-        if end > bytes.len() {
+/// Walks the length prefixes of a blocks file: returns the length of its complete
+/// blocks (a block torn by a kill is left out) and the file's length.
+fn complete_blocks_len(file: &mut File) -> std::io::Result<(u64, u64)> {
+    let total = file.seek(SeekFrom::End(0))?;
+    let mut at = 0u64;
+    let mut len = [0u8; 4];
+    while at + 4 <= total {
+        file.seek(SeekFrom::Start(at))?;
+        file.read_exact(&mut len)?;
+        let end = at + 4 + u64::from(u32::from_be_bytes(len));
+        if end > total {
             break;
         }
         at = end;
     }
-    at
+    Ok((at, total))
 }
 
 /// Finalises the logs a killed proxy left in `dir` (header without exit data). Returns
