@@ -487,6 +487,23 @@ impl PolicySet {
     }
 }
 
+/// Runs [`PolicySet::check_channel`] on the blocking pool, so that a slow module holds
+/// a pool thread, never the session's task. A check that cannot run denies.
+pub async fn check_channel_off_thread(
+    policy: Arc<PolicySet>,
+    request: Arc<DecisionRequest>,
+    decision: Arc<Evaluation>,
+    channel: ChannelRequest,
+) -> ChannelDecision {
+    tokio::task::spawn_blocking(move || policy.check_channel(&request, &decision, &channel))
+        .await
+        .unwrap_or_else(|e| ChannelDecision {
+            allowed: false,
+            module: None,
+            reason: format!("policy check failed: {e}"),
+        })
+}
+
 /// Encodes the request once for every module (the layout is the guest SDK's, documented
 /// in `wit/policy.wit`).
 fn to_wire(r: &DecisionRequest) -> Vec<u8> {

@@ -15,7 +15,7 @@ mod loader;
 mod reload;
 mod types;
 
-pub use engine::{PolicyEngine, PolicySet};
+pub use engine::{PolicyEngine, PolicySet, check_channel_off_thread};
 pub use limits::Limits;
 pub use loader::{LoadError, LoadErrors, ModuleInfo};
 pub use reload::{ReloadHandle, watch};

@@ -398,7 +398,13 @@ impl russh::server::Handler for ConnHandler {
                 host: host_to_connect.to_string(),
                 port,
             };
-            let verdict = d.policy.check_channel(&d.request, &d.decision, &request);
+            let verdict = crate::policy::check_channel_off_thread(
+                Arc::clone(&d.policy),
+                Arc::clone(&d.request),
+                Arc::clone(&d.decision),
+                request,
+            )
+            .await;
             lock(&d.channels).push(ChannelRecord {
                 kind: "direct-tcpip".into(),
                 allowed: verdict.allowed,

@@ -87,18 +87,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl ChannelContext {
     async fn check(&self, request: ChannelRequest) -> crate::policy::ChannelDecision {
-        let (policy, req, decision) = (
+        crate::policy::check_channel_off_thread(
             Arc::clone(&self.policy),
             Arc::clone(&self.request),
             Arc::clone(&self.decision),
-        );
-        tokio::task::spawn_blocking(move || policy.check_channel(&req, &decision, &request))
-            .await
-            .unwrap_or_else(|e| crate::policy::ChannelDecision {
-                allowed: false,
-                module: None,
-                reason: format!("policy check failed: {e}"),
-            })
+            request,
+        )
+        .await
     }
 
     fn record(&self, index: usize, f: impl FnOnce(&mut ChannelRecord)) {
