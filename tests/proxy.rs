@@ -35,8 +35,13 @@ fn proxyjump_exec_returns_output_and_exit_status_and_is_logged() {
         .ssh_jump("jdoe", "jdoe", "id -un")
         .success_or_panic("id");
     assert_eq!(out.stdout_text(), "jdoe\n");
+    // A program that closes its output and runs on: the proxy holds the target's EOF
+    // for the exit status only briefly, then the session still ends with the status.
+    let out = lab.ssh_jump("jdoe", "jdoe", "echo early; exec >&- 2>&-; sleep 2; exit 5");
+    assert_eq!(out.stdout_text(), "early\n");
+    assert_eq!(out.status.code(), Some(5), "{}", out.stderr_text());
 
-    let sessions = lab.wait_sessions(2);
+    let sessions = lab.wait_sessions(3);
     let s = sessions
         .iter()
         .find(|s| s["channels"][0]["exit_status"] == 7)
@@ -571,11 +576,9 @@ fn several_channels_share_one_session_and_one_target_connection() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     for i in 0..3 {
-        // Only the output is asserted here: in about one run in ten a multiplexed
-        // client exits 255 after printing the right output (its exit status did not
-        // reach it). Exit statuses are asserted by the non-multiplexed tests; this one
-        // is about channels sharing a session. See the closing note of session 1.
-        let command = format!("echo channel-{i}");
+        // The exit status must reach the multiplexed client: the master closes its
+        // channel as soon as it sees EOF, so the proxy delivers the status first.
+        let command = format!("echo channel-{i}; exit {}", 40 + i);
         let args = [
             &base[..],
             &["-o", "ControlMaster=no", "jdoe@127.0.0.1", &command],
@@ -588,6 +591,7 @@ fn several_channels_share_one_session_and_one_target_connection() {
             "{}",
             out.stderr_text()
         );
+        assert_eq!(out.status.code(), Some(40 + i), "{}", out.stderr_text());
     }
     lab.ssh(
         "jdoe",
@@ -597,11 +601,10 @@ fn several_channels_share_one_session_and_one_target_connection() {
     assert_eq!(sessions.len(), 1, "one connection, one session record");
     let channels = sessions[0]["channels"].as_array().unwrap();
     assert_eq!(channels.len(), 3, "{channels:?}");
-    assert!(
-        channels
-            .iter()
-            .all(|c| c["kind"] == "exec" && c["allowed"] == true)
-    );
+    for (i, c) in channels.iter().enumerate() {
+        assert!(c["kind"] == "exec" && c["allowed"] == true, "{c}");
+        assert_eq!(c["exit_status"], 40 + i as i64, "{c}");
+    }
     let accepted = lab.sshd_log().matches("Accepted publickey").count();
     assert_eq!(accepted, 1, "the target saw one login for all channels");
 }

@@ -305,10 +305,25 @@ pub async fn bridge_session(
         let rec = recorder.clone();
         let exit = Arc::clone(&exit);
         async move {
+            // The target's EOF is held until its exit status (see EOF_HOLD).
+            let mut eof_held_until: Option<tokio::time::Instant> = None;
             loop {
+                let held = async {
+                    match eof_held_until {
+                        Some(deadline) => tokio::time::sleep_until(deadline).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 let msg = tokio::select! {
                     m = t_rx.wait() => m,
                     _ = stop_rx.changed() => None,
+                    () = held => {
+                        eof_held_until = None;
+                        if c_tx.eof().await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
                 };
                 let Some(msg) = msg else { break };
                 let recorded = match &msg {
@@ -338,11 +353,18 @@ pub async fn bridge_session(
                             .fetch_add(data.len() as u64, Ordering::Relaxed);
                         c_tx.extended_data_bytes(ext, data).await.map_err(|_| ())
                     }
-                    ChannelMsg::Eof => c_tx.eof().await.map_err(|_| ()),
+                    ChannelMsg::Eof => {
+                        eof_held_until = Some(tokio::time::Instant::now() + EOF_HOLD);
+                        Ok(())
+                    }
                     ChannelMsg::ExitStatus { exit_status } => {
                         ctx.record(index, |r| r.exit_status = Some(exit_status));
                         lock(&exit).status = Some(exit_status);
-                        client_handle.exit_status_request(cid, exit_status).await
+                        let sent = client_handle.exit_status_request(cid, exit_status).await;
+                        if eof_held_until.take().is_some() && c_tx.eof().await.is_err() {
+                            break;
+                        }
+                        sent
                     }
                     ChannelMsg::ExitSignal {
                         signal_name,
@@ -358,7 +380,7 @@ pub async fn bridge_session(
                             e.error_msg =
                                 (!error_message.is_empty()).then(|| error_message.clone());
                         }
-                        client_handle
+                        let sent = client_handle
                             .exit_signal_request(
                                 cid,
                                 signal_name,
@@ -366,7 +388,11 @@ pub async fn bridge_session(
                                 error_message,
                                 lang_tag,
                             )
-                            .await
+                            .await;
+                        if eof_held_until.take().is_some() && c_tx.eof().await.is_err() {
+                            break;
+                        }
+                        sent
                     }
                     ChannelMsg::Success | ChannelMsg::Failure => {
                         let wanted = lock(&pending).pop_front().unwrap_or(false);
@@ -398,6 +424,14 @@ pub async fn bridge_session(
         lock(&ctx.command_logs).push(path);
     }
 }
+
+/// How long the target's EOF may wait for its exit status. A client whose own input is
+/// closed may close the channel as soon as it sees EOF (OpenSSH's multiplexing master
+/// does), and once it has, the exit status can no longer be delivered: the client then
+/// reports 255. sshd sends EOF and the exit status moments apart, so the EOF is held
+/// until the status has been forwarded, or this long for a program that closed its
+/// output and kept running.
+const EOF_HOLD: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Signals the other direction when this one ends, however it ends.
 struct StopOnDrop(tokio::sync::watch::Sender<bool>);
