@@ -21,13 +21,13 @@ use crate::{ChannelRequest, ChannelVerdict, ConfigFormat, ConnectionRequest, Dec
 /// `#[serde(default)]` fields when no file is needed.
 pub trait Policy: DeserializeOwned + 'static {
     /// Decide a connection. Return [`Decision::no_match`] to let the next module decide.
-    fn decide(&self, request: &ConnectionRequest) -> Decision;
+    fn decide(&self, request: &ConnectionRequest<'_>) -> Decision;
 
     /// Decide a request made on an allowed connection (a shell, a command, a subsystem
     /// such as sftp, port forwarding). The default has no opinion.
     fn check_channel(
         &self,
-        _request: &ConnectionRequest,
+        _request: &ConnectionRequest<'_>,
         _channel: &ChannelRequest,
     ) -> ChannelVerdict {
         ChannelVerdict::NoOpinion

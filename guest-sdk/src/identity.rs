@@ -49,10 +49,10 @@ impl<'de> serde::Deserialize<'de> for EmailPattern {
     }
 }
 
-impl Identity {
+impl<'a> Identity<'a> {
     /// The local part of the user's email: the default Unix login.
-    pub fn local_part(&self) -> &str {
-        local_part(&self.email)
+    pub fn local_part(&self) -> &'a str {
+        local_part(self.email)
     }
 
     /// Whether the user's email equals `email`, ignoring ASCII case.
@@ -63,7 +63,7 @@ impl Identity {
     /// Whether the user belongs to `group` (exact, case-sensitive as the identity
     /// source spells it).
     pub fn in_group(&self, group: &str) -> bool {
-        self.groups.iter().any(|g| g == group)
+        self.groups.contains(&group)
     }
 
     /// Whether the user belongs to at least one of `groups`. An empty list matches
@@ -73,25 +73,24 @@ impl Identity {
     }
 }
 
-impl Endpoint {
+impl Endpoint<'_> {
     /// The address, parsed. IPv4-mapped IPv6 addresses are returned as IPv4.
     pub fn ip_addr(&self) -> Option<IpAddr> {
-        crate::net::parse_ip(&self.ip)
+        crate::net::parse_ip(self.ip)
     }
 }
 
-impl Target {
+impl Target<'_> {
     /// The resolved address of the target, parsed; or the host itself when the user
     /// typed an address.
     pub fn ip_addr(&self) -> Option<IpAddr> {
         self.ip
-            .as_deref()
             .and_then(crate::net::parse_ip)
-            .or_else(|| crate::net::parse_ip(&self.host))
+            .or_else(|| crate::net::parse_ip(self.host))
     }
 }
 
-impl ConnectionRequest {
+impl ConnectionRequest<'_> {
     /// The source address of the client, parsed.
     pub fn source_ip(&self) -> Option<IpAddr> {
         self.source.ip_addr()
@@ -103,11 +102,11 @@ mod tests {
     use super::*;
     use crate::Authentication;
 
-    fn id(email: &str, groups: &[&str]) -> Identity {
+    fn id<'a>(email: &'a str, groups: &[&'a str]) -> Identity<'a> {
         Identity {
-            email: email.into(),
-            groups: groups.iter().map(|g| g.to_string()).collect(),
-            authentication: Authentication::PublicKey("SHA256:x".into()),
+            email,
+            groups: groups.to_vec(),
+            authentication: Authentication::PublicKey("SHA256:x"),
         }
     }
 
@@ -143,20 +142,20 @@ mod tests {
     #[test]
     fn target_address_falls_back_to_a_literal_host() {
         let t = Target {
-            host: "10.0.0.5".into(),
+            host: "10.0.0.5",
             ip: None,
             port: 22,
         };
         assert_eq!(t.ip_addr(), Some("10.0.0.5".parse().unwrap()));
         let t = Target {
-            host: "db1".into(),
+            host: "db1",
             ip: None,
             port: 22,
         };
         assert_eq!(t.ip_addr(), None);
         let t = Target {
-            host: "db1".into(),
-            ip: Some("::ffff:10.1.2.3".into()),
+            host: "db1",
+            ip: Some("::ffff:10.1.2.3"),
             port: 22,
         };
         assert_eq!(t.ip_addr(), Some("10.1.2.3".parse().unwrap()));

@@ -260,7 +260,7 @@ pub struct Destination {
 
 impl Destination {
     /// Whether the target is this destination.
-    pub fn matches(&self, target: &Target) -> bool {
+    pub fn matches(&self, target: &Target<'_>) -> bool {
         if let Some(ports) = &self.ports
             && !ports.contains(target.port)
         {
@@ -270,7 +270,7 @@ impl Destination {
             HostSpec::Any => true,
             HostSpec::Net(net) => target.ip_addr().is_some_and(|ip| net.contains(&ip)),
             HostSpec::Range(range) => target.ip_addr().is_some_and(|ip| range.contains(&ip)),
-            HostSpec::Name(pattern) => pattern.matches(&target.host),
+            HostSpec::Name(pattern) => pattern.matches(target.host),
         }
     }
 }
@@ -354,12 +354,8 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn target(host: &str, ip: Option<&str>, port: u16) -> Target {
-        Target {
-            host: host.into(),
-            ip: ip.map(Into::into),
-            port,
-        }
+    fn target<'a>(host: &'a str, ip: Option<&'a str>, port: u16) -> Target<'a> {
+        Target { host, ip, port }
     }
 
     #[test]

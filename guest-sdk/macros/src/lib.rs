@@ -152,7 +152,7 @@ fn from_fn(f: ItemFn) -> syn::Result<TokenStream2> {
         impl ::portcullis_policy::Policy for __PortcullisFnPolicy {
             fn decide(
                 &self,
-                request: &::portcullis_policy::ConnectionRequest,
+                request: &::portcullis_policy::ConnectionRequest<'_>,
             ) -> ::portcullis_policy::Decision {
                 #call
             }

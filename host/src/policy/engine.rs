@@ -509,32 +509,34 @@ pub async fn check_channel_off_thread(
 fn to_wire(r: &DecisionRequest) -> Vec<u8> {
     use portcullis_policy as sdk;
     let now = r.now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let source_ip = r.source.ip().to_string();
+    let target_ip = r.target_ip.map(|ip| ip.to_string());
     sdk::ConnectionRequest {
-        session_id: r.session_id.clone(),
+        session_id: &r.session_id,
         identity: sdk::Identity {
-            email: r.email.clone(),
-            groups: r.groups.clone(),
+            email: &r.email,
+            groups: r.groups.iter().map(String::as_str).collect(),
             authentication: match &r.authentication {
-                Authentication::PublicKey(f) => sdk::Authentication::PublicKey(f.clone()),
-                Authentication::Certificate(f) => sdk::Authentication::Certificate(f.clone()),
-                Authentication::Other(n) => sdk::Authentication::Other(n.clone()),
+                Authentication::PublicKey(f) => sdk::Authentication::PublicKey(f),
+                Authentication::Certificate(f) => sdk::Authentication::Certificate(f),
+                Authentication::Other(n) => sdk::Authentication::Other(n),
             },
         },
         source: sdk::Endpoint {
-            ip: r.source.ip().to_string(),
+            ip: &source_ip,
             port: r.source.port(),
         },
         target: sdk::Target {
-            host: r.target_host.clone(),
-            ip: r.target_ip.map(|ip| ip.to_string()),
+            host: &r.target_host,
+            ip: target_ip.as_deref(),
             port: r.target_port,
         },
-        login: r.login.clone(),
+        login: &r.login,
         now: sdk::Datetime {
             seconds: now.as_secs(),
             nanoseconds: now.subsec_nanos(),
         },
-        client_version: r.client_version.clone(),
+        client_version: &r.client_version,
     }
     .encode()
 }

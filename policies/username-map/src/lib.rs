@@ -56,7 +56,7 @@ struct Map {
 
 impl Map {
     fn matches(&self, identity: &Identity) -> bool {
-        self.emails.iter().any(|p| p.matches(&identity.email)) || identity.in_any_group(&self.groups)
+        self.emails.iter().any(|p| p.matches(identity.email)) || identity.in_any_group(&self.groups)
     }
 }
 
@@ -79,7 +79,7 @@ impl Policy for UsernameMap {
             }
             for login in &map.logins {
                 // "*" grants whatever login the user asked for.
-                grant(if login == "*" { &request.login } else { login });
+                grant(if login == "*" { request.login } else { login });
             }
         }
         if !matched {
