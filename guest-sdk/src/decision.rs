@@ -1,6 +1,38 @@
-//! Constructors for decisions and channel verdicts.
+//! A module's answer to a connection, and constructors for it and for channel verdicts.
+//!
+//! On the wire the answer is split (`decide` returns the verdict alone, `explain` the
+//! rest) so that modules that do not match cost the host one cheap call; authors see
+//! one `Decision`.
 
-use crate::{ChannelVerdict, Decision, Permissions, Verdict};
+use crate::{ChannelVerdict, Permissions};
+
+/// The action of a decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// This module has no opinion; the next module in precedence order decides.
+    NoMatch,
+    /// Let the connection through.
+    Allow,
+    /// Refuse the connection. The payload is shown to the user and logged.
+    Block(String),
+    /// Let the connection through under audit ("Audit SSH"). When the payload is true
+    /// the session's terminal traffic is recorded in a sealed command log.
+    Audit(bool),
+}
+
+/// A module's answer to a connection request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// What to do with the connection.
+    pub verdict: Verdict,
+    /// The Unix usernames the target certificate may carry. The connection is refused
+    /// unless the requested login is one of them. Ignored for no-match and block.
+    pub principals: Vec<String>,
+    /// What the session may do beyond a plain shell or command.
+    pub permissions: Permissions,
+    /// A short human-readable explanation, recorded in the session log.
+    pub reason: String,
+}
 
 impl Decision {
     /// No opinion: the next module in precedence order decides.

@@ -10,8 +10,8 @@ use std::marker::PhantomData;
 
 use serde::de::DeserializeOwned;
 
-use crate::bindings::Guest;
-use crate::{ChannelRequest, ChannelVerdict, ConfigFormat, ConnectionRequest, Decision};
+use crate::bindings::{self as wire, Guest};
+use crate::{ChannelRequest, ChannelVerdict, ConfigFormat, ConnectionRequest, Decision, Verdict};
 
 /// A policy: a type built from the module's configuration that decides connections.
 ///
@@ -36,6 +36,8 @@ pub trait Policy: DeserializeOwned + 'static {
 
 thread_local! {
     static CONFIGURED: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+    /// The last decision other than no-match, until `explain` takes it.
+    static LAST: RefCell<Option<Decision>> = const { RefCell::new(None) };
 }
 
 fn with_policy<P: Policy, R>(f: impl FnOnce(&P) -> R, unconfigured: R) -> R {
@@ -60,15 +62,44 @@ impl<P: Policy> Guest for Export<P> {
         Ok(())
     }
 
-    fn decide(request: Vec<u8>) -> Decision {
-        let request = match ConnectionRequest::decode(&request) {
-            Ok(r) => r,
-            Err(e) => return Decision::block(e),
+    fn decide(request: Vec<u8>) -> wire::Verdict {
+        let decision = match ConnectionRequest::decode(&request) {
+            Ok(request) => with_policy::<P, _>(
+                |p| p.decide(&request),
+                Decision::block("policy module was called before it was configured"),
+            ),
+            Err(e) => Decision::block(e),
         };
-        with_policy::<P, _>(
-            |p| p.decide(&request),
-            Decision::block("policy module was called before it was configured"),
-        )
+        let verdict = match decision.verdict {
+            Verdict::NoMatch => wire::Verdict::NoMatch,
+            Verdict::Allow => wire::Verdict::Allow,
+            Verdict::Block(_) => wire::Verdict::Block,
+            Verdict::Audit(false) => wire::Verdict::Audit,
+            Verdict::Audit(true) => wire::Verdict::AuditRecorded,
+        };
+        let keep = (verdict != wire::Verdict::NoMatch).then_some(decision);
+        LAST.with(|last| *last.borrow_mut() = keep);
+        verdict
+    }
+
+    fn explain() -> wire::Explanation {
+        let Some(d) = LAST.with(|last| last.borrow_mut().take()) else {
+            // Nothing decided: no logins, which the host refuses.
+            return wire::Explanation {
+                principals: Vec::new(),
+                permissions: crate::Permissions::empty(),
+                reason: String::new(),
+            };
+        };
+        let reason = match d.verdict {
+            Verdict::Block(message) if !message.trim().is_empty() => message,
+            _ => d.reason,
+        };
+        wire::Explanation {
+            principals: d.principals,
+            permissions: d.permissions,
+            reason,
+        }
     }
 
     fn check_channel(request: Vec<u8>, channel: ChannelRequest) -> ChannelVerdict {

@@ -69,7 +69,8 @@ pub mod bindings {
     });
 }
 
-pub use bindings::{ChannelRequest, ChannelVerdict, ConfigFormat, Decision, Permissions, Verdict};
+pub use bindings::{ChannelRequest, ChannelVerdict, ConfigFormat, Permissions};
+pub use decision::{Decision, Verdict};
 pub use request::{Authentication, ConnectionRequest, Datetime, Endpoint, Identity, Target};
 
 /// Everything a policy usually needs, in one `use`.

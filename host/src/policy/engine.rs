@@ -414,9 +414,17 @@ impl PolicySet {
             let name = &module.info.name;
             let span = tracing::debug_span!("policy", module = %name);
             let _enter = span.enter();
-            match module.call("decide", |b, s| b.call_decide(s, &wire)) {
-                Ok(d) if matches!(d.verdict, wit::Verdict::NoMatch) => continue,
-                Ok(d) => return evaluation_from(name, d),
+            // A verdict other than no-match is explained on the same instance, before
+            // it goes back to the pool.
+            let answer = module.call("decide", |b, s| match b.call_decide(&mut *s, &wire)? {
+                wit::Verdict::NoMatch => Ok(None),
+                verdict => Ok(Some((verdict, b.call_explain(s)?))),
+            });
+            match answer {
+                Ok(None) => continue,
+                Ok(Some((verdict, explanation))) => {
+                    return evaluation_from(name, verdict, explanation);
+                }
                 Err(failure) => {
                     tracing::warn!(module = %name, %failure, "policy module failed; blocking");
                     return Evaluation::blocked(
@@ -559,24 +567,28 @@ fn channel_to_wire(c: &ChannelRequest) -> wit::ChannelRequest {
 
 /// Checks a module's answer and turns it into the host's evaluation. A malformed
 /// answer blocks, naming the module.
-fn evaluation_from(module: &str, d: wit::Decision) -> Evaluation {
-    let reason = sanitize(&d.reason, 500);
-    let (action, command_logging) = match d.verdict {
+fn evaluation_from(module: &str, verdict: wit::Verdict, e: wit::Explanation) -> Evaluation {
+    let reason = sanitize(&e.reason, 500);
+    let (action, command_logging) = match verdict {
         wit::Verdict::NoMatch | wit::Verdict::Allow => (Action::Allow, false),
-        wit::Verdict::Audit(logging) => (Action::Audit, logging),
-        wit::Verdict::Block(why) => {
-            let why = sanitize(&why, 500);
-            let why = if why.trim().is_empty() { reason } else { why };
+        wit::Verdict::Audit => (Action::Audit, false),
+        wit::Verdict::AuditRecorded => (Action::Audit, true),
+        wit::Verdict::Block => {
+            let why = if reason.trim().is_empty() {
+                format!("blocked by policy module {module}")
+            } else {
+                reason
+            };
             return Evaluation::blocked(Some(module.to_string()), why);
         }
     };
-    if d.principals.is_empty() {
+    if e.principals.is_empty() {
         return Evaluation::blocked(
             Some(module.to_string()),
             format!("policy module {module} allowed the connection but granted no login"),
         );
     }
-    if let Some(bad) = d.principals.iter().find(|p| !valid_principal(p)) {
+    if let Some(bad) = e.principals.iter().find(|p| !valid_principal(p)) {
         return Evaluation::blocked(
             Some(module.to_string()),
             format!(
@@ -585,11 +597,11 @@ fn evaluation_from(module: &str, d: wit::Decision) -> Evaluation {
             ),
         );
     }
-    let p = d.permissions;
+    let p = e.permissions;
     Evaluation {
         module: Some(module.to_string()),
         action,
-        principals: d.principals,
+        principals: e.principals,
         permissions: Permissions {
             pty: p.contains(wit::Permissions::PTY),
             port_forwarding: p.contains(wit::Permissions::PORT_FORWARDING),
@@ -630,9 +642,8 @@ mod tests {
         assert_eq!(sanitize("abcdef", 3), "abc…");
     }
 
-    fn decision(verdict: wit::Verdict, principals: &[&str]) -> wit::Decision {
-        wit::Decision {
-            verdict,
+    fn explanation(principals: &[&str]) -> wit::Explanation {
+        wit::Explanation {
             principals: principals.iter().map(|s| s.to_string()).collect(),
             permissions: wit::Permissions::PTY,
             reason: "r".into(),
@@ -641,7 +652,7 @@ mod tests {
 
     #[test]
     fn an_allow_without_principals_blocks_naming_the_module() {
-        let e = evaluation_from("10-x.wasm", decision(wit::Verdict::Allow, &[]));
+        let e = evaluation_from("10-x.wasm", wit::Verdict::Allow, explanation(&[]));
         assert_eq!(e.action, Action::Block);
         assert!(
             e.reason.contains("10-x.wasm") && e.reason.contains("no login"),
@@ -654,7 +665,8 @@ mod tests {
     fn an_invalid_principal_blocks() {
         let e = evaluation_from(
             "10-x.wasm",
-            decision(wit::Verdict::Allow, &["ok", "bad,login"]),
+            wit::Verdict::Allow,
+            explanation(&["ok", "bad,login"]),
         );
         assert_eq!(e.action, Action::Block);
         assert!(e.reason.contains("invalid login"), "{}", e.reason);
@@ -662,7 +674,11 @@ mod tests {
 
     #[test]
     fn audit_keeps_logging_and_permissions() {
-        let e = evaluation_from("20-a.wasm", decision(wit::Verdict::Audit(true), &["jdoe"]));
+        let e = evaluation_from(
+            "20-a.wasm",
+            wit::Verdict::AuditRecorded,
+            explanation(&["jdoe"]),
+        );
         assert_eq!(e.action, Action::Audit);
         assert!(e.command_logging && e.permissions.pty && !e.permissions.port_forwarding);
         assert!(e.permits_login("jdoe") && !e.permits_login("root"));
