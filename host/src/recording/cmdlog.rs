@@ -189,7 +189,18 @@ struct SideMeta {
     started_at: u64,
     encapsulated_key: String,
     pty: Option<PtyMeta>,
+    /// Bytes reserved for the header at the start of the `.partial` file (0 in side
+    /// files written before the reservation existed).
+    #[serde(default)]
+    header_reserve: u64,
 }
+
+/// The room left for the header at the start of a log being written: its 4-byte length
+/// and 4,092 base64 characters, i.e. 3,069 bytes of JSON (a header is usually under
+/// 1 KiB). Finishing the log then writes the header in place and renames the file,
+/// instead of copying a log that may be gigabytes; a header that does not fit falls
+/// back to the copy.
+const HEADER_RESERVE: u64 = 4096;
 
 fn side_paths(path: &Path) -> (PathBuf, PathBuf) {
     let s = path.display().to_string();
@@ -254,11 +265,15 @@ impl Writer {
                 .as_secs(),
             encapsulated_key: hex::encode(enc.to_bytes()),
             pty: None,
+            header_reserve: HEADER_RESERVE,
         };
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&partial)
+            .map_err(|e| file_err(&partial, e))?;
+        (&file)
+            .write_all(&[0; HEADER_RESERVE as usize])
             .map_err(|e| file_err(&partial, e))?;
         let w = Writer {
             path: path.to_path_buf(),
@@ -350,42 +365,75 @@ impl Writer {
             pty: self.meta.pty.clone(),
             exit_data: exit,
         };
-        finalise(&self.path, &partial, &meta_path, &meta)?;
+        finalise(
+            &self.path,
+            &partial,
+            &meta_path,
+            &meta,
+            self.meta.header_reserve,
+        )?;
         Ok(self.path)
     }
 }
 
-/// Writes header + the complete blocks of `partial` to `path`, then removes the side
-/// files. Returns how many bytes of a torn last block were dropped.
+/// Turns `partial` into the finished log at `path`: header, then the complete blocks
+/// (a block torn by a kill is dropped), synced to disk; then removes the side files.
+/// Returns how many bytes of a torn last block were dropped.
+///
+/// With a reserved header region the header is written in place and the file renamed;
+/// otherwise (or if the header does not fit) the blocks are streamed into a new file.
 fn finalise(
     path: &Path,
     partial: &Path,
     meta_path: &Path,
     meta: &Metadata,
+    reserve: u64,
 ) -> Result<u64, CmdLogError> {
-    // Streamed, not read into memory: a long session's log can be gigabytes.
-    let mut blocks = File::open(partial).map_err(|e| file_err(partial, e))?;
-    let (complete, total) = complete_blocks_len(&mut blocks).map_err(|e| file_err(partial, e))?;
-    let header =
-        B64.encode(serde_json::to_vec(meta).map_err(|e| CmdLogError::Format(e.to_string()))?);
-    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
-    let mut write = || -> std::io::Result<()> {
-        let mut f = BufWriter::new(File::create(&tmp)?);
-        f.write_all(&(header.len() as u32).to_be_bytes())?;
-        f.write_all(header.as_bytes())?;
-        blocks.seek(SeekFrom::Start(0))?;
-        let copied = std::io::copy(&mut (&mut blocks).take(complete), &mut f)?;
-        if copied != complete {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!("{partial:?} shrank while being finalised"),
-            ));
-        }
-        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        fs::rename(&tmp, path)
-    };
-    write().map_err(|e| file_err(path, e))?;
-    let _ = fs::remove_file(partial);
+    let mut blocks = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(partial)
+        .map_err(|e| file_err(partial, e))?;
+    let (complete, total) =
+        complete_blocks_len(&mut blocks, reserve).map_err(|e| file_err(partial, e))?;
+    let mut json = serde_json::to_vec(meta).map_err(|e| CmdLogError::Format(e.to_string()))?;
+    let room = (reserve.saturating_sub(4) / 4 * 3) as usize;
+    if reserve > 0 && json.len() <= room {
+        // JSON allows trailing whitespace: pad so that the base64 fills the room exactly.
+        json.resize(room, b' ');
+        let header = B64.encode(&json);
+        let mut in_place = || -> std::io::Result<()> {
+            blocks.set_len(complete)?;
+            blocks.seek(SeekFrom::Start(0))?;
+            blocks.write_all(&(header.len() as u32).to_be_bytes())?;
+            blocks.write_all(header.as_bytes())?;
+            blocks.sync_all()?;
+            fs::rename(partial, path)
+        };
+        in_place().map_err(|e| file_err(path, e))?;
+    } else {
+        // Streamed, not read into memory: a long session's log can be gigabytes.
+        let header = B64.encode(&json);
+        let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+        let mut copy = || -> std::io::Result<()> {
+            let mut f = BufWriter::new(File::create(&tmp)?);
+            f.write_all(&(header.len() as u32).to_be_bytes())?;
+            f.write_all(header.as_bytes())?;
+            blocks.seek(SeekFrom::Start(reserve))?;
+            let want = complete - reserve.min(complete);
+            let copied = std::io::copy(&mut (&mut blocks).take(want), &mut f)?;
+            if copied != want {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("{partial:?} shrank while being finalised"),
+                ));
+            }
+            f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            fs::rename(&tmp, path)
+        };
+        copy().map_err(|e| file_err(path, e))?;
+        let _ = fs::remove_file(partial);
+    }
     let _ = fs::remove_file(meta_path);
     Ok(total - complete)
 }
@@ -401,11 +449,11 @@ fn be_u64(bytes: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_be_bytes(b))
 }
 
-/// Walks the length prefixes of a blocks file: returns the length of its complete
-/// blocks (a block torn by a kill is left out) and the file's length.
-fn complete_blocks_len(file: &mut File) -> std::io::Result<(u64, u64)> {
+/// Walks the length prefixes of a blocks file from `start`: returns where its complete
+/// blocks end (a block torn by a kill is left out) and the file's length.
+fn complete_blocks_len(file: &mut File, start: u64) -> std::io::Result<(u64, u64)> {
     let total = file.seek(SeekFrom::End(0))?;
-    let mut at = 0u64;
+    let mut at = start.min(total);
     let mut len = [0u8; 4];
     while at + 4 <= total {
         file.seek(SeekFrom::Start(at))?;
@@ -446,7 +494,10 @@ pub fn recover(dir: &Path) -> Result<Vec<PathBuf>, CmdLogError> {
         if !partial.exists() {
             File::create(&partial).map_err(|e| file_err(&partial, e))?;
         }
-        let size = fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        let size = fs::metadata(&partial)
+            .map(|m| m.len())
+            .unwrap_or(0)
+            .saturating_sub(side.header_reserve);
         let meta = Metadata {
             started_at: side.started_at,
             data_size: size,
@@ -454,7 +505,7 @@ pub fn recover(dir: &Path) -> Result<Vec<PathBuf>, CmdLogError> {
             pty: side.pty,
             exit_data: None,
         };
-        let torn = finalise(&path, &partial, &meta_path, &meta)?;
+        let torn = finalise(&path, &partial, &meta_path, &meta, side.header_reserve)?;
         tracing::warn!(path = %path.display(), torn_bytes = torn, "finalised a command log left by an interrupted proxy");
         done.push(path);
     }
@@ -799,6 +850,51 @@ mod tests {
         );
         assert!(term.contains("file1") && !term.contains("ls\r"), "{term}");
         assert!(term.contains("COMMAND_EXIT_CODE=\"0\""));
+        // The header was written in place, in the room reserved for it.
+        let bytes = fs::read(&path).unwrap();
+        assert_eq!(be_u32(&bytes, 0), Some(HEADER_RESERVE as usize - 4));
+    }
+
+    #[test]
+    fn a_header_too_big_for_its_room_is_copied_into_a_new_file() {
+        let d = tempfile::tempdir().unwrap();
+        let (seal, open) = keys(d.path());
+        let path = d.path().join("big.sshlog");
+        let mut w = Writer::create(&path, &seal).unwrap();
+        w.packet(SOURCE_SERVER, CODE_DATA, b"payload").unwrap();
+        let exit = ExitData {
+            error_msg: Some("x".repeat(5000)),
+            ..Default::default()
+        };
+        w.finish(Some(exit.clone())).unwrap();
+        let bytes = fs::read(&path).unwrap();
+        assert!(be_u32(&bytes, 0).unwrap() > HEADER_RESERVE as usize);
+        let got = decrypt(&bytes, &open).unwrap();
+        assert!(got.warning.is_none());
+        assert_eq!(got.packets[0].data, b"payload");
+        assert_eq!(got.meta.exit_data, Some(exit));
+        assert!(!side_paths(&path).0.exists() && !side_paths(&path).1.exists());
+    }
+
+    #[test]
+    fn leftovers_from_before_the_header_room_are_recovered_too() {
+        let d = tempfile::tempdir().unwrap();
+        let (seal, open) = keys(d.path());
+        let path = d.path().join("old.sshlog");
+        let mut w = Writer::create(&path, &seal).unwrap();
+        w.packet(SOURCE_SERVER, CODE_DATA, b"old layout").unwrap();
+        std::mem::forget(w);
+        // Rewrite the side files as a proxy without the header room left them.
+        let (partial, meta_path) = side_paths(&path);
+        let blocks = fs::read(&partial).unwrap()[HEADER_RESERVE as usize..].to_vec();
+        fs::write(&partial, blocks).unwrap();
+        let mut side: serde_json::Value =
+            serde_json::from_slice(&fs::read(&meta_path).unwrap()).unwrap();
+        side.as_object_mut().unwrap().remove("header_reserve");
+        fs::write(&meta_path, side.to_string()).unwrap();
+        assert_eq!(recover(d.path()).unwrap(), vec![path.clone()]);
+        let got = decrypt(&fs::read(&path).unwrap(), &open).unwrap();
+        assert_eq!(got.packets[0].data, b"old layout");
     }
 
     #[test]

@@ -54,9 +54,15 @@ impl Recorder {
         }
     }
 
-    fn finish(&self, exit: cmdlog::ExitData) -> Option<String> {
+    /// Finishes the log (header, sync, rename) on the blocking pool: syncing a long
+    /// session's log takes as long as the disk needs, and must not hold a runtime worker.
+    async fn finish(&self, exit: cmdlog::ExitData) -> Option<String> {
         let writer = self.0.as_ref().and_then(|slot| lock(slot).take())?;
-        match writer.finish(Some(exit)) {
+        let finished = tokio::task::spawn_blocking(move || writer.finish(Some(exit)))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match finished {
             Ok(path) => Some(path.display().to_string()),
             Err(e) => {
                 tracing::error!("cannot finish the command log: {e}");
@@ -420,7 +426,7 @@ pub async fn bridge_session(
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    if let Some(path) = recorder.finish(exit) {
+    if let Some(path) = recorder.finish(exit).await {
         lock(&ctx.command_logs).push(path);
     }
 }
@@ -483,7 +489,8 @@ fn record_client(w: &mut cmdlog::Writer, msg: &ChannelMsg) -> Result<(), cmdlog:
             CODE_REQUEST,
             format!("subsystem\0{name}").as_bytes(),
         ),
-        ChannelMsg::Eof | ChannelMsg::Close => w.flush(),
+        // No sync here: the log is synced once, when it is finished off the session's
+        // task; a sync on EOF would hold the session for the whole log's write-back.
         _ => Ok(()),
     }
 }
