@@ -340,10 +340,10 @@ impl Writer {
         }
         // One write per block, straight to the operating system: a block the client
         // has been sent data for survives the proxy being killed.
-        let (partial, _) = side_paths(&self.path);
+        let path = &self.path;
         self.blocks
             .write_all(frame)
-            .map_err(|e| file_err(&partial, e))?;
+            .map_err(|e| file_err(&side_paths(path).0, e))?;
         self.data_size += plain_len as u64;
         Ok(())
     }
