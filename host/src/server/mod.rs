@@ -81,7 +81,10 @@ impl Shared {
             auth_rejection_time_initial: Some(Duration::ZERO),
             keys: vec![self.host_key.clone()],
             certificates,
-            window_size: 8 * 1024 * 1024,
+            // OpenSSH's own channel window. With 8 MiB, an OpenSSH client uploading by
+            // ProxyJump spent its time growing buffers (page faults, copies) and the
+            // upload ran at 0.65x; with 2 MiB the client behaves as with sshd.
+            window_size: 2 * 1024 * 1024,
             maximum_packet_size: 65535,
             inactivity_timeout: Some(Duration::from_secs(3600)),
             keepalive_interval: Some(Duration::from_secs(30)),
