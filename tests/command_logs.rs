@@ -179,6 +179,23 @@ fn an_audited_exec_session_is_sealed_and_decrypts() {
         String::from_utf8_lossy(&files["requests.txt"])
             .contains("exec echo audited-$((40+2)); exit 4")
     );
+    // A wrong key fails naming the file, and leaves the earlier output as it was.
+    let other = lab.path().join("otherkey");
+    common::portcullis()
+        .args(["keygen", "-o"])
+        .arg(&other)
+        .output()
+        .unwrap()
+        .success_or_panic("keygen");
+    let failed = decrypt_cli(&logs[0], &other, &zip, &[]);
+    assert!(!failed.status.success());
+    let err = failed.stderr_text();
+    assert!(
+        err.contains(logs[0].to_str().unwrap()) && err.contains("wrong key"),
+        "{err}"
+    );
+    assert_eq!(unzip(&zip), files, "the earlier output is untouched");
+    assert!(!lab.path().join("out.zip.tmp").exists());
 
     // The independent reader agrees, byte for byte on the layout.
     let parsed = independent_read(&sealed, &std::fs::read_to_string(&key).unwrap());

@@ -294,39 +294,68 @@ fn keygen(output: &std::path::Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The log's bytes counted into a progress bar as they are read.
+struct Counted<R> {
+    inner: R,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl<R: std::io::Read> std::io::Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(b) = &self.bar {
+            b.inc(n as u64);
+        }
+        Ok(n)
+    }
+}
+
+type LogFileReader =
+    crate::recording::cmdlog::LogReader<Counted<std::io::BufReader<std::fs::File>>>;
+
+/// Opens the log for one pass, the progress bar (if any) starting over.
 fn open_log(
     input: &std::path::Path,
-    key: &std::path::Path,
-) -> anyhow::Result<crate::recording::cmdlog::Decrypted> {
-    use crate::recording::cmdlog;
-    let key = cmdlog::OpeningKey::read(key)?;
-    let bytes = std::fs::read(input).map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
-    // A progress bar on large files, when a person is watching.
-    use std::io::IsTerminal;
-    let watched = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
-    let bar = (bytes.len() > 16 << 20 && watched)
-        .then(|| indicatif::ProgressBar::new(bytes.len() as u64));
-    if let Some(b) = &bar {
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "decrypting {bar:40} {bytes}/{total_bytes} ({eta})",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-    }
-    let d = cmdlog::decrypt_with_progress(&bytes, &key, &mut |done| {
-        if let Some(b) = &bar {
-            b.set_position(done);
-        }
-    })
-    .map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
+    key: &crate::recording::cmdlog::OpeningKey,
+    bar: Option<&indicatif::ProgressBar>,
+) -> Result<LogFileReader, crate::recording::cmdlog::CmdLogError> {
+    use crate::recording::cmdlog::{CmdLogError, LogReader};
+    let in_file = |e: &dyn std::fmt::Display| CmdLogError::File {
+        path: input.to_path_buf(),
+        message: e.to_string(),
+    };
+    let file = std::fs::File::open(input).map_err(|e| in_file(&e))?;
     if let Some(b) = bar {
-        b.finish_and_clear();
+        b.set_position(0);
     }
-    if let Some(w) = &d.warning {
-        eprintln!("warning: {}: {w}", input.display());
-    }
-    Ok(d)
+    let counted = Counted {
+        inner: std::io::BufReader::with_capacity(1 << 20, file),
+        bar: bar.cloned(),
+    };
+    LogReader::new(counted, key).map_err(|e| match e {
+        CmdLogError::File { .. } => e,
+        other => in_file(&other),
+    })
+}
+
+/// A progress bar for `passes` reads of a large log, when a person is watching.
+fn progress_bar(input: &std::path::Path, passes: u32) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    let len = std::fs::metadata(input).map(|m| m.len()).unwrap_or(0);
+    let watched = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+    (len > 16 << 20 && watched).then(|| {
+        let bar = indicatif::ProgressBar::new(len);
+        let template = if passes > 1 {
+            "decrypting (two passes) {bar:40} {bytes}/{total_bytes} ({eta})"
+        } else {
+            "decrypting {bar:40} {bytes}/{total_bytes} ({eta})"
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    })
 }
 
 fn decrypt(
@@ -336,43 +365,69 @@ fn decrypt(
     format: DecryptFormat,
 ) -> anyhow::Result<ExitCode> {
     use crate::recording::cmdlog;
-    let d = open_log(input, key)?;
-    let out = match format {
-        DecryptFormat::Zip => {
-            let out = output
-                .unwrap_or_else(|| PathBuf::from(format!("{}-decrypted.zip", input.display())));
-            cmdlog::write_zip(&d, &out)?;
-            out
-        }
-        DecryptFormat::Asciicast => {
-            let out = output.unwrap_or_else(|| PathBuf::from(format!("{}.cast", input.display())));
-            std::fs::write(&out, cmdlog::asciicast(&d))
-                .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
-            out
-        }
+    let key = cmdlog::OpeningKey::read(key)?;
+    let out = output.unwrap_or_else(|| match format {
+        DecryptFormat::Zip => PathBuf::from(format!("{}-decrypted.zip", input.display())),
+        DecryptFormat::Asciicast => PathBuf::from(format!("{}.cast", input.display())),
+    });
+    // Written beside the output and renamed at the end: a failure (a damaged input
+    // that is not a log, a full disk) leaves no half-written file and any earlier
+    // output as it was.
+    let tmp = PathBuf::from(format!("{}.tmp", out.display()));
+    let passes = match format {
+        DecryptFormat::Zip => 2,
+        DecryptFormat::Asciicast => 1,
     };
-    eprintln!("wrote {} ({} packets)", out.display(), d.packets.len());
+    let bar = progress_bar(input, passes);
+    let done = match format {
+        DecryptFormat::Zip => cmdlog::write_zip(|| open_log(input, &key, bar.as_ref()), &tmp),
+        DecryptFormat::Asciicast => {
+            open_log(input, &key, bar.as_ref()).and_then(|r| cmdlog::write_asciicast(r, &tmp))
+        }
+    }
+    .and_then(|done| {
+        std::fs::rename(&tmp, &out)
+            .map(|()| done)
+            .map_err(|e| cmdlog::CmdLogError::File {
+                path: out.clone(),
+                message: e.to_string(),
+            })
+    });
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let done = done.inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })?;
+    if let Some(w) = &done.warning {
+        eprintln!("warning: {}: {w}", input.display());
+    }
+    eprintln!("wrote {} ({} packets)", out.display(), done.packets);
     Ok(ExitCode::SUCCESS)
 }
 
 fn replay(input: &std::path::Path, key: &std::path::Path, speed: f64) -> anyhow::Result<ExitCode> {
-    use crate::recording::cmdlog::{CODE_REQUEST, SOURCE_SERVER};
+    use crate::recording::cmdlog::{self, CODE_REQUEST, SOURCE_SERVER};
     use std::io::Write;
     anyhow::ensure!(speed > 0.0, "--speed must be positive");
-    let d = open_log(input, key)?;
+    let key = cmdlog::OpeningKey::read(key)?;
+    // Streamed: the replay starts at once, however long the log.
+    let mut r = open_log(input, &key, None)?;
     let mut out = std::io::stdout().lock();
     let mut last = 0u64;
-    for p in d
-        .packets
-        .iter()
-        .filter(|p| p.source == SOURCE_SERVER && p.code != CODE_REQUEST)
-    {
+    while let Some(p) = r.next_packet()? {
+        if p.source != SOURCE_SERVER || p.code == CODE_REQUEST {
+            continue;
+        }
         let wait = (p.elapsed_us.saturating_sub(last)) as f64 / 1e6 / speed;
         // Long pauses are shortened, as scriptreplay users expect.
         std::thread::sleep(std::time::Duration::from_secs_f64(wait.min(2.0)));
         last = p.elapsed_us;
         out.write_all(&p.data)?;
         out.flush()?;
+    }
+    if let Some(w) = r.warning() {
+        eprintln!("warning: {}: {w}", input.display());
     }
     Ok(ExitCode::SUCCESS)
 }

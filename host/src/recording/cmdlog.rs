@@ -8,11 +8,15 @@
 //! elapsed never decreasing.
 //!
 //! Invariants of the writer: the metadata header must come first but holds the exit
-//! data, so blocks stream to `NAME.partial` while the channel lives, beside `NAME.meta`
-//! (everything but the exit data). Finishing writes header + blocks to `NAME.tmp`,
-//! syncs it, renames it to `NAME`, then removes the side files. A proxy that dies leaves
-//! `.meta` + `.partial`; [`recover`] finalises them (header without exit data, every
-//! complete block kept).
+//! data, so blocks stream to `NAME.partial` (after room left for the header) while the
+//! channel lives, beside `NAME.meta` (everything but the exit data). Finishing writes
+//! the header into that room (or, if it does not fit, header + blocks to `NAME.tmp`),
+//! syncs the file, renames it to `NAME`, then removes the side files. A proxy that dies
+//! leaves `.meta` + `.partial`; [`recover`] finalises them (header without exit data,
+//! every complete block kept).
+//!
+//! Reading streams: [`LogReader`] holds one block at a time, and the exports
+//! ([`write_zip`], [`write_asciicast`]) write as they read.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
@@ -21,7 +25,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use hpke::aead::{AeadCtxS, ChaCha20Poly1305};
+use hpke::aead::{AeadCtxR, AeadCtxS, ChaCha20Poly1305};
 use hpke::kdf::HkdfSha256;
 use hpke::kem::X25519HkdfSha256;
 use hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable};
@@ -523,7 +527,8 @@ pub struct Packet {
     pub data: Vec<u8>,
 }
 
-/// A decrypted log: its header, its packets, and what was wrong past them, if anything.
+/// A decrypted log held in memory: its header, its packets, and what was wrong past
+/// them, if anything. For small logs and tests; exports stream with [`LogReader`].
 #[derive(Debug)]
 pub struct Decrypted {
     pub meta: Metadata,
@@ -532,105 +537,229 @@ pub struct Decrypted {
     pub warning: Option<String>,
 }
 
-/// Decrypts a whole log. A file that is not a log, or a wrong key, is an error; damage
-/// after the first block yields everything before it and a warning.
+/// Decrypts a whole log in memory. A file that is not a log, or a wrong key, is an
+/// error; damage after the first block yields everything before it and a warning.
 pub fn decrypt(bytes: &[u8], key: &OpeningKey) -> Result<Decrypted, CmdLogError> {
-    decrypt_with_progress(bytes, key, &mut |_| {})
+    let mut r = LogReader::new(bytes, key)?;
+    let mut packets = Vec::new();
+    while let Some(p) = r.next_packet()? {
+        packets.push(p);
+    }
+    Ok(Decrypted {
+        meta: r.meta.clone(),
+        packets,
+        warning: r.warning,
+    })
 }
 
-/// [`decrypt`], reporting how many bytes of the file have been processed.
-pub fn decrypt_with_progress(
-    bytes: &[u8],
-    key: &OpeningKey,
-    progress: &mut dyn FnMut(u64),
-) -> Result<Decrypted, CmdLogError> {
-    let not_a_log = |why: &str| CmdLogError::Format(format!("not a command log: {why}"));
-    let m = be_u32(bytes, 0).ok_or_else(|| not_a_log("shorter than its header length"))?;
-    let header = bytes
-        .get(4..4 + m)
-        .ok_or_else(|| not_a_log("the header is cut short"))?;
-    let json = B64
-        .decode(header)
-        .map_err(|_| not_a_log("the header is not base64"))?;
-    let meta: Metadata =
-        serde_json::from_slice(&json).map_err(|e| not_a_log(&format!("bad header JSON ({e})")))?;
-    let enc = hex::decode(&meta.encapsulated_key).map_err(|_| not_a_log("bad encapsulated_key"))?;
-    let enc = EncappedKey::from_bytes(&enc).map_err(|_| not_a_log("bad encapsulated_key"))?;
-    let mut ctx = hpke::setup_receiver::<ChaCha20Poly1305, HkdfSha256, Kem>(
-        &OpModeR::Base,
-        &key.0,
-        &enc,
-        &[],
-    )
-    .map_err(|e| CmdLogError::Crypto(format!("{e:?}")))?;
-    let mut at = 4 + m;
-    let mut plain = Vec::new();
-    let mut warning = None;
-    let mut block = 0usize;
-    while at < bytes.len() {
-        let Some(n) = be_u32(bytes, at) else {
-            warning = Some(format!(
-                "truncated: {} stray bytes after block {block}",
-                bytes.len() - at
-            ));
-            break;
+/// Reads into `buf` until it is full or the input ends; returns how much it read.
+fn read_up_to(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match input.read(buf.get_mut(got..).unwrap_or_default()) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// Reads a log packet by packet with one block in memory at a time, however long the
+/// log. A file that is not a log, or a wrong key (the first block does not open), is an
+/// error from [`LogReader::new`]; damage further on ends the packets and leaves a
+/// [`warning`](LogReader::warning). Read errors of the input are errors.
+pub struct LogReader<R> {
+    input: R,
+    meta: Metadata,
+    ctx: AeadCtxR<ChaCha20Poly1305, HkdfSha256, Kem>,
+    /// Bytes of the file read so far.
+    consumed: u64,
+    blocks: usize,
+    sealed: Vec<u8>,
+    /// Plaintext not yet handed out starts at `pos`; `plain[0]` is at `plain_offset`
+    /// in the whole log's plaintext.
+    plain: Vec<u8>,
+    pos: usize,
+    plain_offset: u64,
+    warning: Option<String>,
+    ended: bool,
+}
+
+impl<R> std::fmt::Debug for LogReader<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogReader")
+            .field("consumed", &self.consumed)
+            .field("blocks", &self.blocks)
+            .field("warning", &self.warning)
+            .finish()
+    }
+}
+
+impl<R: Read> LogReader<R> {
+    /// Reads the header and opens the first block.
+    pub fn new(mut input: R, key: &OpeningKey) -> Result<LogReader<R>, CmdLogError> {
+        let not_a_log = |why: &str| CmdLogError::Format(format!("not a command log: {why}"));
+        let io = |e: std::io::Error| CmdLogError::Format(format!("cannot read the log: {e}"));
+        let mut len = [0u8; 4];
+        if read_up_to(&mut input, &mut len).map_err(io)? < 4 {
+            return Err(not_a_log("shorter than its header length"));
+        }
+        let m = u32::from_be_bytes(len);
+        let mut header = Vec::new();
+        (&mut input)
+            .take(u64::from(m))
+            .read_to_end(&mut header)
+            .map_err(io)?;
+        if header.len() < m as usize {
+            return Err(not_a_log("the header is cut short"));
+        }
+        let json = B64
+            .decode(&header)
+            .map_err(|_| not_a_log("the header is not base64"))?;
+        let meta: Metadata = serde_json::from_slice(&json)
+            .map_err(|e| not_a_log(&format!("bad header JSON ({e})")))?;
+        let enc =
+            hex::decode(&meta.encapsulated_key).map_err(|_| not_a_log("bad encapsulated_key"))?;
+        let enc = EncappedKey::from_bytes(&enc).map_err(|_| not_a_log("bad encapsulated_key"))?;
+        let ctx = hpke::setup_receiver::<ChaCha20Poly1305, HkdfSha256, Kem>(
+            &OpModeR::Base,
+            &key.0,
+            &enc,
+            &[],
+        )
+        .map_err(|e| CmdLogError::Crypto(format!("{e:?}")))?;
+        let mut r = LogReader {
+            input,
+            meta,
+            ctx,
+            consumed: 4 + u64::from(m),
+            blocks: 0,
+            sealed: Vec::new(),
+            plain: Vec::new(),
+            pos: 0,
+            plain_offset: 0,
+            warning: None,
+            ended: false,
         };
-        let Some(sealed) = bytes.get(at + 4..at + 4 + n) else {
-            warning = Some(format!(
+        r.read_block()?;
+        Ok(r)
+    }
+
+    /// The header.
+    pub fn meta(&self) -> &Metadata {
+        &self.meta
+    }
+
+    /// What ended the log early (damage or truncation), once the packets have run out.
+    pub fn warning(&self) -> Option<&str> {
+        self.warning.as_deref()
+    }
+
+    /// Bytes of the file read so far.
+    pub fn consumed(&self) -> u64 {
+        self.consumed
+    }
+
+    /// Reads, opens and appends the next block; false at the end of the log or at the
+    /// damage that ends it.
+    fn read_block(&mut self) -> Result<bool, CmdLogError> {
+        if self.ended {
+            return Ok(false);
+        }
+        let io = |e: std::io::Error| CmdLogError::Format(format!("cannot read the log: {e}"));
+        let block = self.blocks;
+        let mut len = [0u8; 4];
+        let got = read_up_to(&mut self.input, &mut len).map_err(io)?;
+        if got < 4 {
+            if got > 0 {
+                self.warning = Some(format!("truncated: {got} stray bytes after block {block}"));
+            }
+            self.ended = true;
+            return Ok(false);
+        }
+        let n = u32::from_be_bytes(len);
+        self.sealed.clear();
+        (&mut self.input)
+            .take(u64::from(n))
+            .read_to_end(&mut self.sealed)
+            .map_err(io)?;
+        if self.sealed.len() < n as usize {
+            self.warning = Some(format!(
                 "truncated in block {}: {} of {n} bytes present",
                 block + 1,
-                bytes.len() - at - 4
+                self.sealed.len()
             ));
-            break;
-        };
-        match ctx.open(sealed, &[]) {
-            Ok(p) => plain.extend_from_slice(&p),
+            self.ended = true;
+            return Ok(false);
+        }
+        match self.ctx.open(&self.sealed, &[]) {
+            Ok(p) => {
+                self.plain.drain(..self.pos);
+                self.plain_offset += self.pos as u64;
+                self.pos = 0;
+                self.plain.extend_from_slice(&p);
+            }
             Err(_) if block == 0 => {
                 return Err(CmdLogError::Crypto(
                     "the first block does not open: wrong key, or a corrupt file".into(),
                 ));
             }
             Err(_) => {
-                warning = Some(format!(
+                self.warning = Some(format!(
                     "block {} is corrupt; the {block} blocks before it are intact",
                     block + 1
                 ));
-                break;
+                self.ended = true;
+                return Ok(false);
             }
         }
-        block += 1;
-        at += 4 + n;
-        progress(at as u64);
+        self.blocks += 1;
+        self.consumed += 4 + u64::from(n);
+        Ok(true)
     }
-    let mut packets = Vec::new();
-    let mut p = 0usize;
-    while p < plain.len() {
-        let parsed = be_u32(&plain, p).filter(|t| *t >= 13).and_then(|t| {
-            let body = plain.get(p + 4..p + 4 + t)?;
-            let packet = Packet {
-                source: *body.first()?,
-                code: be_u32(body, 1)? as u32,
-                elapsed_us: be_u64(body, 5)?,
-                data: body.get(13..)?.to_vec(),
-            };
-            Some((t, packet))
-        });
-        match parsed {
-            Some((t, packet)) => {
-                packets.push(packet);
-                p += 4 + t;
+
+    /// The next packet, or None at the end (see [`warning`](LogReader::warning)).
+    pub fn next_packet(&mut self) -> Result<Option<Packet>, CmdLogError> {
+        loop {
+            let rest = self.plain.get(self.pos..).unwrap_or_default();
+            match be_u32(rest, 0) {
+                Some(t) if t >= 13 => {
+                    if let Some(body) = rest.get(4..4 + t) {
+                        let packet = Packet {
+                            source: body.first().copied().unwrap_or_default(),
+                            code: be_u32(body, 1).unwrap_or_default() as u32,
+                            elapsed_us: be_u64(body, 5).unwrap_or_default(),
+                            data: body.get(13..).unwrap_or_default().to_vec(),
+                        };
+                        self.pos += 4 + t;
+                        return Ok(Some(packet));
+                    }
+                }
+                Some(_) => {
+                    self.malformed();
+                    return Ok(None);
+                }
+                None => {}
             }
-            None => {
-                warning.get_or_insert_with(|| format!("malformed packet at plaintext offset {p}"));
-                break;
+            // Nothing left, or a packet continued in the next block.
+            if !self.read_block()? {
+                if self.pos < self.plain.len() {
+                    self.malformed();
+                }
+                return Ok(None);
             }
         }
     }
-    Ok(Decrypted {
-        meta,
-        packets,
-        warning,
-    })
+
+    fn malformed(&mut self) {
+        let at = self.plain_offset + self.pos as u64;
+        self.warning
+            .get_or_insert_with(|| format!("malformed packet at plaintext offset {at}"));
+        self.ended = true;
+        self.pos = self.plain.len();
+    }
 }
 
 // -------------------------------------------------------------------------- export
@@ -641,109 +770,131 @@ fn format_date(secs: u64) -> String {
     format!("{}+00", s.trim_end_matches('Z').replace('T', " "))
 }
 
-/// The files of the decrypted zip, by name.
-pub fn zip_entries(d: &Decrypted) -> Vec<(&'static str, Vec<u8>)> {
-    let data = |p: &Packet| p.code != CODE_REQUEST;
-    match &d.meta.pty {
-        Some(pty) => {
-            let mut term = format!(
-                "Session started on {} [TERM=\"{}\" COLUMNS=\"{}\" LINES=\"{}\"]\n",
-                format_date(d.meta.started_at),
-                pty.term.as_deref().unwrap_or("unknown"),
-                pty.width,
-                pty.height
-            )
-            .into_bytes();
-            let mut times = String::new();
-            let mut last = 0u64;
-            for p in d
-                .packets
-                .iter()
-                .filter(|p| p.source == SOURCE_SERVER && data(p))
-            {
-                term.extend_from_slice(&p.data);
-                times.push_str(&format!(
-                    "{:.6} {}\n",
-                    (p.elapsed_us - last.min(p.elapsed_us)) as f64 / 1e6,
-                    p.data.len()
-                ));
-                last = p.elapsed_us;
-            }
-            let end = match &d.meta.exit_data {
-                Some(e) => match (&e.error_msg, e.core_dumped) {
-                    (Some(msg), _) => format!(
-                        "\nScript done on {} [ERROR=\"{msg}\"]\n",
-                        format_date(e.timestamp)
-                    ),
-                    (None, true) => format!(
-                        "\nScript done on {} [CORE DUMPED]\n",
-                        format_date(e.timestamp)
-                    ),
-                    (None, false) => format!(
-                        "\nScript done on {} [COMMAND_EXIT_CODE=\"{}\"]\n",
-                        format_date(e.timestamp),
-                        e.status.unwrap_or(0)
-                    ),
-                },
-                None => "\nSession has no termination data\n".to_string(),
-            };
-            term.extend_from_slice(end.as_bytes());
-            vec![
-                ("term_data.txt", term),
-                ("term_times.txt", times.into_bytes()),
-            ]
-        }
-        None => {
-            let pick = |src: u8| -> Vec<u8> {
-                d.packets
-                    .iter()
-                    .filter(|p| p.source == src && data(p))
-                    .flat_map(|p| p.data.iter().copied())
-                    .collect()
-            };
-            vec![
-                ("data_from_client.txt", pick(SOURCE_CLIENT)),
-                ("data_from_server.txt", pick(SOURCE_SERVER)),
-            ]
-        }
+/// What an export read: the packets, and the damage that ended the log early, if any.
+#[derive(Debug)]
+pub struct Exported {
+    pub packets: usize,
+    pub warning: Option<String>,
+}
+
+fn session_started(meta: &Metadata, pty: &PtyMeta) -> String {
+    format!(
+        "Session started on {} [TERM=\"{}\" COLUMNS=\"{}\" LINES=\"{}\"]\n",
+        format_date(meta.started_at),
+        pty.term.as_deref().unwrap_or("unknown"),
+        pty.width,
+        pty.height
+    )
+}
+
+fn session_done(meta: &Metadata) -> String {
+    match &meta.exit_data {
+        Some(e) => match (&e.error_msg, e.core_dumped) {
+            (Some(msg), _) => format!(
+                "\nScript done on {} [ERROR=\"{msg}\"]\n",
+                format_date(e.timestamp)
+            ),
+            (None, true) => format!(
+                "\nScript done on {} [CORE DUMPED]\n",
+                format_date(e.timestamp)
+            ),
+            (None, false) => format!(
+                "\nScript done on {} [COMMAND_EXIT_CODE=\"{}\"]\n",
+                format_date(e.timestamp),
+                e.status.unwrap_or(0)
+            ),
+        },
+        None => "\nSession has no termination data\n".to_string(),
     }
 }
 
-/// Writes the decrypted zip.
-pub fn write_zip(d: &Decrypted, out: &Path) -> Result<(), CmdLogError> {
+/// Writes the decrypted zip: `term_data.txt` + `term_times.txt` for a pty session,
+/// `data_from_client.txt` + `data_from_server.txt` otherwise, and `requests.txt`.
+/// Each file is streamed, reading the log twice through `open` (a fresh reader per
+/// pass), so memory stays at one block plus the requests however long the log.
+pub fn write_zip<R: Read>(
+    mut open: impl FnMut() -> Result<LogReader<R>, CmdLogError>,
+    out: &Path,
+) -> Result<Exported, CmdLogError> {
+    let mut first = open()?;
     let file = File::create(out).map_err(|e| file_err(out, e))?;
-    let mut zip = zip::ZipWriter::new(file);
+    let mut zip = zip::ZipWriter::new(BufWriter::new(file));
     let options = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Deflated);
-    let mut entries = zip_entries(d);
-    let requests: Vec<String> = d
-        .packets
-        .iter()
-        .filter(|p| p.code == CODE_REQUEST)
-        .map(|p| {
-            format!(
-                "{:.6} {}",
+    let err = |e: &dyn std::fmt::Display| file_err(out, e);
+    let is_data = |p: &Packet| p.code != CODE_REQUEST;
+    let meta = first.meta().clone();
+    let mut packets = 0;
+    let mut requests = String::new();
+    // The first file comes from the first pass, which also gathers the requests.
+    let (first_name, first_source, second_name) = match &meta.pty {
+        Some(_) => ("term_data.txt", SOURCE_SERVER, "term_times.txt"),
+        None => (
+            "data_from_client.txt",
+            SOURCE_CLIENT,
+            "data_from_server.txt",
+        ),
+    };
+    zip.start_file(first_name, options).map_err(|e| err(&e))?;
+    if let Some(pty) = &meta.pty {
+        zip.write_all(session_started(&meta, pty).as_bytes())
+            .map_err(|e| err(&e))?;
+    }
+    while let Some(p) = first.next_packet()? {
+        packets += 1;
+        if !is_data(&p) {
+            requests.push_str(&format!(
+                "{:.6} {}\n",
                 p.elapsed_us as f64 / 1e6,
                 String::from_utf8_lossy(&p.data).replacen('\0', " ", 1)
-            )
-        })
-        .collect();
+            ));
+        } else if p.source == first_source {
+            zip.write_all(&p.data).map_err(|e| err(&e))?;
+        }
+    }
+    if meta.pty.is_some() {
+        zip.write_all(session_done(&meta).as_bytes())
+            .map_err(|e| err(&e))?;
+    }
+    zip.start_file(second_name, options).map_err(|e| err(&e))?;
+    let mut second = open()?;
+    let mut last = 0u64;
+    while let Some(p) = second.next_packet()? {
+        if !is_data(&p) || p.source != SOURCE_SERVER {
+            continue;
+        }
+        if meta.pty.is_some() {
+            let line = format!(
+                "{:.6} {}\n",
+                (p.elapsed_us - last.min(p.elapsed_us)) as f64 / 1e6,
+                p.data.len()
+            );
+            zip.write_all(line.as_bytes()).map_err(|e| err(&e))?;
+            last = p.elapsed_us;
+        } else {
+            zip.write_all(&p.data).map_err(|e| err(&e))?;
+        }
+    }
     if !requests.is_empty() {
-        entries.push(("requests.txt", (requests.join("\n") + "\n").into_bytes()));
+        zip.start_file("requests.txt", options)
+            .map_err(|e| err(&e))?;
+        zip.write_all(requests.as_bytes()).map_err(|e| err(&e))?;
     }
-    for (name, bytes) in entries {
-        zip.start_file(name, options)
-            .map_err(|e| file_err(out, e))?;
-        zip.write_all(&bytes).map_err(|e| file_err(out, e))?;
-    }
-    zip.finish().map_err(|e| file_err(out, e))?;
-    Ok(())
+    zip.finish()
+        .and_then(|mut w| w.flush().map_err(Into::into))
+        .map_err(|e| err(&e))?;
+    Ok(Exported {
+        packets,
+        warning: first.warning,
+    })
 }
 
-/// asciicast v2: a header line, then `[seconds, "o", text]` for output and
-/// `[seconds, "r", "COLSxROWS"]` for window changes.
-pub fn asciicast(d: &Decrypted) -> String {
-    let pty = d.meta.pty.clone().unwrap_or(PtyMeta {
+/// Writes asciicast v2, streamed: a header line, then `[seconds, "o", text]` for
+/// output and `[seconds, "r", "COLSxROWS"]` for window changes.
+pub fn write_asciicast<R: Read>(mut r: LogReader<R>, out: &Path) -> Result<Exported, CmdLogError> {
+    let file = File::create(out).map_err(|e| file_err(out, e))?;
+    let mut w = BufWriter::new(file);
+    let pty = r.meta().pty.clone().unwrap_or(PtyMeta {
         term: None,
         width: 80,
         height: 24,
@@ -753,12 +904,13 @@ pub fn asciicast(d: &Decrypted) -> String {
         "version": 2,
         "width": pty.width,
         "height": pty.height,
-        "timestamp": d.meta.started_at,
+        "timestamp": r.meta().started_at,
         "env": {"TERM": pty.term.unwrap_or_else(|| "xterm".into())},
     });
-    let mut out = header.to_string();
-    out.push('\n');
-    for p in &d.packets {
+    writeln!(w, "{header}").map_err(|e| file_err(out, e))?;
+    let mut packets = 0;
+    while let Some(p) = r.next_packet()? {
+        packets += 1;
         let t = p.elapsed_us as f64 / 1e6;
         let event = if p.code == CODE_REQUEST {
             let text = String::from_utf8_lossy(&p.data);
@@ -771,15 +923,30 @@ pub fn asciicast(d: &Decrypted) -> String {
         } else {
             continue;
         };
-        out.push_str(&event.to_string());
-        out.push('\n');
+        writeln!(w, "{event}").map_err(|e| file_err(out, e))?;
     }
-    out
+    w.flush().map_err(|e| file_err(out, e))?;
+    Ok(Exported {
+        packets,
+        warning: r.warning,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn unzip(path: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+        let mut zip = zip::ZipArchive::new(File::open(path).unwrap()).unwrap();
+        (0..zip.len())
+            .map(|i| {
+                let mut f = zip.by_index(i).unwrap();
+                let mut bytes = Vec::new();
+                f.read_to_end(&mut bytes).unwrap();
+                (f.name().to_string(), bytes)
+            })
+            .collect()
+    }
 
     fn keys(dir: &Path) -> (SealingKey, OpeningKey) {
         let public = keygen(&dir.join("sshkey")).unwrap();
@@ -787,6 +954,15 @@ mod tests {
             SealingKey::read(&public).unwrap(),
             OpeningKey::read(&dir.join("sshkey")).unwrap(),
         )
+    }
+
+    /// A fresh directory with keys, and a log named `name` being written in it.
+    fn started(name: &str) -> (tempfile::TempDir, OpeningKey, PathBuf, Writer) {
+        let d = tempfile::tempdir().unwrap();
+        let (seal, open) = keys(d.path());
+        let path = d.path().join(name);
+        let w = Writer::create(&path, &seal).unwrap();
+        (d, open, path, w)
     }
 
     #[test]
@@ -815,10 +991,7 @@ mod tests {
 
     #[test]
     fn a_log_round_trips_with_pty_and_exit_data() {
-        let d = tempfile::tempdir().unwrap();
-        let (seal, open) = keys(d.path());
-        let path = d.path().join("logs/s1-c0.sshlog");
-        let mut w = Writer::create(&path, &seal).unwrap();
+        let (d, open, path, mut w) = started("logs/s1-c0.sshlog");
         w.set_pty(PtyMeta {
             term: Some("xterm".into()),
             width: 80,
@@ -841,8 +1014,23 @@ mod tests {
         assert!(got.warning.is_none());
         assert_eq!(got.packets.len(), 3, "empty data is never sealed");
         assert_eq!(got.meta.exit_data, Some(exit));
-        let entries = zip_entries(&got);
-        let term = String::from_utf8(entries[0].1.clone()).unwrap();
+        let zip = d.path().join("out.zip");
+        let bytes = fs::read(&path).unwrap();
+        let done = write_zip(|| LogReader::new(&bytes[..], &open), &zip).unwrap();
+        assert_eq!(done.packets, 3);
+        let files = unzip(&zip);
+        let term = String::from_utf8(files["term_data.txt"].clone()).unwrap();
+        let requests = String::from_utf8(files["requests.txt"].clone()).unwrap();
+        let (secs, rest) = requests.split_once(' ').unwrap();
+        assert!(
+            secs.parse::<f64>().is_ok() && rest == "shell \n",
+            "{requests}"
+        );
+        let times = String::from_utf8(files["term_times.txt"].clone()).unwrap();
+        assert!(
+            times.ends_with(" 7\n") && times.lines().count() == 1,
+            "{times}"
+        );
         assert!(
             term.starts_with("Session started on ")
                 && term.contains("TERM=\"xterm\" COLUMNS=\"80\""),
@@ -857,10 +1045,7 @@ mod tests {
 
     #[test]
     fn a_header_too_big_for_its_room_is_copied_into_a_new_file() {
-        let d = tempfile::tempdir().unwrap();
-        let (seal, open) = keys(d.path());
-        let path = d.path().join("big.sshlog");
-        let mut w = Writer::create(&path, &seal).unwrap();
+        let (_d, open, path, mut w) = started("big.sshlog");
         w.packet(SOURCE_SERVER, CODE_DATA, b"payload").unwrap();
         let exit = ExitData {
             error_msg: Some("x".repeat(5000)),
@@ -878,10 +1063,7 @@ mod tests {
 
     #[test]
     fn leftovers_from_before_the_header_room_are_recovered_too() {
-        let d = tempfile::tempdir().unwrap();
-        let (seal, open) = keys(d.path());
-        let path = d.path().join("old.sshlog");
-        let mut w = Writer::create(&path, &seal).unwrap();
+        let (d, open, path, mut w) = started("old.sshlog");
         w.packet(SOURCE_SERVER, CODE_DATA, b"old layout").unwrap();
         std::mem::forget(w);
         // Rewrite the side files as a proxy without the header room left them.
@@ -976,10 +1158,7 @@ mod tests {
 
     #[test]
     fn recovery_finalises_leftovers_and_keeps_complete_blocks() {
-        let d = tempfile::tempdir().unwrap();
-        let (seal, open) = keys(d.path());
-        let path = d.path().join("crash.sshlog");
-        let mut w = Writer::create(&path, &seal).unwrap();
+        let (d, open, path, mut w) = started("crash.sshlog");
         w.packet(SOURCE_SERVER, CODE_DATA, b"before the crash")
             .unwrap();
         w.flush().unwrap();
@@ -995,5 +1174,103 @@ mod tests {
         let got = decrypt(&fs::read(&path).unwrap(), &open).unwrap();
         assert_eq!(got.packets[0].data, b"before the crash");
         assert!(got.meta.exit_data.is_none());
+    }
+
+    #[test]
+    fn a_packet_split_across_blocks_reads_whole() {
+        // Our writer seals whole packets, but a reader must not depend on it.
+        let (_d, open, path, mut w) = started("split.sshlog");
+        w.packet(SOURCE_SERVER, CODE_DATA, b"first").unwrap();
+        let mut packet = Vec::new();
+        encode_packet_into(&mut packet, SOURCE_SERVER, CODE_DATA, 7, b"split in two");
+        for half in [&packet[..9], &packet[9..]] {
+            let sealed = w.ctx.seal(half, &[]).unwrap();
+            w.blocks
+                .write_all(&(sealed.len() as u32).to_be_bytes())
+                .unwrap();
+            w.blocks.write_all(&sealed).unwrap();
+        }
+        w.finish(None).unwrap();
+        let got = decrypt(&fs::read(&path).unwrap(), &open).unwrap();
+        assert!(got.warning.is_none(), "{:?}", got.warning);
+        let data: Vec<&[u8]> = got.packets.iter().map(|p| &p.data[..]).collect();
+        assert_eq!(data, [&b"first"[..], b"split in two"]);
+    }
+
+    #[test]
+    fn a_long_log_is_read_with_one_block_in_memory() {
+        let (d, open, path, mut w) = started("long.sshlog");
+        for i in 0..2000u32 {
+            let source = if i % 2 == 0 {
+                SOURCE_CLIENT
+            } else {
+                SOURCE_SERVER
+            };
+            w.packet(source, CODE_DATA, &[i as u8; 1000]).unwrap();
+        }
+        w.finish(None).unwrap();
+        let file = File::open(&path).unwrap();
+        let mut r = LogReader::new(std::io::BufReader::new(file), &open).unwrap();
+        let mut n = 0;
+        while let Some(p) = r.next_packet().unwrap() {
+            assert_eq!(p.data, vec![n as u8; 1000]);
+            n += 1;
+            assert!(
+                r.plain.capacity() < 4096 && r.sealed.capacity() < 4096,
+                "buffers grow to a block, not to the log"
+            );
+        }
+        assert_eq!(n, 2000);
+        assert_eq!(r.consumed(), fs::metadata(&path).unwrap().len());
+        // Both zip files stream from their own pass.
+        let zip = d.path().join("long.zip");
+        let open_file = || LogReader::new(File::open(&path).unwrap(), &open);
+        let done = write_zip(open_file, &zip).unwrap();
+        assert_eq!(done.packets, 2000);
+        let files = unzip(&zip);
+        assert_eq!(files["data_from_client.txt"].len(), 1000 * 1000);
+        assert_eq!(files["data_from_server.txt"][..1000], [1u8; 1000]);
+        assert!(!files.contains_key("requests.txt"));
+    }
+
+    #[test]
+    fn an_export_with_the_wrong_key_writes_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let (bytes, _, _) = three_block_log(d.path());
+        let other = tempfile::tempdir().unwrap();
+        let (_, wrong) = keys(other.path());
+        let zip = d.path().join("never.zip");
+        let err = write_zip(|| LogReader::new(&bytes[..], &wrong), &zip).unwrap_err();
+        assert!(err.to_string().contains("wrong key"), "{err}");
+        assert!(!zip.exists());
+    }
+
+    #[test]
+    fn asciicast_has_output_and_window_changes_only() {
+        let (d, open, path, mut w) = started("cast.sshlog");
+        w.packet(SOURCE_CLIENT, CODE_DATA, b"typed").unwrap();
+        w.packet(SOURCE_SERVER, CODE_DATA, b"shown").unwrap();
+        w.packet(SOURCE_CLIENT, CODE_REQUEST, b"window-change\x00100x30")
+            .unwrap();
+        w.finish(None).unwrap();
+        let cast = d.path().join("out.cast");
+        let bytes = fs::read(&path).unwrap();
+        let done = write_asciicast(LogReader::new(&bytes[..], &open).unwrap(), &cast).unwrap();
+        assert_eq!(done.packets, 3);
+        let text = fs::read_to_string(&cast).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(lines[0]["version"], 2);
+        assert_eq!(
+            (lines[1][1].clone(), lines[1][2].clone()),
+            ("o".into(), "shown".into())
+        );
+        assert_eq!(
+            (lines[2][1].clone(), lines[2][2].clone()),
+            ("r".into(), "100x30".into())
+        );
     }
 }
