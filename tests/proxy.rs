@@ -367,15 +367,44 @@ fn sessions_keep_working_through_a_ca_rotation() {
     );
     lab.ssh_jump("jdoe", "jdoe", "true")
         .success_or_panic("old key still signing");
-    lab.start_proxy();
-    lab.ssh_jump("jdoe", "jdoe", "true")
-        .success_or_panic("new key signing");
+    // A session that runs across what follows.
+    let (mut running, _) = lab.spawn_jump_until(
+        "jdoe",
+        "jdoe",
+        "echo started; sleep 3; echo still-here",
+        "started",
+    );
+    // Retired before the proxy is told: it still signs with the old key, which the
+    // targets no longer trust.
     lab.portcullis(&["ca", "retire"])
         .success_or_panic("ca retire");
     lab.trust_ca();
+    assert!(
+        !lab.ssh_jump("jdoe", "jdoe", "true").status.success(),
+        "the target refuses the retired key"
+    );
+    // SIGHUP puts the new key in force without a restart.
+    lab.signal_proxy("HUP");
+    let start = std::time::Instant::now();
+    while !lab.ssh_jump("jdoe", "jdoe", "true").status.success() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "SIGHUP did not reload the CA: {}",
+            lab.proxy_log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(lab.proxy_log().contains("CA reloaded"));
+    let mut rest = String::new();
+    std::io::Read::read_to_string(running.stdout.as_mut().unwrap(), &mut rest).unwrap();
+    assert!(
+        running.wait().unwrap().success() && rest.contains("still-here"),
+        "the running session carried on through the reload: {rest}"
+    );
+    // A proxy restarted on the rotated CA signs with the new key too.
+    lab.start_proxy();
     lab.ssh_jump("jdoe", "jdoe", "true")
-        .success_or_panic("after retiring the old key");
-    // A proxy still signing with a retired key is refused by the target.
+        .success_or_panic("after a restart");
     let ca_init_again = lab.portcullis(&["ca", "init"]);
     assert!(!ca_init_again.status.success());
     assert!(ca_init_again.stderr_text().contains("already exists"));

@@ -114,11 +114,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tokio::select! {
             _ = &mut shutdown => break,
             _ = hangups.recv() => {
-                tracing::info!("SIGHUP: reloading policies and users");
+                tracing::info!("SIGHUP: reloading policies, users and the CA");
                 reload.trigger();
                 match identity::UsersFile::load(&users_file) {
                     Ok(users) => shared.identities.store(Arc::new(Box::new(users))),
                     Err(e) => tracing::error!("users file not reloaded; the previous one stays in force: {e}"),
+                }
+                match ca::Ca::open(&shared.config.ca_dir) {
+                    Ok(ca) => {
+                        shared.reload_ca(ca);
+                        tracing::info!("CA reloaded: {:?}", shared.ca.load());
+                    }
+                    Err(e) => tracing::error!("CA not reloaded; the previous keys stay in force: {e}"),
                 }
             }
             accepted = listener.accept() => {

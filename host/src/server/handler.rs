@@ -195,6 +195,7 @@ impl ConnHandler {
         let certificate = self
             .shared
             .ca
+            .load()
             .issue_user_cert(
                 key.public_key(),
                 std::slice::from_ref(&d.request.login),
@@ -576,5 +577,10 @@ impl HostCertCache {
         let cert = issue()?;
         map.insert(host.to_string(), (cert.clone(), SystemTime::now()));
         Ok(cert)
+    }
+
+    /// Forgets every certificate (the CA changed).
+    pub(crate) fn clear(&self) {
+        lock(&self.0).clear();
     }
 }

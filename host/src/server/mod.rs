@@ -20,11 +20,11 @@ use crate::upstream::HostKeyPolicy;
 
 pub(crate) use handler::ConnHandler;
 
-/// What every connection shares. Immutable but for the identity source and the policy
-/// engine's current set, which are swapped atomically on reload.
+/// What every connection shares. Immutable but for the identity source, the CA and the
+/// policy engine's current set, which are swapped atomically on reload.
 pub(crate) struct Shared {
     pub config: Config,
-    pub ca: Ca,
+    pub ca: ArcSwap<Ca>,
     pub host_key: PrivateKey,
     pub identities: ArcSwap<Box<dyn IdentitySource>>,
     pub policy: Arc<PolicyEngine>,
@@ -52,7 +52,7 @@ impl Shared {
         };
         Shared {
             config,
-            ca,
+            ca: ArcSwap::from_pointee(ca),
             host_key,
             identities: ArcSwap::from_pointee(identities),
             policy,
@@ -61,6 +61,14 @@ impl Shared {
             recording_key,
             host_certs: handler::HostCertCache::default(),
         }
+    }
+
+    /// Puts a freshly read CA in force (SIGHUP after `ca rotate` or `ca retire`):
+    /// certificates issued from now on are signed by its newest keys; host
+    /// certificates issued by the previous one are issued again.
+    pub(crate) fn reload_ca(&self, ca: Ca) {
+        self.ca.store(Arc::new(ca));
+        self.host_certs.clear();
     }
 
     /// The server configuration for the proxy's listening socket.
@@ -110,7 +118,7 @@ impl Shared {
         host: &str,
     ) -> Result<Arc<russh::server::Config>, CaError> {
         let cert = self.host_certs.get_or_issue(host, || {
-            self.ca.issue_host_cert(
+            self.ca.load().issue_host_cert(
                 self.host_key.public_key(),
                 &[host.to_string()],
                 Duration::from_secs(24 * 3600),
