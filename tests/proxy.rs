@@ -411,6 +411,72 @@ fn sessions_keep_working_through_a_ca_rotation() {
 }
 
 #[test]
+fn targets_with_a_host_certificate_from_a_listed_ca_need_no_pinning() {
+    ensure_user("jdoe");
+    let mut lab = Lab::new(&[("jdoe@example.com", &[])]);
+    lab.policies
+        .module("90-default-principal.wasm", "default_principal");
+    lab.add_config("[upstream]\nhost_key_check = \"strict\"\n");
+    let p = lab.path().to_path_buf();
+    let host_ca = p.join("hostca");
+    common::lab::keygen(&host_ca, "host CA");
+    let sign_for = |principal: &str| {
+        std::process::Command::new("ssh-keygen")
+            .args(["-q", "-h", "-I", "target", "-s"])
+            .arg(&host_ca)
+            .args(["-n", principal])
+            .arg(p.join("target/ssh_host_ed25519_key.pub"))
+            .output()
+            .unwrap()
+            .success_or_panic("sign the host key");
+    };
+    sign_for("127.0.0.1");
+    lab.sshd_extra = format!(
+        "HostCertificate {}\n",
+        p.join("target/ssh_host_ed25519_key-cert.pub").display()
+    );
+    lab.start();
+    let refused_with = |lab: &Lab, reason: &str| {
+        let out = lab.ssh_jump("jdoe", "jdoe", "true");
+        assert!(!out.status.success(), "accepted, expected: {reason}");
+        let err = out.stderr_text();
+        assert!(err.contains(reason), "{err}");
+    };
+
+    // Strict and nothing pinned: refused.
+    refused_with(&lab, "host_key_check is strict");
+
+    // The host CA listed for the target: trusted by its certificate, nothing pinned.
+    let ca_pub = std::fs::read_to_string(p.join("hostca.pub")).unwrap();
+    let ca_line = format!("@cert-authority [127.0.0.1]:*,127.0.0.1 {}", ca_pub.trim());
+    std::fs::write(lab.known_targets(), format!("{ca_line}\n")).unwrap();
+    lab.ssh_jump("jdoe", "jdoe", "echo via-cert")
+        .success_or_panic("host certificate");
+    assert_eq!(
+        std::fs::read_to_string(lab.known_targets()).unwrap(),
+        format!("{ca_line}\n"),
+        "a trusted certificate pins nothing"
+    );
+
+    // A certificate for another name is refused, saying why.
+    sign_for("db.example.com");
+    lab.start_sshd();
+    refused_with(&lab, "127.0.0.1 is not among its principals");
+
+    // A revoked CA is refused even with a good certificate.
+    sign_for("127.0.0.1");
+    lab.start_sshd();
+    lab.ssh_jump("jdoe", "jdoe", "true")
+        .success_or_panic("good certificate again");
+    std::fs::write(
+        lab.known_targets(),
+        format!("{ca_line}\n@revoked * {}\n", ca_pub.trim()),
+    )
+    .unwrap();
+    refused_with(&lab, "its CA is revoked");
+}
+
+#[test]
 fn sigterm_stops_accepting_and_drains_running_sessions() {
     use std::io::Read;
     ensure_user("jdoe");

@@ -74,7 +74,7 @@ pub fn ensure_user(name: &str) {
         .unwrap();
 }
 
-fn keygen(path: &Path, comment: &str) {
+pub fn keygen(path: &Path, comment: &str) {
     let out = Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
         .arg(path)
@@ -95,6 +95,8 @@ pub struct Lab {
     pub proxy_port: u16,
     sshd: Option<Child>,
     proxy: Option<Child>,
+    /// Appended to the target's sshd_config.
+    pub sshd_extra: String,
 }
 
 impl Lab {
@@ -124,6 +126,7 @@ impl Lab {
             proxy_port,
             sshd: None,
             proxy: None,
+            sshd_extra: String::new(),
         };
         lab.portcullis(&["ca", "init"]).success_or_panic("ca init");
         keygen(&p.join("host_key"), "portcullis-host");
@@ -247,9 +250,10 @@ impl Lab {
             format!(
                 "ListenAddress 127.0.0.1\nHostKey {}\nTrustedUserCAKeys {}\nAuthorizedKeysFile none\n\
                  PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-                 UsePAM no\nSubsystem sftp internal-sftp\nPidFile none\nLogLevel VERBOSE\n",
+                 UsePAM no\nSubsystem sftp internal-sftp\nPidFile none\nLogLevel VERBOSE\n{}",
                 p.join("target/ssh_host_ed25519_key").display(),
-                p.join("target/ca.pub").display()
+                p.join("target/ca.pub").display(),
+                self.sshd_extra
             ),
         )
         .unwrap();

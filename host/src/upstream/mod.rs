@@ -2,6 +2,7 @@
 //! with a fresh key and a short-lived certificate signed by the gateway CA.
 
 mod bridge;
+mod host_ca;
 
 pub use bridge::{ChannelContext, CommandLogTarget, bridge_session};
 
@@ -11,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use russh::client;
-use russh::keys::ssh_key::{Certificate, HashAlg, PublicKey};
+use russh::keys::ssh_key::{Algorithm, Certificate, EcdsaCurve, HashAlg, PublicKey};
 use russh::keys::{PrivateKey, PublicKeyOrCertificate};
 
 use crate::config::HostKeyCheck;
@@ -34,14 +35,36 @@ pub struct HostKeyPolicy {
     pub connect_timeout: Duration,
 }
 
-/// Checks the target's host key against the known-hosts store.
+/// Checks the target's host key against the known-hosts store: a certificate from a CA
+/// listed for the target, or else the pinned key.
 #[derive(Debug)]
 pub struct TargetHandler {
     host: String,
     port: u16,
     policy: HostKeyPolicy,
+    markers: host_ca::Markers,
     problem: Arc<Mutex<Option<String>>>,
 }
+
+/// Host certificate types asked for when a CA is listed for the target.
+const CERT_ALGORITHMS: &[Algorithm] = &[
+    Algorithm::Ed25519,
+    Algorithm::Ecdsa {
+        curve: EcdsaCurve::NistP256,
+    },
+    Algorithm::Ecdsa {
+        curve: EcdsaCurve::NistP384,
+    },
+    Algorithm::Ecdsa {
+        curve: EcdsaCurve::NistP521,
+    },
+    Algorithm::Rsa {
+        hash: Some(HashAlg::Sha512),
+    },
+    Algorithm::Rsa {
+        hash: Some(HashAlg::Sha256),
+    },
+];
 
 impl TargetHandler {
     fn check(&self, key: &PublicKey) -> Result<(), String> {
@@ -83,7 +106,39 @@ impl client::Handler for TargetHandler {
         &mut self,
         key: &PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
-        match self.check(&key.public_key()) {
+        let checked = match key {
+            PublicKeyOrCertificate::Certificate(cert) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                match self.markers.check(cert, &self.host, now) {
+                    host_ca::CertCheck::Trusted { line } => {
+                        tracing::debug!(host = %self.host, port = self.port, line, "host certificate trusted");
+                        Ok(())
+                    }
+                    host_ca::CertCheck::Refused(why) => Err(format!(
+                        "the host certificate of {}:{} is refused: {why}",
+                        self.host, self.port
+                    )),
+                    host_ca::CertCheck::UnknownCa => {
+                        self.check(&PublicKey::from(cert.public_key().clone()))
+                    }
+                }
+            }
+            PublicKeyOrCertificate::PublicKey { key, .. } => {
+                match self.markers.revoked(key.key_data()) {
+                    Some(line) => Err(format!(
+                        "the host key of {}:{} ({}) is revoked at {}:{line}",
+                        self.host,
+                        self.port,
+                        key.fingerprint(HashAlg::Sha256),
+                        self.policy.known_hosts.display()
+                    )),
+                    None => self.check(key),
+                }
+            }
+        };
+        match checked {
             Ok(()) => Ok(true),
             Err(problem) => {
                 tracing::error!(host = %self.host, port = self.port, "{problem}");
@@ -125,14 +180,20 @@ fn client_config() -> client::Config {
 
 /// Connects and logs in, or says why not in words for the user.
 pub async fn connect(login: &Login, policy: &HostKeyPolicy) -> Result<Target, String> {
+    let markers = host_ca::Markers::read(&policy.known_hosts, &login.host, login.addr.port())?;
+    let mut config = client_config();
+    if markers.has_ca() {
+        config.preferred.host_key_certificates = std::borrow::Cow::Borrowed(CERT_ALGORITHMS);
+    }
     let problem = Arc::new(Mutex::new(None));
     let handler = TargetHandler {
         host: login.host.clone(),
         port: login.addr.port(),
         policy: policy.clone(),
+        markers,
         problem: Arc::clone(&problem),
     };
-    let config = Arc::new(client_config());
+    let config = Arc::new(config);
     let connecting = client::connect(config, login.addr, handler);
     let mut handle = match tokio::time::timeout(policy.connect_timeout, connecting).await {
         Err(_) => return Err(format!("timed out connecting to {}", login.addr)),

@@ -1,0 +1,326 @@
+//! Target host certificates: the `@cert-authority` and `@revoked` lines of the
+//! known-targets file, read as OpenSSH reads them in `known_hosts`.
+//!
+//! A line is `@cert-authority PATTERNS KEYTYPE BASE64 [COMMENT]` (or `@revoked`).
+//! PATTERNS is a comma-separated list matched against the target's name as dialled,
+//! `host` on port 22 and `[host]:port` otherwise; `*` and `?` are wildcards and a
+//! pattern starting with `!` excludes. A certificate is trusted when a CA listed for
+//! the target signed it, it is a host certificate, names the target among its
+//! principals, is within its validity window and has no critical options. A target
+//! presenting a certificate from a CA not listed for it is checked by its plain key
+//! (pinning), as OpenSSH does. A malformed marker line refuses the connection: skipping
+//! an `@revoked` line would trust what it revokes.
+
+use std::path::Path;
+
+use russh::keys::ssh_key::certificate::CertType;
+use russh::keys::ssh_key::public::KeyData;
+use russh::keys::ssh_key::{Certificate, HashAlg, PublicKey};
+
+/// The marker lines of the known-targets file that apply to one target.
+#[derive(Debug, Default)]
+pub(crate) struct Markers {
+    /// (line number, CA key)
+    cas: Vec<(usize, KeyData)>,
+    /// (line number, revoked key)
+    revoked: Vec<(usize, KeyData)>,
+    path: String,
+}
+
+/// What a presented certificate is worth.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum CertCheck {
+    /// Signed by a CA listed for this target, and valid for it.
+    Trusted { line: usize },
+    /// No CA listed for this target signed it: check the plain key instead.
+    UnknownCa,
+    /// Refused, and why.
+    Refused(String),
+}
+
+/// The name a target is looked up by: `host`, or `[host]:port` off port 22.
+fn lookup_name(host: &str, port: u16) -> String {
+    let host = host.to_ascii_lowercase();
+    if port == 22 {
+        host
+    } else {
+        format!("[{host}]:{port}")
+    }
+}
+
+/// `*` and `?` wildcards.
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    match (pattern.split_first(), text.split_first()) {
+        (None, None) => true,
+        (Some((b'*', rest)), _) => {
+            glob(rest, text) || text.split_first().is_some_and(|(_, t)| glob(pattern, t))
+        }
+        (Some((b'?', rest)), Some((_, t))) => glob(rest, t),
+        (Some((p, rest)), Some((c, t))) if p == c => glob(rest, t),
+        _ => false,
+    }
+}
+
+/// OpenSSH's host pattern lists: an excluding match wins, then any match.
+fn matches(patterns: &str, name: &str) -> bool {
+    let mut hit = false;
+    for pattern in patterns.split(',') {
+        let pattern = pattern.to_ascii_lowercase();
+        match pattern.strip_prefix('!') {
+            Some(excluded) if glob(excluded.as_bytes(), name.as_bytes()) => return false,
+            Some(_) => {}
+            None => hit |= glob(pattern.as_bytes(), name.as_bytes()),
+        }
+    }
+    hit
+}
+
+impl Markers {
+    /// Reads the marker lines of `path` that apply to `host:port`. A missing file has
+    /// none.
+    pub(crate) fn read(path: &Path, host: &str, port: u16) -> Result<Markers, String> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        Markers::parse(&text, &path.display().to_string(), host, port)
+    }
+
+    fn parse(text: &str, path: &str, host: &str, port: u16) -> Result<Markers, String> {
+        let name = lookup_name(host, port);
+        let mut markers = Markers {
+            path: path.to_string(),
+            ..Markers::default()
+        };
+        for (i, line) in text.lines().enumerate() {
+            let line_no = i + 1;
+            let mut fields = line.split_whitespace();
+            let list = match fields.next() {
+                Some("@cert-authority") => &mut markers.cas,
+                Some("@revoked") => &mut markers.revoked,
+                Some(other) if other.starts_with('@') => {
+                    return Err(format!(
+                        "{path}:{line_no}: unknown marker {other:?} (known: @cert-authority, @revoked)"
+                    ));
+                }
+                _ => continue,
+            };
+            let (Some(patterns), Some(kind), Some(base64)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                return Err(format!(
+                    "{path}:{line_no}: a marker line needs host patterns, a key type and a key"
+                ));
+            };
+            let key = PublicKey::from_openssh(&format!("{kind} {base64}"))
+                .map_err(|e| format!("{path}:{line_no}: the key does not parse: {e}"))?;
+            if matches(patterns, &name) {
+                list.push((line_no, key.key_data().clone()));
+            }
+        }
+        Ok(markers)
+    }
+
+    /// Whether any CA is listed for this target (then the proxy asks for certificates).
+    pub(crate) fn has_ca(&self) -> bool {
+        !self.cas.is_empty()
+    }
+
+    /// The line revoking `key`, if any.
+    pub(crate) fn revoked(&self, key: &KeyData) -> Option<usize> {
+        self.revoked
+            .iter()
+            .find(|(_, k)| k == key)
+            .map(|(line, _)| *line)
+    }
+
+    /// Checks a certificate presented by `host` at `now` (Unix seconds).
+    pub(crate) fn check(&self, cert: &Certificate, host: &str, now: u64) -> CertCheck {
+        let path = &self.path;
+        for (what, key) in [
+            ("its key", cert.public_key()),
+            ("its CA", cert.signature_key()),
+        ] {
+            if let Some(line) = self.revoked(key) {
+                return CertCheck::Refused(format!("{what} is revoked at {path}:{line}"));
+            }
+        }
+        let Some(line) = self
+            .cas
+            .iter()
+            .find(|(_, k)| k == cert.signature_key())
+            .map(|(line, _)| *line)
+        else {
+            return CertCheck::UnknownCa;
+        };
+        let ca = cert.signature_key().fingerprint(HashAlg::Sha256);
+        let refused = |why: String| CertCheck::Refused(format!("{why} (CA {ca}, {path}:{line})"));
+        if cert.cert_type() != CertType::Host {
+            return refused("it is not a host certificate".into());
+        }
+        if !cert.critical_options().is_empty() {
+            return refused("it has critical options, which host certificates must not".into());
+        }
+        let host = host.to_ascii_lowercase();
+        if !cert
+            .valid_principals()
+            .iter()
+            .any(|p| p.to_ascii_lowercase() == host)
+        {
+            return refused(format!(
+                "{host} is not among its principals {:?}",
+                cert.valid_principals()
+            ));
+        }
+        if now < cert.valid_after() || now >= cert.valid_before() {
+            return refused(format!(
+                "it is valid only from {} to {} (Unix time), not now ({now})",
+                cert.valid_after(),
+                cert.valid_before()
+            ));
+        }
+        match cert.validate_at(now, [&ca]) {
+            Ok(()) => CertCheck::Trusted { line },
+            Err(_) => refused("its signature does not verify".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ca::{Ca, KeyKind};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    /// A CA, a host key and a certificate for `principals`.
+    fn setup(principals: &[&str]) -> (tempfile::TempDir, Ca, Certificate) {
+        let d = tempfile::tempdir().unwrap();
+        let ca = crate::ca::init(d.path(), KeyKind::Ed25519).unwrap();
+        let host = crate::ca::generate(KeyKind::Ed25519, "host").unwrap();
+        let principals: Vec<String> = principals.iter().map(|p| p.to_string()).collect();
+        let cert = ca
+            .issue_host_cert(host.public_key(), &principals, Duration::from_secs(3600))
+            .unwrap();
+        (d, ca, cert)
+    }
+
+    fn ca_line(ca: &Ca, patterns: &str) -> String {
+        let key = ca.known_hosts_line();
+        let key = key.split_once(" * ").unwrap().1;
+        format!("@cert-authority {patterns} {key}\n")
+    }
+
+    #[test]
+    fn patterns_follow_openssh() {
+        assert!(matches("*", "[db1]:2200"));
+        assert!(matches("*.example.com", "db1.example.com"));
+        assert!(!matches("*.example.com", "[db1.example.com]:2200"));
+        assert!(matches("[*.example.com]:*", "[db1.example.com]:2200"));
+        assert!(matches("db?,web", "db1"));
+        assert!(!matches(
+            "*.example.com,!db9.example.com",
+            "db9.example.com"
+        ));
+        assert!(matches("*.Example.COM", "db1.example.com"));
+        assert!(!matches("db1", "db10"));
+        assert_eq!(lookup_name("DB1", 22), "db1");
+        assert_eq!(lookup_name("db1", 2200), "[db1]:2200");
+    }
+
+    #[test]
+    fn a_certificate_from_a_listed_ca_for_this_host_is_trusted() {
+        let (_d, ca, cert) = setup(&["db1.example.com"]);
+        let text = format!("# pins\n{}", ca_line(&ca, "*.example.com"));
+        let m = Markers::parse(&text, "kt", "db1.example.com", 22).unwrap();
+        assert!(m.has_ca());
+        assert_eq!(
+            m.check(&cert, "db1.example.com", now()),
+            CertCheck::Trusted { line: 2 }
+        );
+        // Listed for other hosts only: the plain key decides.
+        let m = Markers::parse(&text, "kt", "db1.other.org", 22).unwrap();
+        assert!(!m.has_ca());
+        assert_eq!(m.check(&cert, "db1.other.org", now()), CertCheck::UnknownCa);
+    }
+
+    #[test]
+    fn wrong_principal_expiry_and_revocation_are_refused_with_the_reason() {
+        let (_d, ca, cert) = setup(&["db1"]);
+        let m = Markers::parse(&ca_line(&ca, "*"), "kt", "db2", 22).unwrap();
+        let CertCheck::Refused(why) = m.check(&cert, "db2", now()) else {
+            panic!("a certificate for db1 presented by db2");
+        };
+        assert!(
+            why.contains("db2 is not among its principals") && why.contains("kt:1"),
+            "{why}"
+        );
+        let m = Markers::parse(&ca_line(&ca, "*"), "kt", "db1", 22).unwrap();
+        let CertCheck::Refused(why) = m.check(&cert, "db1", now() + 7200) else {
+            panic!("an expired certificate");
+        };
+        assert!(why.contains("valid only from"), "{why}");
+        let revoked = format!(
+            "{}@revoked * {}\n",
+            ca_line(&ca, "*"),
+            PublicKey::from(cert.public_key().clone())
+                .to_openssh()
+                .unwrap()
+        );
+        let m = Markers::parse(&revoked, "kt", "db1", 22).unwrap();
+        assert_eq!(
+            m.check(&cert, "db1", now()),
+            CertCheck::Refused("its key is revoked at kt:2".into())
+        );
+    }
+
+    #[test]
+    fn a_user_certificate_is_not_a_host_certificate() {
+        let (_d, ca, _) = setup(&["db1"]);
+        let key = crate::ca::generate(KeyKind::Ed25519, "user").unwrap();
+        let cert = ca
+            .issue_user_cert(
+                key.public_key(),
+                &["db1".to_string()],
+                "id",
+                Duration::from_secs(3600),
+                &Default::default(),
+            )
+            .unwrap();
+        let m = Markers::parse(&ca_line(&ca, "*"), "kt", "db1", 22).unwrap();
+        // The user CA is not the host CA: list the user CA to reach the type check.
+        let user_ca = PublicKey::from(cert.signature_key().clone())
+            .to_openssh()
+            .unwrap();
+        let m2 =
+            Markers::parse(&format!("@cert-authority * {user_ca}\n"), "kt", "db1", 22).unwrap();
+        assert_eq!(m.check(&cert, "db1", now()), CertCheck::UnknownCa);
+        let CertCheck::Refused(why) = m2.check(&cert, "db1", now()) else {
+            panic!("a user certificate");
+        };
+        assert!(why.contains("not a host certificate"), "{why}");
+    }
+
+    #[test]
+    fn malformed_marker_lines_are_errors_naming_the_line() {
+        for (text, needle) in [
+            ("@cert-authority *\n", "needs host patterns"),
+            (
+                "@cert-authority * ssh-ed25519 AAAAnotakey\n",
+                "does not parse",
+            ),
+            ("@trusted * ssh-ed25519 AAAA\n", "unknown marker"),
+        ] {
+            let err = Markers::parse(&format!("db1 ssh-ed25519 AAAA\n{text}"), "kt", "db1", 22)
+                .unwrap_err();
+            assert!(err.starts_with("kt:2: ") && err.contains(needle), "{err}");
+        }
+    }
+}
