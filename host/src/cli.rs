@@ -313,18 +313,32 @@ impl<R: std::io::Read> std::io::Read for Counted<R> {
 type LogFileReader =
     crate::recording::cmdlog::LogReader<Counted<std::io::BufReader<std::fs::File>>>;
 
+/// A reading error of the log, named by the log's path (errors about another file
+/// name theirs already).
+fn about_log(
+    input: &std::path::Path,
+) -> impl Fn(crate::recording::cmdlog::CmdLogError) -> crate::recording::cmdlog::CmdLogError + '_ {
+    use crate::recording::cmdlog::CmdLogError;
+    move |e| match e {
+        CmdLogError::File { .. } => e,
+        other => CmdLogError::File {
+            path: input.to_path_buf(),
+            message: other.to_string(),
+        },
+    }
+}
+
 /// Opens the log for one pass, the progress bar (if any) starting over.
 fn open_log(
     input: &std::path::Path,
     key: &crate::recording::cmdlog::OpeningKey,
     bar: Option<&indicatif::ProgressBar>,
 ) -> Result<LogFileReader, crate::recording::cmdlog::CmdLogError> {
-    use crate::recording::cmdlog::{CmdLogError, LogReader};
-    let in_file = |e: &dyn std::fmt::Display| CmdLogError::File {
-        path: input.to_path_buf(),
-        message: e.to_string(),
-    };
-    let file = std::fs::File::open(input).map_err(|e| in_file(&e))?;
+    let file =
+        std::fs::File::open(input).map_err(|e| crate::recording::cmdlog::CmdLogError::File {
+            path: input.to_path_buf(),
+            message: e.to_string(),
+        })?;
     if let Some(b) = bar {
         b.set_position(0);
     }
@@ -332,10 +346,7 @@ fn open_log(
         inner: std::io::BufReader::with_capacity(1 << 20, file),
         bar: bar.cloned(),
     };
-    LogReader::new(counted, key).map_err(|e| match e {
-        CmdLogError::File { .. } => e,
-        other => in_file(&other),
-    })
+    crate::recording::cmdlog::LogReader::new(counted, key)
 }
 
 /// A progress bar for `passes` reads of a large log, when a person is watching.
@@ -396,7 +407,7 @@ fn decrypt(
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let done = done.inspect_err(|_| {
+    let done = done.map_err(about_log(input)).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
     })?;
     if let Some(w) = &done.warning {
@@ -412,10 +423,11 @@ fn replay(input: &std::path::Path, key: &std::path::Path, speed: f64) -> anyhow:
     anyhow::ensure!(speed > 0.0, "--speed must be positive");
     let key = cmdlog::OpeningKey::read(key)?;
     // Streamed: the replay starts at once, however long the log.
-    let mut r = open_log(input, &key, None)?;
+    let about = about_log(input);
+    let mut r = open_log(input, &key, None).map_err(&about)?;
     let mut out = std::io::stdout().lock();
     let mut last = 0u64;
-    while let Some(p) = r.next_packet()? {
+    while let Some(p) = r.next_packet().map_err(&about)? {
         if p.source != SOURCE_SERVER || p.code == CODE_REQUEST {
             continue;
         }

@@ -808,6 +808,19 @@ fn session_done(meta: &Metadata) -> String {
     }
 }
 
+/// Creates (or truncates) an export readable by its owner only: it is the plaintext of
+/// a sealed recording.
+fn create_private(out: &Path) -> Result<File, CmdLogError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(out)
+        .map_err(|e| file_err(out, e))
+}
+
 /// Writes the decrypted zip: `term_data.txt` + `term_times.txt` for a pty session,
 /// `data_from_client.txt` + `data_from_server.txt` otherwise, and `requests.txt`.
 /// Each file is streamed, reading the log twice through `open` (a fresh reader per
@@ -817,7 +830,7 @@ pub fn write_zip<R: Read>(
     out: &Path,
 ) -> Result<Exported, CmdLogError> {
     let mut first = open()?;
-    let file = File::create(out).map_err(|e| file_err(out, e))?;
+    let file = create_private(out)?;
     let mut zip = zip::ZipWriter::new(BufWriter::new(file));
     let options = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Deflated);
@@ -892,7 +905,7 @@ pub fn write_zip<R: Read>(
 /// Writes asciicast v2, streamed: a header line, then `[seconds, "o", text]` for
 /// output and `[seconds, "r", "COLSxROWS"]` for window changes.
 pub fn write_asciicast<R: Read>(mut r: LogReader<R>, out: &Path) -> Result<Exported, CmdLogError> {
-    let file = File::create(out).map_err(|e| file_err(out, e))?;
+    let file = create_private(out)?;
     let mut w = BufWriter::new(file);
     let pty = r.meta().pty.clone().unwrap_or(PtyMeta {
         term: None,
@@ -1227,6 +1240,12 @@ mod tests {
         let open_file = || LogReader::new(File::open(&path).unwrap(), &open);
         let done = write_zip(open_file, &zip).unwrap();
         assert_eq!(done.packets, 2000);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&zip).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "the plaintext is its owner's only"
+        );
         let files = unzip(&zip);
         assert_eq!(files["data_from_client.txt"].len(), 1000 * 1000);
         assert_eq!(files["data_from_server.txt"][..1000], [1u8; 1000]);
