@@ -477,6 +477,36 @@ fn targets_with_a_host_certificate_from_a_listed_ca_need_no_pinning() {
 }
 
 #[test]
+fn environment_the_target_refuses_does_not_fail_the_command() {
+    // Debian's ssh_config sends LANG and LC_*; a stock sshd accepts none of them and
+    // answers each with a failure, which belongs to the env request, not to exec.
+    ensure_user("jdoe");
+    let lab = default_lab(&[("jdoe@example.com", &[])]);
+    let dest = format!("jdoe%127.0.0.1:{}@127.0.0.1", lab.sshd_port);
+    for args in [
+        vec![
+            "-o",
+            "SetEnv=LANG=C.UTF-8 LC_ALL=C",
+            "-J",
+            "jdoe@portcullis",
+            "-p",
+        ],
+        vec!["-o", "SetEnv=LANG=C.UTF-8 LC_ALL=C", "-p"],
+    ] {
+        let (port, target) = if args.contains(&"-J") {
+            (lab.sshd_port.to_string(), "jdoe@127.0.0.1".to_string())
+        } else {
+            (lab.proxy_port.to_string(), dest.clone())
+        };
+        let mut all: Vec<&str> = args.clone();
+        all.extend([port.as_str(), target.as_str(), "echo ran; exit 3"]);
+        let out = lab.ssh("jdoe", &all);
+        assert_eq!(out.stdout_text(), "ran\n", "{}", out.stderr_text());
+        assert_eq!(out.status.code(), Some(3), "{}", out.stderr_text());
+    }
+}
+
+#[test]
 fn sigterm_stops_accepting_and_drains_running_sessions() {
     use std::io::Read;
     ensure_user("jdoe");

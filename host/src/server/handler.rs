@@ -61,7 +61,12 @@ pub(crate) struct ConnHandler {
     /// Set once authentication succeeds; the accept loop disconnects connections that
     /// do not get there within `server.auth_timeout`.
     authenticated: Arc<std::sync::atomic::AtomicBool>,
+    /// Per session channel, the target's answers to its requests, in order.
+    replies: HashMap<ChannelId, tokio::sync::mpsc::UnboundedReceiver<bool>>,
 }
+
+/// How long a channel request waits for the target's answer before it is refused.
+const REPLY_WAIT: Duration = Duration::from_secs(60);
 
 impl ConnHandler {
     pub(crate) fn new(
@@ -86,12 +91,42 @@ impl ConnHandler {
             decided: None,
             early_refusal: None,
             authenticated: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            replies: HashMap::new(),
         }
     }
 
     /// The flag that tells whether this connection has authenticated.
     pub(crate) fn authenticated(&self) -> Arc<std::sync::atomic::AtomicBool> {
         Arc::clone(&self.authenticated)
+    }
+
+    /// Answers the client's request on `channel` with the target's answer.
+    ///
+    /// russh knows whether the client wanted a reply only while this handler runs for
+    /// the request (its flag is the last request's), so the answer is given here and
+    /// not from the bridge: the connection waits for the target meanwhile, which keeps
+    /// every reply with its own request. When the proxy itself refuses (policy, target
+    /// unreachable), it says why on the channel (message, exit status 1, close) and the
+    /// request is answered yes, so that the client reads that before it exits; so is a
+    /// channel whose bridge ended without an answer. A target that does not answer in
+    /// time gets a no.
+    async fn relay_reply(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
+        let ok = match self.replies.get_mut(&channel) {
+            Some(rx) => match tokio::time::timeout(REPLY_WAIT, rx.recv()).await {
+                Ok(answer) => answer.unwrap_or(true),
+                Err(_) => false,
+            },
+            None => false,
+        };
+        if ok {
+            session.channel_success(channel)
+        } else {
+            session.channel_failure(channel)
+        }
     }
 
     fn identify(&self, key: &russh::keys::ssh_key::PublicKey) -> Option<Identity> {
@@ -304,6 +339,8 @@ impl russh::server::Handler for ConnHandler {
         let handle = session.handle();
         let id = channel.id();
         reply.accept().await;
+        let (replies, replies_rx) = tokio::sync::mpsc::unbounded_channel();
+        self.replies.insert(id, replies_rx);
         let refusal = match &self.decided {
             None => Some(self.early_refusal.clone().unwrap_or_else(|| {
                 format!(
@@ -367,7 +404,7 @@ impl russh::server::Handler for ConnHandler {
             };
             match channel_on_target {
                 Ok(tc) => {
-                    upstream::bridge_session(channel, handle, tc, ctx).await;
+                    upstream::bridge_session(channel, handle, tc, ctx, replies).await;
                     drop(running);
                 }
                 Err(message) => {
@@ -377,6 +414,79 @@ impl russh::server::Handler for ConnHandler {
             }
         });
         Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.replies.remove(&channel);
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.relay_reply(channel, session).await
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        _variable_name: &str,
+        _variable_value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.relay_reply(channel, session).await
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.relay_reply(channel, session).await
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.relay_reply(channel, session).await
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        _name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.relay_reply(channel, session).await
+    }
+
+    /// X11 forwarding is not bridged: refused (agent forwarding is refused by russh's
+    /// default answer).
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
     }
 
     async fn channel_open_direct_tcpip(

@@ -4,11 +4,13 @@
 //! Two tasks, one per direction, so a slow reader on one side never stalls the other.
 //! Backpressure: each side is written with window-aware sends that wait, and the
 //! channels' own buffers are bounded, so a slow target slows the client and vice versa.
-//! Requests that want a reply are forwarded with a reply requested; the target's
-//! replies come back in order (RFC 4254 5.4), matched against a queue of whether the
-//! client wanted each one.
+//!
+//! Channel requests (pty, env, shell, exec, subsystem) are forwarded with a reply
+//! requested, and the target's answers go back, in order (RFC 4254 5.4), to the
+//! connection's handler through [`RequestReplies`]: russh knows whether the client
+//! wanted a reply only while its handler runs for that request, so the handler waits
+//! for the target's answer and replies there (see `server::handler`).
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -20,6 +22,9 @@ use crate::recording::ChannelRecord;
 use crate::recording::cmdlog::{
     self, CODE_DATA, CODE_EXTENDED_DATA, CODE_REQUEST, SOURCE_CLIENT, SOURCE_SERVER,
 };
+
+/// The target's answers to a channel's requests, in order: true for success.
+pub type RequestReplies = tokio::sync::mpsc::UnboundedSender<bool>;
 
 /// Where a channel's command log goes, when the decision asks for one.
 #[derive(Debug, Clone)]
@@ -115,6 +120,7 @@ pub async fn bridge_session(
     client_handle: Handle,
     target: Channel<russh::client::Msg>,
     ctx: ChannelContext,
+    replies: RequestReplies,
 ) {
     let index = {
         let mut channels = lock(&ctx.channels);
@@ -148,20 +154,18 @@ pub async fn bridge_session(
     let exit: Arc<Mutex<cmdlog::ExitData>> = Arc::new(Mutex::new(cmdlog::ExitData::default()));
     let (mut c_rx, c_tx) = client.split();
     let (mut t_rx, t_tx) = target.split();
-    let pending: Arc<Mutex<VecDeque<bool>>> = Arc::new(Mutex::new(VecDeque::new()));
     // Either direction ending ends the other: the target closing closes the client's
     // channel, and the client closing (or a refusal) stops reading the target.
     let (done_tx, mut done_rx) = tokio::sync::watch::channel(false);
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
 
     let upstream = {
-        let pending = Arc::clone(&pending);
+        let replies = replies.clone();
         let handle = client_handle.clone();
         let ctx = ctx.clone();
         let rec = recorder.clone();
         async move {
             let _stop_on_exit = StopOnDrop(stop_tx);
-            let forward = |want_reply: bool| lock(&pending).push_back(want_reply);
             loop {
                 let msg = tokio::select! {
                     m = c_rx.wait() => m,
@@ -189,15 +193,14 @@ pub async fn bridge_session(
                         break;
                     }
                     ChannelMsg::RequestPty {
-                        want_reply,
                         term,
                         col_width,
                         row_height,
                         pix_width,
                         pix_height,
                         terminal_modes,
+                        ..
                     } => {
-                        forward(want_reply);
                         t_tx.request_pty(
                             true,
                             &term,
@@ -210,13 +213,10 @@ pub async fn bridge_session(
                         .await
                     }
                     ChannelMsg::SetEnv {
-                        want_reply,
                         variable_name,
                         variable_value,
-                    } => {
-                        forward(want_reply);
-                        t_tx.set_env(true, variable_name, variable_value).await
-                    }
+                        ..
+                    } => t_tx.set_env(true, variable_name, variable_value).await,
                     ChannelMsg::WindowChange {
                         col_width,
                         row_height,
@@ -227,23 +227,20 @@ pub async fn bridge_session(
                             .await
                     }
                     ChannelMsg::Signal { signal } => t_tx.signal(signal).await,
-                    ChannelMsg::RequestShell { want_reply } => {
+                    ChannelMsg::RequestShell { .. } => {
                         match start(&ctx, index, ChannelRequest::Shell, "shell", &handle, cid).await
                         {
-                            true => {
-                                forward(want_reply);
-                                t_tx.request_shell(true).await
-                            }
+                            true => t_tx.request_shell(true).await,
                             false => {
+                                // Refused here: told on the channel (message, exit
+                                // status 1), so the request itself is answered yes.
+                                let _ = replies.send(true);
                                 let _ = t_tx.close().await;
                                 break;
                             }
                         }
                     }
-                    ChannelMsg::Exec {
-                        want_reply,
-                        command,
-                    } => {
+                    ChannelMsg::Exec { command, .. } => {
                         let command = String::from_utf8_lossy(&command).into_owned();
                         match start(
                             &ctx,
@@ -257,17 +254,17 @@ pub async fn bridge_session(
                         )
                         .await
                         {
-                            true => {
-                                forward(want_reply);
-                                t_tx.exec(true, command).await
-                            }
+                            true => t_tx.exec(true, command).await,
                             false => {
+                                // Refused here: told on the channel (message, exit
+                                // status 1), so the request itself is answered yes.
+                                let _ = replies.send(true);
                                 let _ = t_tx.close().await;
                                 break;
                             }
                         }
                     }
-                    ChannelMsg::RequestSubsystem { want_reply, name } => {
+                    ChannelMsg::RequestSubsystem { name, .. } => {
                         let kind = format!("subsystem:{name}");
                         match start(
                             &ctx,
@@ -279,24 +276,17 @@ pub async fn bridge_session(
                         )
                         .await
                         {
-                            true => {
-                                forward(want_reply);
-                                t_tx.request_subsystem(true, name).await
-                            }
+                            true => t_tx.request_subsystem(true, name).await,
                             false => {
+                                // Refused here: told on the channel (message, exit
+                                // status 1), so the request itself is answered yes.
+                                let _ = replies.send(true);
                                 let _ = t_tx.close().await;
                                 break;
                             }
                         }
                     }
-                    ChannelMsg::AgentForward { want_reply }
-                    | ChannelMsg::RequestX11 { want_reply, .. } => {
-                        // Forwarding back to the client is not bridged (yet): refuse.
-                        if want_reply {
-                            let _ = handle.channel_failure(cid).await;
-                        }
-                        Ok(())
-                    }
+                    // Agent and X11 forwarding are refused by the handler itself.
                     _ => Ok(()),
                 };
                 if sent.is_err() {
@@ -401,12 +391,8 @@ pub async fn bridge_session(
                         sent
                     }
                     ChannelMsg::Success | ChannelMsg::Failure => {
-                        let wanted = lock(&pending).pop_front().unwrap_or(false);
-                        match (wanted, matches!(msg, ChannelMsg::Success)) {
-                            (false, _) => Ok(()),
-                            (true, true) => client_handle.channel_success(cid).await,
-                            (true, false) => client_handle.channel_failure(cid).await,
-                        }
+                        let _ = replies.send(matches!(msg, ChannelMsg::Success));
+                        Ok(())
                     }
                     ChannelMsg::Close => break,
                     _ => Ok(()),
@@ -522,7 +508,6 @@ async fn start(
         let msg = format!("portcullis: {kind} refused{by}: {}\r\n", verdict.reason);
         tracing::warn!(%kind, module = ?verdict.module, reason = %verdict.reason, "channel request refused");
         let _ = handle.extended_data(cid, 1, msg.into_bytes()).await;
-        let _ = handle.channel_failure(cid).await;
         let _ = handle.exit_status_request(cid, 1).await;
         let _ = handle.close(cid).await;
     }

@@ -4,7 +4,7 @@
 mod bridge;
 mod host_ca;
 
-pub use bridge::{ChannelContext, CommandLogTarget, bridge_session};
+pub use bridge::{ChannelContext, CommandLogTarget, RequestReplies, bridge_session};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
