@@ -527,31 +527,6 @@ pub struct Packet {
     pub data: Vec<u8>,
 }
 
-/// A decrypted log held in memory: its header, its packets, and what was wrong past
-/// them, if anything. For small logs and tests; exports stream with [`LogReader`].
-#[derive(Debug)]
-pub struct Decrypted {
-    pub meta: Metadata,
-    pub packets: Vec<Packet>,
-    /// Set when the file was damaged or truncated: the packets are those before it.
-    pub warning: Option<String>,
-}
-
-/// Decrypts a whole log in memory. A file that is not a log, or a wrong key, is an
-/// error; damage after the first block yields everything before it and a warning.
-pub fn decrypt(bytes: &[u8], key: &OpeningKey) -> Result<Decrypted, CmdLogError> {
-    let mut r = LogReader::new(bytes, key)?;
-    let mut packets = Vec::new();
-    while let Some(p) = r.next_packet()? {
-        packets.push(p);
-    }
-    Ok(Decrypted {
-        meta: r.meta.clone(),
-        packets,
-        warning: r.warning,
-    })
-}
-
 /// Reads into `buf` until it is full or the input ends; returns how much it read.
 fn read_up_to(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut got = 0;
@@ -948,6 +923,29 @@ pub fn write_asciicast<R: Read>(mut r: LogReader<R>, out: &Path) -> Result<Expor
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A decrypted log held in memory: its header, its packets, and what was wrong
+    /// past them, if anything.
+    #[derive(Debug)]
+    struct Decrypted {
+        meta: Metadata,
+        packets: Vec<Packet>,
+        warning: Option<String>,
+    }
+
+    /// The whole log through [`LogReader`], in memory.
+    fn decrypt(bytes: &[u8], key: &OpeningKey) -> Result<Decrypted, CmdLogError> {
+        let mut r = LogReader::new(bytes, key)?;
+        let mut packets = Vec::new();
+        while let Some(p) = r.next_packet()? {
+            packets.push(p);
+        }
+        Ok(Decrypted {
+            meta: r.meta.clone(),
+            packets,
+            warning: r.warning,
+        })
+    }
 
     fn unzip(path: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
         let mut zip = zip::ZipArchive::new(File::open(path).unwrap()).unwrap();
