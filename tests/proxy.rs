@@ -482,28 +482,51 @@ fn environment_the_target_refuses_does_not_fail_the_command() {
     // answers each with a failure, which belongs to the env request, not to exec.
     ensure_user("jdoe");
     let lab = default_lab(&[("jdoe@example.com", &[])]);
-    let dest = format!("jdoe%127.0.0.1:{}@127.0.0.1", lab.sshd_port);
-    for args in [
-        vec![
-            "-o",
-            "SetEnv=LANG=C.UTF-8 LC_ALL=C",
-            "-J",
-            "jdoe@portcullis",
-            "-p",
-        ],
-        vec!["-o", "SetEnv=LANG=C.UTF-8 LC_ALL=C", "-p"],
-    ] {
-        let (port, target) = if args.contains(&"-J") {
-            (lab.sshd_port.to_string(), "jdoe@127.0.0.1".to_string())
-        } else {
-            (lab.proxy_port.to_string(), dest.clone())
-        };
-        let mut all: Vec<&str> = args.clone();
-        all.extend([port.as_str(), target.as_str(), "echo ran; exit 3"]);
-        let out = lab.ssh("jdoe", &all);
+    let env = ["-o", "SetEnv=LANG=C.UTF-8 LC_ALL=C"];
+    let (sshd_port, proxy_port) = (lab.sshd_port.to_string(), lab.proxy_port.to_string());
+    let user_form = format!("jdoe%127.0.0.1:{sshd_port}@127.0.0.1");
+    let command = "echo ran; exit 3";
+    let jump = [
+        "-J",
+        "jdoe@portcullis",
+        "-p",
+        &sshd_port,
+        "jdoe@127.0.0.1",
+        command,
+    ];
+    let direct = ["-p", &proxy_port, &user_form, command];
+    for rest in [&jump[..], &direct[..]] {
+        let args: Vec<&str> = env.iter().chain(rest).copied().collect();
+        let out = lab.ssh("jdoe", &args);
         assert_eq!(out.stdout_text(), "ran\n", "{}", out.stderr_text());
         assert_eq!(out.status.code(), Some(3), "{}", out.stderr_text());
     }
+    // And for sftp (env, subsystem).
+    let out = lab.file_tool(
+        "sftp",
+        "jdoe",
+        &["-o", "SetEnv=LANG=C.UTF-8", "-b", "-", "jdoe@127.0.0.1"],
+        Some("pwd\n"),
+    );
+    assert!(out.status.success(), "{}", out.stderr_text());
+    assert!(
+        out.stdout_text().contains("/home/jdoe"),
+        "{}",
+        out.stdout_text()
+    );
+    // The same for an interactive shell (pty-req, env, shell).
+    let out = lab.ssh_pty_with(
+        "jdoe",
+        "jdoe",
+        &["-o", "SetEnv=LANG=C.UTF-8"],
+        "echo shell-$((2+3)); exit 5\n",
+    );
+    assert!(
+        out.stdout_text().contains("shell-5"),
+        "{}",
+        out.stderr_text()
+    );
+    assert_eq!(out.status.code(), Some(5), "{}", out.stderr_text());
 }
 
 #[test]

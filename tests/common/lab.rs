@@ -408,9 +408,15 @@ impl Lab {
     /// An interactive session with a terminal (`ssh -tt`) by ProxyJump as `user`,
     /// typing `input`.
     pub fn ssh_pty(&self, user: &str, login: &str, input: &str) -> Output {
+        self.ssh_pty_with(user, login, &[], input)
+    }
+
+    /// [`Lab::ssh_pty`] with extra `ssh` options.
+    pub fn ssh_pty_with(&self, user: &str, login: &str, extra: &[&str], input: &str) -> Output {
         use std::io::Write;
         let mut child = Command::new("ssh")
             .args(self.client_args(user))
+            .args(extra)
             .args([
                 "-tt",
                 "-J",
