@@ -599,14 +599,14 @@ fn sighup_reloads_the_users_file() {
     }
 }
 
-/// Starts `ssh -N -L LPORT:127.0.0.1:SSHD_PORT` through the proxy as `user`; returns the
-/// client process and the local port.
-fn forward(lab: &Lab, user: &str) -> (std::process::Child, u16) {
-    let lport = common::lab::free_port();
-    let child = std::process::Command::new("ssh")
+/// Starts `ssh -N FLAG PORT:127.0.0.1:SSHD_PORT` through the proxy as `user`: `-L`
+/// listens on PORT here, `-R` on the target's side (the same machine); either way PORT
+/// leads to the target's sshd.
+fn ssh_forward(lab: &Lab, user: &str, flag: &str, port: u16) -> std::process::Child {
+    std::process::Command::new("ssh")
         .args(lab.client_args(user))
-        .args(["-N", "-o", "ExitOnForwardFailure=yes", "-L"])
-        .arg(format!("{lport}:127.0.0.1:{}", lab.sshd_port))
+        .args(["-N", "-o", "ExitOnForwardFailure=yes", flag])
+        .arg(format!("{port}:127.0.0.1:{}", lab.sshd_port))
         .args([
             "-J",
             &format!("{user}@portcullis"),
@@ -615,17 +615,35 @@ fn forward(lab: &Lab, user: &str) -> (std::process::Child, u16) {
         ])
         .arg(format!("{user}@127.0.0.1"))
         .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Waits until something listens on `port`.
+fn wait_listening(port: u16, what: &str) {
     let start = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", lport)).is_err() {
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
             start.elapsed() < std::time::Duration::from_secs(15),
-            "ssh -L did not listen"
+            "{what} did not listen"
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    (child, lport)
+}
+
+/// jdoe may forward ports, carol may not.
+fn forwarding_lab() -> Lab {
+    ensure_user("jdoe");
+    ensure_user("carol");
+    let mut lab = Lab::new(&[("jdoe@example.com", &[]), ("carol@example.com", &[])]);
+    lab.policies.module("30-username-map.wasm", "username_map").file(
+        "30-username-map.toml",
+        b"[[map]]\nemails = [\"jdoe@example.com\"]\nlogins = [\"jdoe\"]\nport_forwarding = true\n\n\
+          [[map]]\nemails = [\"carol@example.com\"]\nlogins = [\"carol\"]\n",
+    );
+    lab.start();
+    lab
 }
 
 /// What the far end of a forwarded port says first (an SSH banner), or "" if closed.
@@ -641,16 +659,10 @@ fn first_line_through(lport: u16) -> String {
 
 #[test]
 fn local_port_forwarding_needs_the_permission() {
-    ensure_user("jdoe");
-    ensure_user("carol");
-    let mut lab = Lab::new(&[("jdoe@example.com", &[]), ("carol@example.com", &[])]);
-    lab.policies.module("30-username-map.wasm", "username_map").file(
-        "30-username-map.toml",
-        b"[[map]]\nemails = [\"jdoe@example.com\"]\nlogins = [\"jdoe\"]\nport_forwarding = true\n\n\
-          [[map]]\nemails = [\"carol@example.com\"]\nlogins = [\"carol\"]\n",
-    );
-    lab.start();
-    let (mut allowed, lport) = forward(&lab, "jdoe");
+    let lab = forwarding_lab();
+    let lport = common::lab::free_port();
+    let mut allowed = ssh_forward(&lab, "jdoe", "-L", lport);
+    wait_listening(lport, "ssh -L");
     let banner = first_line_through(lport);
     let _ = allowed.kill();
     let _ = allowed.wait();
@@ -659,7 +671,9 @@ fn local_port_forwarding_needs_the_permission() {
         "forwarded to the target's sshd: {banner:?}"
     );
 
-    let (mut refused, lport) = forward(&lab, "carol");
+    let lport = common::lab::free_port();
+    let mut refused = ssh_forward(&lab, "carol", "-L", lport);
+    wait_listening(lport, "ssh -L");
     let nothing = first_line_through(lport);
     let _ = refused.kill();
     let _ = refused.wait();
@@ -677,6 +691,44 @@ fn local_port_forwarding_needs_the_permission() {
     assert_eq!(ch["allowed"], false);
     assert!(
         ch["denied_reason"]
+            .as_str()
+            .unwrap()
+            .contains("port forwarding")
+    );
+}
+
+#[test]
+fn remote_port_forwarding_needs_the_permission() {
+    let lab = forwarding_lab();
+    let rport = common::lab::free_port();
+    let mut allowed = ssh_forward(&lab, "jdoe", "-R", rport);
+    wait_listening(rport, "the target's side of ssh -R");
+    let banner = first_line_through(rport);
+    let _ = allowed.kill();
+    let _ = allowed.wait();
+    assert!(
+        banner.starts_with("SSH-2.0-OpenSSH"),
+        "forwarded back through the client: {banner:?}"
+    );
+
+    let refused = ssh_forward(&lab, "carol", "-R", common::lab::free_port())
+        .wait_with_output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("remote port forwarding failed"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let sessions = lab.wait_sessions(2);
+    let record =
+        |email: &str| sessions.iter().find(|s| s["email"] == email).unwrap()["channels"][0].clone();
+    assert_eq!(record("jdoe@example.com")["kind"], "tcpip-forward");
+    assert_eq!(record("jdoe@example.com")["allowed"], true);
+    let carol = record("carol@example.com");
+    assert_eq!(carol["allowed"], false);
+    assert!(
+        carol["denied_reason"]
             .as_str()
             .unwrap()
             .contains("port forwarding")

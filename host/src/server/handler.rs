@@ -35,6 +35,8 @@ struct Decided {
     /// Why the session cannot go ahead, in words for the user; `None` if it can.
     refusal: Option<String>,
     target: Arc<tokio::sync::Mutex<Option<Arc<Target>>>>,
+    /// The client's connection, for the target's forwarded connections (`ssh -R`).
+    remote_forwards: upstream::RemoteForwards,
     bytes_from_client: Arc<AtomicU64>,
     bytes_to_client: Arc<AtomicU64>,
     channels: Arc<Mutex<Vec<ChannelRecord>>>,
@@ -98,6 +100,43 @@ impl ConnHandler {
     /// The flag that tells whether this connection has authenticated.
     pub(crate) fn authenticated(&self) -> Arc<std::sync::atomic::AtomicBool> {
         Arc::clone(&self.authenticated)
+    }
+
+    /// A forwarding request (`-L` or `-R`) on a decided session: asks the policies,
+    /// records the request in the session log, and returns the target connection when
+    /// it may go ahead.
+    async fn forwarding_target(&self, kind: &str, request: ChannelRequest) -> Option<Arc<Target>> {
+        let d = self.decided.as_ref()?;
+        let verdict = crate::policy::check_channel_off_thread(
+            Arc::clone(&d.policy),
+            Arc::clone(&d.request),
+            Arc::clone(&d.decision),
+            request,
+        )
+        .await;
+        lock(&d.channels).push(ChannelRecord {
+            kind: kind.to_string(),
+            allowed: verdict.allowed,
+            denied_reason: (!verdict.allowed).then(|| verdict.reason.clone()),
+            ..Default::default()
+        });
+        if !verdict.allowed {
+            tracing::warn!(session_id = %self.id, %kind, reason = %verdict.reason, "forwarding refused");
+            return None;
+        }
+        let login = match (d.refusal.is_none(), d.addr) {
+            (true, Some(addr)) => self.upstream_login(d, addr).ok()?,
+            _ => return None,
+        };
+        target_connection(
+            &d.target,
+            &d.remote_forwards,
+            &login,
+            &self.shared.host_key_policy,
+        )
+        .await
+        .inspect_err(|e| tracing::warn!(session_id = %self.id, %kind, "forwarding: {e}"))
+        .ok()
     }
 
     /// Answers the client's request on `channel` with the target's answer.
@@ -214,6 +253,7 @@ impl ConnHandler {
             decision: Arc::new(decision),
             refusal,
             target: Arc::new(tokio::sync::Mutex::new(None)),
+            remote_forwards: Arc::new(Mutex::new(None)),
             bytes_from_client: Arc::new(AtomicU64::new(0)),
             bytes_to_client: Arc::new(AtomicU64::new(0)),
             channels: Arc::new(Mutex::new(Vec::new())),
@@ -265,6 +305,7 @@ async fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
 /// channels.
 async fn target_connection(
     slot: &tokio::sync::Mutex<Option<Arc<Target>>>,
+    remote_forwards: &upstream::RemoteForwards,
     login: &Login,
     host_keys: &upstream::HostKeyPolicy,
 ) -> Result<Arc<Target>, String> {
@@ -272,7 +313,7 @@ async fn target_connection(
     if let Some(t) = slot.as_ref() {
         return Ok(Arc::clone(t));
     }
-    let t = Arc::new(upstream::connect(login, host_keys).await?);
+    let t = Arc::new(upstream::connect(login, host_keys, Arc::clone(remote_forwards)).await?);
     *slot = Some(Arc::clone(&t));
     Ok(t)
 }
@@ -390,11 +431,13 @@ impl russh::server::Handler for ConnHandler {
             command_logs: Arc::clone(&d.command_logs),
         };
         let target_slot = Arc::clone(&d.target);
+        let remote_forwards = Arc::clone(&d.remote_forwards);
         let running = Arc::clone(&d.channel_tasks);
         let close_reason = Arc::clone(&d.close_reason);
         let host_keys = self.shared.host_key_policy.clone();
         tokio::spawn(async move {
-            let target = target_connection(&target_slot, &login, &host_keys).await;
+            let target =
+                target_connection(&target_slot, &remote_forwards, &login, &host_keys).await;
             let channel_on_target = match target {
                 Ok(t) => t
                     .channel_open_session()
@@ -489,6 +532,61 @@ impl russh::server::Handler for ConnHandler {
         session.channel_failure(channel)
     }
 
+    /// `ssh -R`: a port on the target's side forwarded back to the client, if the
+    /// decision permits port forwarding and the policies consent.
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let Ok(port16) = u16::try_from(*port) else {
+            return Ok(false);
+        };
+        let request = ChannelRequest::TcpipForward {
+            address: address.to_string(),
+            port: port16,
+        };
+        let (Some(target), Some(d)) = (
+            self.forwarding_target("tcpip-forward", request).await,
+            &self.decided,
+        ) else {
+            return Ok(false);
+        };
+        *lock(&d.remote_forwards) = Some(session.handle());
+        match target.tcpip_forward(address.to_string(), *port).await {
+            Ok(bound) => {
+                if *port == 0 {
+                    *port = bound;
+                }
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::warn!(session_id = %self.id, %address, port, "the target refused the remote forward: {e}");
+                Ok(false)
+            }
+        }
+    }
+
+    async fn cancel_tcpip_forward(
+        &mut self,
+        address: &str,
+        port: u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let target = match &self.decided {
+            Some(d) => d.target.lock().await.clone(),
+            None => None,
+        };
+        Ok(match target {
+            Some(t) => t
+                .cancel_tcpip_forward(address.to_string(), port)
+                .await
+                .is_ok(),
+            None => false,
+        })
+    }
+
     async fn channel_open_direct_tcpip(
         &mut self,
         channel: Channel<Msg>,
@@ -503,37 +601,15 @@ impl russh::server::Handler for ConnHandler {
             reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
             return Ok(());
         };
-        if let Some(d) = &self.decided {
+        if self.decided.is_some() {
             // Port forwarding on a decided session: to the target's side, if allowed.
             let request = ChannelRequest::DirectTcpip {
                 host: host_to_connect.to_string(),
                 port,
             };
-            let verdict = crate::policy::check_channel_off_thread(
-                Arc::clone(&d.policy),
-                Arc::clone(&d.request),
-                Arc::clone(&d.decision),
-                request,
-            )
-            .await;
-            lock(&d.channels).push(ChannelRecord {
-                kind: "direct-tcpip".into(),
-                allowed: verdict.allowed,
-                denied_reason: (!verdict.allowed).then(|| verdict.reason.clone()),
-                ..Default::default()
-            });
-            let login = match (verdict.allowed && d.refusal.is_none(), d.addr) {
-                (true, Some(addr)) => self.upstream_login(d, addr).ok(),
-                _ => None,
-            };
-            let target = match login {
-                Some(login) => target_connection(&d.target, &login, &self.shared.host_key_policy)
-                    .await
-                    .ok(),
-                None => None,
-            };
-            match (verdict.allowed, target) {
-                (true, Some(t)) => {
+            let target = self.forwarding_target("direct-tcpip", request).await;
+            match target {
+                Some(t) => {
                     let host = host_to_connect.to_string();
                     match t
                         .channel_open_direct_tcpip(host, u32::from(port), "127.0.0.1", 0)
@@ -550,7 +626,7 @@ impl russh::server::Handler for ConnHandler {
                         Err(_) => reply.reject(russh::ChannelOpenFailure::ConnectFailed).await,
                     }
                 }
-                _ => {
+                None => {
                     reply
                         .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
                         .await

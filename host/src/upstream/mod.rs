@@ -27,6 +27,10 @@ pub struct Login {
     pub certificate: Certificate,
 }
 
+/// Where connections the target opens for the client's remote forwards (`ssh -R`) go:
+/// the client's connection, once one of its remote forwards has been allowed.
+pub type RemoteForwards = Arc<Mutex<Option<russh::server::Handle>>>;
+
 /// How to check target host keys.
 #[derive(Debug, Clone)]
 pub struct HostKeyPolicy {
@@ -44,6 +48,7 @@ pub struct TargetHandler {
     policy: HostKeyPolicy,
     markers: host_ca::Markers,
     problem: Arc<Mutex<Option<String>>>,
+    remote_forwards: RemoteForwards,
 }
 
 /// Host certificate types asked for when a CA is listed for the target.
@@ -150,6 +155,57 @@ impl client::Handler for TargetHandler {
             }
         }
     }
+
+    /// A connection to a port the client forwarded with `ssh -R`: opened to the client
+    /// and joined, or refused when no remote forward of this session was allowed.
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: russh::Channel<client::Msg>,
+        connected_address: &str,
+        connected_port: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        let client = self
+            .remote_forwards
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let Some(client) = client else {
+            tracing::warn!(host = %self.host, "the target opened a forwarded connection nobody asked for; refused");
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        let (connected, originator) = (
+            connected_address.to_string(),
+            originator_address.to_string(),
+        );
+        // Opened off the target connection's task: the client's answer takes a round trip.
+        tokio::spawn(async move {
+            match client
+                .channel_open_forwarded_tcpip(
+                    connected,
+                    connected_port,
+                    originator,
+                    originator_port,
+                )
+                .await
+            {
+                Ok(to_client) => {
+                    reply.accept().await;
+                    let mut a = channel.into_stream();
+                    let mut b = to_client.into_stream();
+                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                }
+                Err(_) => reply.reject(russh::ChannelOpenFailure::ConnectFailed).await,
+            }
+        });
+        Ok(())
+    }
 }
 
 /// A logged-in connection to the target.
@@ -179,7 +235,11 @@ fn client_config() -> client::Config {
 }
 
 /// Connects and logs in, or says why not in words for the user.
-pub async fn connect(login: &Login, policy: &HostKeyPolicy) -> Result<Target, String> {
+pub async fn connect(
+    login: &Login,
+    policy: &HostKeyPolicy,
+    remote_forwards: RemoteForwards,
+) -> Result<Target, String> {
     let markers = host_ca::Markers::read(&policy.known_hosts, &login.host, login.addr.port())?;
     let mut config = client_config();
     if markers.has_ca() {
@@ -192,6 +252,7 @@ pub async fn connect(login: &Login, policy: &HostKeyPolicy) -> Result<Target, St
         policy: policy.clone(),
         markers,
         problem: Arc::clone(&problem),
+        remote_forwards,
     };
     let config = Arc::new(config);
     let connecting = client::connect(config, login.addr, handler);
