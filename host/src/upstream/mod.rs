@@ -72,6 +72,19 @@ const CERT_ALGORITHMS: &[Algorithm] = &[
 ];
 
 impl TargetHandler {
+    /// Refuses a channel the target opened that the proxy did not ask for.
+    async fn refuse_opened(
+        &self,
+        kind: &str,
+        reply: client::ChannelOpenHandle,
+    ) -> Result<(), russh::Error> {
+        tracing::warn!(host = %self.host, port = self.port, %kind, "the target opened a channel nobody asked for; refused");
+        reply
+            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
     fn check(&self, key: &PublicKey) -> Result<(), String> {
         let fp = key.fingerprint(HashAlg::Sha256);
         let path = &self.policy.known_hosts;
@@ -174,11 +187,7 @@ impl client::Handler for TargetHandler {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         let Some(client) = client else {
-            tracing::warn!(host = %self.host, "the target opened a forwarded connection nobody asked for; refused");
-            reply
-                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            return Ok(());
+            return self.refuse_opened("forwarded-tcpip", reply).await;
         };
         let (connected, originator) = (
             connected_address.to_string(),
@@ -205,6 +214,80 @@ impl client::Handler for TargetHandler {
             }
         });
         Ok(())
+    }
+
+    // Every other channel a target may open towards the proxy is refused: the proxy
+    // asks for none of them (russh's defaults would accept and drop them).
+
+    async fn server_channel_open_forwarded_streamlocal(
+        &mut self,
+        _channel: russh::Channel<client::Msg>,
+        _socket_path: &str,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_opened("forwarded-streamlocal", reply).await
+    }
+
+    async fn server_channel_open_agent_forward(
+        &mut self,
+        _channel: russh::Channel<client::Msg>,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_opened("auth-agent", reply).await
+    }
+
+    async fn server_channel_open_unknown(
+        &mut self,
+        _channel: russh::Channel<client::Msg>,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_opened("unknown", reply).await
+    }
+
+    async fn server_channel_open_session(
+        &mut self,
+        _channel: russh::Channel<client::Msg>,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_opened("session", reply).await
+    }
+
+    async fn server_channel_open_direct_tcpip(
+        &mut self,
+        _channel: russh::Channel<client::Msg>,
+        _host_to_connect: &str,
+        _port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_opened("direct-tcpip", reply).await
+    }
+
+    async fn server_channel_open_direct_streamlocal(
+        &mut self,
+        _channel: russh::Channel<client::Msg>,
+        _socket_path: &str,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_opened("direct-streamlocal", reply).await
+    }
+
+    async fn server_channel_open_x11(
+        &mut self,
+        _channel: russh::Channel<client::Msg>,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_opened("x11", reply).await
     }
 }
 
