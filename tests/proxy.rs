@@ -808,3 +808,95 @@ fn several_channels_share_one_session_and_one_target_connection() {
     let accepted = lab.sshd_log().matches("Accepted publickey").count();
     assert_eq!(accepted, 1, "the target saw one login for all channels");
 }
+
+/// A target that, once a command starts, opens an agent and an X11 channel towards the
+/// proxy (which asked for neither) and reports whether each was refused.
+struct HostileTarget {
+    seen: std::sync::mpsc::Sender<(&'static str, bool)>,
+}
+
+impl russh::server::Handler for HostileTarget {
+    type Error = russh::Error;
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        _user: &str,
+        _certificate: &russh::keys::Certificate,
+    ) -> Result<russh::server::Auth, Self::Error> {
+        Ok(russh::server::Auth::Accept)
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        _channel: russh::Channel<russh::server::Msg>,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: russh::ChannelId,
+        _command: &[u8],
+        session: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        let handle = session.handle();
+        let seen = self.seen.clone();
+        tokio::spawn(async move {
+            let agent = handle.channel_open_agent().await;
+            let _ = seen.send(("agent", agent.is_err()));
+            let x11 = handle.channel_open_x11("127.0.0.1", 6010).await;
+            let _ = seen.send(("x11", x11.is_err()));
+            let _ = handle.data(channel, b"done\n".to_vec()).await;
+            let _ = handle.exit_status_request(channel, 0).await;
+            let _ = handle.eof(channel).await;
+            let _ = handle.close(channel).await;
+        });
+        Ok(())
+    }
+}
+
+#[test]
+fn channels_a_target_opens_unasked_are_refused() {
+    ensure_user("jdoe");
+    let lab = default_lab(&[("jdoe@example.com", &[])]);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (seen_tx, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let (socket, _) = listener.accept().await.unwrap();
+            let key =
+                portcullis::ca::generate(portcullis::ca::KeyKind::Ed25519, "hostile").unwrap();
+            let config = std::sync::Arc::new(russh::server::Config {
+                keys: vec![key],
+                ..Default::default()
+            });
+            let handler = HostileTarget { seen: seen_tx };
+            if let Ok(session) = russh::server::run_stream(config, socket, handler).await {
+                let _ = session.await;
+            }
+        });
+    });
+    let dest = format!("jdoe%127.0.0.1:{port}@127.0.0.1");
+    let out = lab.ssh(
+        "jdoe",
+        &["-p", &lab.proxy_port.to_string(), &dest, "anything"],
+    );
+    assert_eq!(out.stdout_text(), "done\n", "{}", out.stderr_text());
+    let mut refused: Vec<(&str, bool)> = seen.iter().take(2).collect();
+    refused.sort();
+    assert_eq!(refused, [("agent", true), ("x11", true)]);
+    assert!(
+        lab.proxy_log()
+            .contains("opened a channel nobody asked for"),
+        "{}",
+        lab.proxy_log()
+    );
+}
