@@ -632,16 +632,19 @@ fn wait_listening(port: u16, what: &str) {
     }
 }
 
-/// jdoe may forward ports, carol may not.
-fn forwarding_lab() -> Lab {
+/// jdoe has `permission` (a username-map key: `port_forwarding`, `agent_forwarding`),
+/// carol does not.
+fn forwarding_lab(permission: &str) -> Lab {
     ensure_user("jdoe");
     ensure_user("carol");
     let mut lab = Lab::new(&[("jdoe@example.com", &[]), ("carol@example.com", &[])]);
-    lab.policies.module("30-username-map.wasm", "username_map").file(
-        "30-username-map.toml",
-        b"[[map]]\nemails = [\"jdoe@example.com\"]\nlogins = [\"jdoe\"]\nport_forwarding = true\n\n\
-          [[map]]\nemails = [\"carol@example.com\"]\nlogins = [\"carol\"]\n",
+    let config = format!(
+        "[[map]]\nemails = [\"jdoe@example.com\"]\nlogins = [\"jdoe\"]\n{permission} = true\n\n\
+         [[map]]\nemails = [\"carol@example.com\"]\nlogins = [\"carol\"]\n"
     );
+    lab.policies
+        .module("30-username-map.wasm", "username_map")
+        .file("30-username-map.toml", config.as_bytes());
     lab.start();
     lab
 }
@@ -659,7 +662,7 @@ fn first_line_through(lport: u16) -> String {
 
 #[test]
 fn local_port_forwarding_needs_the_permission() {
-    let lab = forwarding_lab();
+    let lab = forwarding_lab("port_forwarding");
     let lport = common::lab::free_port();
     let mut allowed = ssh_forward(&lab, "jdoe", "-L", lport);
     wait_listening(lport, "ssh -L");
@@ -699,7 +702,7 @@ fn local_port_forwarding_needs_the_permission() {
 
 #[test]
 fn remote_port_forwarding_needs_the_permission() {
-    let lab = forwarding_lab();
+    let lab = forwarding_lab("port_forwarding");
     let rport = common::lab::free_port();
     let mut allowed = ssh_forward(&lab, "jdoe", "-R", rport);
     wait_listening(rport, "the target's side of ssh -R");
@@ -732,6 +735,94 @@ fn remote_port_forwarding_needs_the_permission() {
             .as_str()
             .unwrap()
             .contains("port forwarding")
+    );
+}
+
+#[test]
+fn agent_forwarding_needs_the_permission() {
+    let lab = forwarding_lab("agent_forwarding");
+    // An agent on the client's side holding jdoe's key.
+    let sock = lab.path().join("agent.sock");
+    let mut agent = std::process::Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !sock.exists() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "ssh-agent did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::process::Command::new("ssh-add")
+        .arg(lab.path().join("client/jdoe"))
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()
+        .unwrap()
+        .success_or_panic("ssh-add");
+    let list_keys_on_target = |user: &str| {
+        std::process::Command::new("ssh")
+            .args(lab.client_args(user))
+            .args([
+                "-A",
+                "-J",
+                &format!("{user}@portcullis"),
+                "-p",
+                &lab.sshd_port.to_string(),
+            ])
+            .arg(format!("{user}@127.0.0.1"))
+            .arg("ssh-add -l")
+            .env("SSH_AUTH_SOCK", &sock)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let fingerprint = std::process::Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(lab.path().join("client/jdoe.pub"))
+        .output()
+        .unwrap()
+        .stdout_text();
+    let fingerprint = fingerprint.split_whitespace().nth(1).unwrap().to_string();
+
+    let out = list_keys_on_target("jdoe");
+    assert!(
+        out.stdout_text().contains(&fingerprint),
+        "the target sees the client's agent: {} {}",
+        out.stdout_text(),
+        out.stderr_text()
+    );
+    let out = list_keys_on_target("carol");
+    assert!(
+        !out.stdout_text().contains(&fingerprint),
+        "no agent without the permission: {}",
+        out.stdout_text()
+    );
+    assert_ne!(out.status.code(), Some(0), "ssh-add -l finds no agent");
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let sessions = lab.wait_sessions(2);
+    let agent_record = |email: &str| {
+        sessions.iter().find(|s| s["email"] == email).unwrap()["channels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["kind"] == "auth-agent")
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(agent_record("jdoe@example.com")["allowed"], true);
+    let carol = agent_record("carol@example.com");
+    assert_eq!(carol["allowed"], false);
+    assert!(
+        carol["denied_reason"]
+            .as_str()
+            .unwrap()
+            .contains("agent forwarding")
     );
 }
 

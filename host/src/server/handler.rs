@@ -35,8 +35,8 @@ struct Decided {
     /// Why the session cannot go ahead, in words for the user; `None` if it can.
     refusal: Option<String>,
     target: Arc<tokio::sync::Mutex<Option<Arc<Target>>>>,
-    /// The client's connection, for the target's forwarded connections (`ssh -R`).
-    remote_forwards: upstream::RemoteForwards,
+    /// The client's connection, for channels the target opens back (`-R`, `-A`).
+    back: upstream::BackChannels,
     bytes_from_client: Arc<AtomicU64>,
     bytes_to_client: Arc<AtomicU64>,
     channels: Arc<Mutex<Vec<ChannelRecord>>>,
@@ -128,15 +128,10 @@ impl ConnHandler {
             (true, Some(addr)) => self.upstream_login(d, addr).ok()?,
             _ => return None,
         };
-        target_connection(
-            &d.target,
-            &d.remote_forwards,
-            &login,
-            &self.shared.host_key_policy,
-        )
-        .await
-        .inspect_err(|e| tracing::warn!(session_id = %self.id, %kind, "forwarding: {e}"))
-        .ok()
+        target_connection(&d.target, &d.back, &login, &self.shared.host_key_policy)
+            .await
+            .inspect_err(|e| tracing::warn!(session_id = %self.id, %kind, "forwarding: {e}"))
+            .ok()
     }
 
     /// Answers the client's request on `channel` with the target's answer.
@@ -154,17 +149,21 @@ impl ConnHandler {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), russh::Error> {
-        let ok = match self.replies.get_mut(&channel) {
+        if self.next_reply(channel).await {
+            session.channel_success(channel)
+        } else {
+            session.channel_failure(channel)
+        }
+    }
+
+    /// The bridge's answer to the channel's next request (see [`Self::relay_reply`]).
+    async fn next_reply(&mut self, channel: ChannelId) -> bool {
+        match self.replies.get_mut(&channel) {
             Some(rx) => match tokio::time::timeout(REPLY_WAIT, rx.recv()).await {
                 Ok(answer) => answer.unwrap_or(true),
                 Err(_) => false,
             },
             None => false,
-        };
-        if ok {
-            session.channel_success(channel)
-        } else {
-            session.channel_failure(channel)
         }
     }
 
@@ -253,7 +252,7 @@ impl ConnHandler {
             decision: Arc::new(decision),
             refusal,
             target: Arc::new(tokio::sync::Mutex::new(None)),
-            remote_forwards: Arc::new(Mutex::new(None)),
+            back: upstream::BackChannels::default(),
             bytes_from_client: Arc::new(AtomicU64::new(0)),
             bytes_to_client: Arc::new(AtomicU64::new(0)),
             channels: Arc::new(Mutex::new(Vec::new())),
@@ -305,7 +304,7 @@ async fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
 /// channels.
 async fn target_connection(
     slot: &tokio::sync::Mutex<Option<Arc<Target>>>,
-    remote_forwards: &upstream::RemoteForwards,
+    back: &upstream::BackChannels,
     login: &Login,
     host_keys: &upstream::HostKeyPolicy,
 ) -> Result<Arc<Target>, String> {
@@ -313,7 +312,7 @@ async fn target_connection(
     if let Some(t) = slot.as_ref() {
         return Ok(Arc::clone(t));
     }
-    let t = Arc::new(upstream::connect(login, host_keys, Arc::clone(remote_forwards)).await?);
+    let t = Arc::new(upstream::connect(login, host_keys, back.clone()).await?);
     *slot = Some(Arc::clone(&t));
     Ok(t)
 }
@@ -429,15 +428,15 @@ impl russh::server::Handler for ConnHandler {
                 _ => None,
             },
             command_logs: Arc::clone(&d.command_logs),
+            agent: Arc::clone(&d.back.agent),
         };
         let target_slot = Arc::clone(&d.target);
-        let remote_forwards = Arc::clone(&d.remote_forwards);
+        let back = d.back.clone();
         let running = Arc::clone(&d.channel_tasks);
         let close_reason = Arc::clone(&d.close_reason);
         let host_keys = self.shared.host_key_policy.clone();
         tokio::spawn(async move {
-            let target =
-                target_connection(&target_slot, &remote_forwards, &login, &host_keys).await;
+            let target = target_connection(&target_slot, &back, &login, &host_keys).await;
             let channel_on_target = match target {
                 Ok(t) => t
                     .channel_open_session()
@@ -518,8 +517,17 @@ impl russh::server::Handler for ConnHandler {
         self.relay_reply(channel, session).await
     }
 
-    /// X11 forwarding is not bridged: refused (agent forwarding is refused by russh's
-    /// default answer).
+    /// Agent forwarding, if the decision permits it and the policies consent (the
+    /// bridge asks them and the target); russh replies with the answer.
+    async fn agent_request(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        Ok(self.next_reply(channel).await)
+    }
+
+    /// X11 forwarding is not bridged: refused.
     async fn x11_request(
         &mut self,
         channel: ChannelId,
@@ -553,7 +561,7 @@ impl russh::server::Handler for ConnHandler {
         ) else {
             return Ok(false);
         };
-        *lock(&d.remote_forwards) = Some(session.handle());
+        *lock(&d.back.remote_forwards) = Some(session.handle());
         match target.tcpip_forward(address.to_string(), *port).await {
             Ok(bound) => {
                 if *port == 0 {

@@ -90,6 +90,8 @@ pub struct ChannelContext {
     pub command_log: Option<CommandLogTarget>,
     /// The command logs written, for the session log.
     pub command_logs: Arc<Mutex<Vec<String>>>,
+    /// Set to the client's connection when agent forwarding is allowed.
+    pub agent: super::ClientSlot,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -286,7 +288,26 @@ pub async fn bridge_session(
                             }
                         }
                     }
-                    // Agent and X11 forwarding are refused by the handler itself.
+                    ChannelMsg::AgentForward { .. } => {
+                        // Asked of the policies like any other request; if they consent,
+                        // the target is asked too and its answer goes back.
+                        let verdict = ctx.check(ChannelRequest::AgentForwarding).await;
+                        lock(&ctx.channels).push(ChannelRecord {
+                            kind: "auth-agent".into(),
+                            allowed: verdict.allowed,
+                            denied_reason: (!verdict.allowed).then(|| verdict.reason.clone()),
+                            ..Default::default()
+                        });
+                        if verdict.allowed {
+                            *lock(&ctx.agent) = Some(handle.clone());
+                            t_tx.agent_forward(true).await
+                        } else {
+                            tracing::warn!(reason = %verdict.reason, "agent forwarding refused");
+                            let _ = replies.send(false);
+                            Ok(())
+                        }
+                    }
+                    // X11 forwarding is refused by the handler itself.
                     _ => Ok(()),
                 };
                 if sent.is_err() {

@@ -27,9 +27,47 @@ pub struct Login {
     pub certificate: Certificate,
 }
 
-/// Where connections the target opens for the client's remote forwards (`ssh -R`) go:
-/// the client's connection, once one of its remote forwards has been allowed.
-pub type RemoteForwards = Arc<Mutex<Option<russh::server::Handle>>>;
+/// The client's connection, once it has been allowed something the target opens
+/// channels for: remote forwards (`ssh -R`) or agent forwarding (`ssh -A`).
+pub type ClientSlot = Arc<Mutex<Option<russh::server::Handle>>>;
+
+/// What the target may open channels back to the client for.
+#[derive(Debug, Clone, Default)]
+pub struct BackChannels {
+    /// Set once a remote forward is allowed.
+    pub remote_forwards: ClientSlot,
+    /// Set once agent forwarding is allowed.
+    pub agent: ClientSlot,
+}
+
+/// Accepts a channel the target opened once its counterpart towards the client is open
+/// (`to_client`), then joins the two; refuses it if the client declines. Runs off the
+/// target connection's task: the client's answer takes a round trip.
+fn join_with_client(
+    channel: russh::Channel<client::Msg>,
+    reply: client::ChannelOpenHandle,
+    to_client: impl Future<Output = Result<russh::Channel<russh::server::Msg>, russh::Error>>
+    + Send
+    + 'static,
+) {
+    tokio::spawn(async move {
+        match to_client.await {
+            Ok(to_client) => {
+                reply.accept().await;
+                let mut a = channel.into_stream();
+                let mut b = to_client.into_stream();
+                let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+            }
+            Err(_) => reply.reject(russh::ChannelOpenFailure::ConnectFailed).await,
+        }
+    });
+}
+
+fn client_in(slot: &ClientSlot) -> Option<russh::server::Handle> {
+    slot.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
 
 /// How to check target host keys.
 #[derive(Debug, Clone)]
@@ -48,7 +86,7 @@ pub struct TargetHandler {
     policy: HostKeyPolicy,
     markers: host_ca::Markers,
     problem: Arc<Mutex<Option<String>>>,
-    remote_forwards: RemoteForwards,
+    back: BackChannels,
 }
 
 /// Host certificate types asked for when a CA is listed for the target.
@@ -181,21 +219,15 @@ impl client::Handler for TargetHandler {
         reply: client::ChannelOpenHandle,
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
-        let client = self
-            .remote_forwards
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let Some(client) = client else {
+        let Some(client) = client_in(&self.back.remote_forwards) else {
             return self.refuse_opened("forwarded-tcpip", reply).await;
         };
         let (connected, originator) = (
             connected_address.to_string(),
             originator_address.to_string(),
         );
-        // Opened off the target connection's task: the client's answer takes a round trip.
-        tokio::spawn(async move {
-            match client
+        join_with_client(channel, reply, async move {
+            client
                 .channel_open_forwarded_tcpip(
                     connected,
                     connected_port,
@@ -203,15 +235,6 @@ impl client::Handler for TargetHandler {
                     originator_port,
                 )
                 .await
-            {
-                Ok(to_client) => {
-                    reply.accept().await;
-                    let mut a = channel.into_stream();
-                    let mut b = to_client.into_stream();
-                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
-                }
-                Err(_) => reply.reject(russh::ChannelOpenFailure::ConnectFailed).await,
-            }
         });
         Ok(())
     }
@@ -229,13 +252,23 @@ impl client::Handler for TargetHandler {
         self.refuse_opened("forwarded-streamlocal", reply).await
     }
 
+    /// The target's side of agent forwarding: joined to an agent channel opened to the
+    /// client, when agent forwarding was allowed on this session.
     async fn server_channel_open_agent_forward(
         &mut self,
-        _channel: russh::Channel<client::Msg>,
+        channel: russh::Channel<client::Msg>,
         reply: client::ChannelOpenHandle,
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
-        self.refuse_opened("auth-agent", reply).await
+        let Some(client) = client_in(&self.back.agent) else {
+            return self.refuse_opened("auth-agent", reply).await;
+        };
+        join_with_client(
+            channel,
+            reply,
+            async move { client.channel_open_agent().await },
+        );
+        Ok(())
     }
 
     async fn server_channel_open_unknown(
@@ -321,7 +354,7 @@ fn client_config() -> client::Config {
 pub async fn connect(
     login: &Login,
     policy: &HostKeyPolicy,
-    remote_forwards: RemoteForwards,
+    back: BackChannels,
 ) -> Result<Target, String> {
     let markers = host_ca::Markers::read(&policy.known_hosts, &login.host, login.addr.port())?;
     let mut config = client_config();
@@ -335,7 +368,7 @@ pub async fn connect(
         policy: policy.clone(),
         markers,
         problem: Arc::clone(&problem),
-        remote_forwards,
+        back,
     };
     let config = Arc::new(config);
     let connecting = client::connect(config, login.addr, handler);

@@ -26,8 +26,9 @@
 //!
 //! An entry matches a user by email (`emails`, exact or glob, case-insensitive) or by
 //! group (`groups`); at least one of the two is required. The logins of every matching
-//! entry are granted together. `port_forwarding = true` on an entry also permits local
-//! port forwarding (`ssh -L`) to its users. `keep_own_login = true` (default false) also grants the
+//! entry are granted together. `port_forwarding = true` on an entry also permits
+//! port forwarding (`ssh -L` and `ssh -R`) to its users, `agent_forwarding = true` agent
+//! forwarding (`ssh -A`). `keep_own_login = true` (default false) also grants the
 //! email local part to mapped users. Users that no entry matches are left to the next
 //! module.
 
@@ -52,6 +53,8 @@ struct Map {
     logins: Vec<String>,
     #[serde(default)]
     port_forwarding: bool,
+    #[serde(default)]
+    agent_forwarding: bool,
 }
 
 impl Map {
@@ -76,6 +79,9 @@ impl Policy for UsernameMap {
             matched = true;
             if map.port_forwarding {
                 permissions |= Permissions::PORT_FORWARDING;
+            }
+            if map.agent_forwarding {
+                permissions |= Permissions::AGENT_FORWARDING;
             }
             for login in &map.logins {
                 // "*" grants whatever login the user asked for.
