@@ -72,6 +72,24 @@ pub fn ensure_user(name: &str) {
         .args(["-p", "*", name])
         .status()
         .unwrap();
+    // A home left by an earlier account of the same name (useradd -m keeps it as it
+    // is) would not be writable: sshd's xauth needs to write there.
+    let passwd = Command::new("getent")
+        .args(["passwd", name])
+        .output()
+        .unwrap();
+    let passwd = String::from_utf8_lossy(&passwd.stdout).into_owned();
+    let fields: Vec<&str> = passwd.trim_end().split(':').collect();
+    if let (Some(uid), Some(home)) = (fields.get(2), fields.get(5)) {
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(home).map(|m| m.uid().to_string());
+        if owner.is_ok_and(|owner| owner != *uid) {
+            Command::new("chown")
+                .args(["-R", &format!("{name}:"), home])
+                .status()
+                .unwrap();
+        }
+    }
 }
 
 pub fn keygen(path: &Path, comment: &str) {
