@@ -632,12 +632,14 @@ fn wait_listening(port: u16, what: &str) {
     }
 }
 
-/// jdoe has `permission` (a username-map key: `port_forwarding`, `agent_forwarding`),
-/// carol does not.
+/// jdoe has `permission` (a username-map key: `port_forwarding`, `agent_forwarding`,
+/// `x11_forwarding`), carol does not.
 fn forwarding_lab(permission: &str) -> Lab {
     ensure_user("jdoe");
     ensure_user("carol");
     let mut lab = Lab::new(&[("jdoe@example.com", &[]), ("carol@example.com", &[])]);
+    // The target offers every kind of forwarding; the proxy decides.
+    lab.sshd_extra = "X11Forwarding yes\n".into();
     let config = format!(
         "[[map]]\nemails = [\"jdoe@example.com\"]\nlogins = [\"jdoe\"]\n{permission} = true\n\n\
          [[map]]\nemails = [\"carol@example.com\"]\nlogins = [\"carol\"]\n"
@@ -685,6 +687,17 @@ fn local_port_forwarding_needs_the_permission() {
         "forwarding without the permission must be refused"
     );
     let sessions = lab.wait_sessions(2);
+    // Forwarded bytes count in the session's totals (there is no session channel: -N).
+    let jdoe = sessions
+        .iter()
+        .find(|s| s["email"] == "jdoe@example.com")
+        .unwrap();
+    let to_client = jdoe["bytes_to_client"].as_u64().unwrap();
+    assert!(
+        to_client >= banner.len() as u64,
+        "{to_client} bytes to the client, the banner alone is {}",
+        banner.len()
+    );
     let carol = sessions
         .iter()
         .find(|s| s["email"] == "carol@example.com")
@@ -765,19 +778,8 @@ fn agent_forwarding_needs_the_permission() {
         .unwrap()
         .success_or_panic("ssh-add");
     let list_keys_on_target = |user: &str| {
-        std::process::Command::new("ssh")
-            .args(lab.client_args(user))
-            .args([
-                "-A",
-                "-J",
-                &format!("{user}@portcullis"),
-                "-p",
-                &lab.sshd_port.to_string(),
-            ])
-            .arg(format!("{user}@127.0.0.1"))
-            .arg("ssh-add -l")
+        ssh_jump_as_self(&lab, user, "-A", "ssh-add -l")
             .env("SSH_AUTH_SOCK", &sock)
-            .stdin(std::process::Stdio::null())
             .output()
             .unwrap()
     };
@@ -805,25 +807,139 @@ fn agent_forwarding_needs_the_permission() {
     assert_ne!(out.status.code(), Some(0), "ssh-add -l finds no agent");
     let _ = agent.kill();
     let _ = agent.wait();
+    assert_forwarding_logged(&lab, "auth-agent", "agent forwarding");
+}
+
+/// `ssh FLAG -J USER@portcullis USER@127.0.0.1 COMMAND` as `user`, stdin closed.
+fn ssh_jump_as_self(lab: &Lab, user: &str, flag: &str, command: &str) -> std::process::Command {
+    let mut ssh = std::process::Command::new("ssh");
+    ssh.args(lab.client_args(user))
+        .args([
+            flag,
+            "-J",
+            &format!("{user}@portcullis"),
+            "-p",
+            &lab.sshd_port.to_string(),
+        ])
+        .arg(format!("{user}@127.0.0.1"))
+        .arg(command)
+        .stdin(std::process::Stdio::null());
+    ssh
+}
+
+/// jdoe's and carol's sessions are logged with a `kind` channel, allowed for jdoe and
+/// refused for carol with a reason that names `what`.
+fn assert_forwarding_logged(lab: &Lab, kind: &str, what: &str) {
     let sessions = lab.wait_sessions(2);
-    let agent_record = |email: &str| {
+    let record = |email: &str| {
         sessions.iter().find(|s| s["email"] == email).unwrap()["channels"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|c| c["kind"] == "auth-agent")
+            .find(|c| c["kind"] == kind)
             .cloned()
-            .unwrap()
+            .unwrap_or_else(|| panic!("no {kind} channel in {email}'s session"))
     };
-    assert_eq!(agent_record("jdoe@example.com")["allowed"], true);
-    let carol = agent_record("carol@example.com");
+    assert_eq!(record("jdoe@example.com")["allowed"], true);
+    let carol = record("carol@example.com");
     assert_eq!(carol["allowed"], false);
     assert!(
-        carol["denied_reason"]
-            .as_str()
-            .unwrap()
-            .contains("agent forwarding")
+        carol["denied_reason"].as_str().unwrap().contains(what),
+        "{carol}"
     );
+}
+
+/// A stand-in X server on the client's side, on display `:N` (TCP port 6000 + N): it
+/// answers the first X client with `X11-OK` and hands over the connection setup it read.
+fn fake_x_server() -> (u16, std::sync::mpsc::Receiver<Vec<u8>>) {
+    use std::io::{Read, Write};
+    // Far above the displays the target's sshd hands out (10 and up).
+    let (display, listener) = (150..400)
+        .find_map(|n: u16| {
+            std::net::TcpListener::bind(("127.0.0.1", 6000 + n))
+                .ok()
+                .map(|l| (n, l))
+        })
+        .expect("a free X display port");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok((mut conn, _)) = listener.accept() else {
+            return;
+        };
+        // Connection setup: 12 bytes, then the padded auth protocol name and data.
+        let mut head = [0u8; 12];
+        if conn.read_exact(&mut head).is_err() {
+            return;
+        }
+        let pad4 = |n: u16| usize::from(n).next_multiple_of(4);
+        let name_len = u16::from_le_bytes([head[6], head[7]]);
+        let data_len = u16::from_le_bytes([head[8], head[9]]);
+        let mut rest = vec![0u8; pad4(name_len) + pad4(data_len)];
+        if conn.read_exact(&mut rest).is_err() {
+            return;
+        }
+        let _ = conn.write_all(b"X11-OK\n");
+        let mut setup = head.to_vec();
+        setup.extend_from_slice(&rest);
+        let _ = tx.send(setup);
+    });
+    (display, rx)
+}
+
+#[test]
+fn x11_forwarding_needs_the_permission() {
+    let lab = forwarding_lab("x11_forwarding");
+    let (display, setups) = fake_x_server();
+    // An X client for the target: finds the display and cookie sshd set up, sends an
+    // X11 connection setup with that cookie (the client's ssh checks it), prints the
+    // answer. The test users' login shell is sh, so the script runs under bash.
+    let script = lab.path().join("x11-client.sh");
+    std::fs::write(
+        &script,
+        r#"set -eu
+[ -n "${DISPLAY:-}" ] || { echo "no DISPLAY"; exit 3; }
+cookie=$(xauth list "$DISPLAY" | awk 'NR == 1 { print $3 }')
+[ -n "$cookie" ] || { echo "no cookie for $DISPLAY"; exit 4; }
+n=${DISPLAY#*:}; n=${n%%.*}
+exec 3<>"/dev/tcp/127.0.0.1/$((6000 + n))"
+printf 'l\000\013\000\000\000\022\000\020\000\000\000MIT-MAGIC-COOKIE-1\000\000' >&3
+printf "$(printf %s "$cookie" | sed 's/../\\x&/g')" >&3
+head -c 7 <&3
+"#,
+    )
+    .unwrap();
+    let readable = std::os::unix::fs::PermissionsExt::from_mode(0o644);
+    std::fs::set_permissions(&script, readable).unwrap();
+    let x_client_on_target = |user: &str| {
+        ssh_jump_as_self(&lab, user, "-Y", &format!("bash {}", script.display()))
+            .env("DISPLAY", format!("127.0.0.1:{display}"))
+            // No cookie on the client's side: its ssh makes one up.
+            .env("XAUTHORITY", lab.path().join("client/no-xauthority"))
+            .output()
+            .unwrap()
+    };
+
+    let out = x_client_on_target("jdoe");
+    assert_eq!(
+        out.stdout_text(),
+        "X11-OK\n",
+        "the X client on the target reached the client's X server: {}",
+        out.stderr_text()
+    );
+    let setup = setups
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(&setup[..3], b"l\0\x0b", "an X11 connection setup");
+    assert_eq!(&setup[12..30], b"MIT-MAGIC-COOKIE-1");
+
+    let out = x_client_on_target("carol");
+    assert_eq!(out.stdout_text(), "no DISPLAY\n", "{}", out.stderr_text());
+    assert!(
+        out.stderr_text().contains("X11 forwarding request failed"),
+        "{}",
+        out.stderr_text()
+    );
+    assert_forwarding_logged(&lab, "x11", "X11 forwarding");
 }
 
 #[test]

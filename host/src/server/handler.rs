@@ -35,7 +35,8 @@ struct Decided {
     /// Why the session cannot go ahead, in words for the user; `None` if it can.
     refusal: Option<String>,
     target: Arc<tokio::sync::Mutex<Option<Arc<Target>>>>,
-    /// The client's connection, for channels the target opens back (`-R`, `-A`).
+    /// The client's connection, for channels the target opens back (`-R`, `-A`, `-X`),
+    /// and the session's byte totals (`bytes_from_client`, `bytes_to_client` below).
     back: upstream::BackChannels,
     bytes_from_client: Arc<AtomicU64>,
     bytes_to_client: Arc<AtomicU64>,
@@ -242,6 +243,7 @@ impl ConnHandler {
             module = ?decision.module, action = ?decision.action, reason = %decision.reason,
             allowed = refusal.is_none(), "session decided"
         );
+        let traffic = upstream::Traffic::default();
         self.decided = Some(Decided {
             identity,
             host,
@@ -252,9 +254,12 @@ impl ConnHandler {
             decision: Arc::new(decision),
             refusal,
             target: Arc::new(tokio::sync::Mutex::new(None)),
-            back: upstream::BackChannels::default(),
-            bytes_from_client: Arc::new(AtomicU64::new(0)),
-            bytes_to_client: Arc::new(AtomicU64::new(0)),
+            bytes_from_client: Arc::clone(&traffic.from_client),
+            bytes_to_client: Arc::clone(&traffic.to_client),
+            back: upstream::BackChannels {
+                traffic,
+                ..Default::default()
+            },
             channels: Arc::new(Mutex::new(Vec::new())),
             command_logs: Arc::new(Mutex::new(Vec::new())),
             channel_tasks: Arc::new(()),
@@ -428,7 +433,7 @@ impl russh::server::Handler for ConnHandler {
                 _ => None,
             },
             command_logs: Arc::clone(&d.command_logs),
-            agent: Arc::clone(&d.back.agent),
+            back: d.back.clone(),
         };
         let target_slot = Arc::clone(&d.target);
         let back = d.back.clone();
@@ -527,7 +532,8 @@ impl russh::server::Handler for ConnHandler {
         Ok(self.next_reply(channel).await)
     }
 
-    /// X11 forwarding is not bridged: refused.
+    /// X11 forwarding, if the decision permits it and the policies consent (the bridge
+    /// asks them and the target).
     async fn x11_request(
         &mut self,
         channel: ChannelId,
@@ -537,7 +543,7 @@ impl russh::server::Handler for ConnHandler {
         _x11_screen_number: u32,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        session.channel_failure(channel)
+        self.relay_reply(channel, session).await
     }
 
     /// `ssh -R`: a port on the target's side forwarded back to the client, if the
@@ -625,10 +631,15 @@ impl russh::server::Handler for ConnHandler {
                     {
                         Ok(tc) => {
                             reply.accept().await;
+                            let traffic = self.decided.as_ref().map(|d| d.back.traffic.clone());
+                            let traffic = traffic.unwrap_or_default();
                             tokio::spawn(async move {
-                                let mut a = channel.into_stream();
-                                let mut b = tc.into_stream();
-                                let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                                upstream::join_forwarded(
+                                    channel.into_stream(),
+                                    tc.into_stream(),
+                                    &traffic,
+                                )
+                                .await;
                             });
                         }
                         Err(_) => reply.reject(russh::ChannelOpenFailure::ConnectFailed).await,

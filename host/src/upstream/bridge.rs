@@ -90,8 +90,9 @@ pub struct ChannelContext {
     pub command_log: Option<CommandLogTarget>,
     /// The command logs written, for the session log.
     pub command_logs: Arc<Mutex<Vec<String>>>,
-    /// Set to the client's connection when agent forwarding is allowed.
-    pub agent: super::ClientSlot,
+    /// Where the client's connection is set when agent or X11 forwarding is allowed,
+    /// for the channels the target then opens back.
+    pub back: super::BackChannels,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -107,6 +108,31 @@ impl ChannelContext {
             request,
         )
         .await
+    }
+
+    /// Asks the policies about a request that lets the target open channels back to the
+    /// client (agent, X11) and records the answer in the session log; if allowed, `slot`
+    /// gets the client's connection for those channels.
+    async fn check_back_channels(
+        &self,
+        request: ChannelRequest,
+        kind: &str,
+        slot: &super::ClientSlot,
+        client: &Handle,
+    ) -> bool {
+        let verdict = self.check(request).await;
+        lock(&self.channels).push(ChannelRecord {
+            kind: kind.into(),
+            allowed: verdict.allowed,
+            denied_reason: (!verdict.allowed).then(|| verdict.reason.clone()),
+            ..Default::default()
+        });
+        if verdict.allowed {
+            *lock(slot) = Some(client.clone());
+        } else {
+            tracing::warn!(%kind, reason = %verdict.reason, "forwarding refused");
+        }
+        verdict.allowed
     }
 
     fn record(&self, index: usize, f: impl FnOnce(&mut ChannelRecord)) {
@@ -291,23 +317,53 @@ pub async fn bridge_session(
                     ChannelMsg::AgentForward { .. } => {
                         // Asked of the policies like any other request; if they consent,
                         // the target is asked too and its answer goes back.
-                        let verdict = ctx.check(ChannelRequest::AgentForwarding).await;
-                        lock(&ctx.channels).push(ChannelRecord {
-                            kind: "auth-agent".into(),
-                            allowed: verdict.allowed,
-                            denied_reason: (!verdict.allowed).then(|| verdict.reason.clone()),
-                            ..Default::default()
-                        });
-                        if verdict.allowed {
-                            *lock(&ctx.agent) = Some(handle.clone());
+                        let allowed = ctx
+                            .check_back_channels(
+                                ChannelRequest::AgentForwarding,
+                                "auth-agent",
+                                &ctx.back.agent,
+                                &handle,
+                            )
+                            .await;
+                        if allowed {
                             t_tx.agent_forward(true).await
                         } else {
-                            tracing::warn!(reason = %verdict.reason, "agent forwarding refused");
                             let _ = replies.send(false);
                             Ok(())
                         }
                     }
-                    // X11 forwarding is refused by the handler itself.
+                    ChannelMsg::RequestX11 {
+                        single_connection,
+                        x11_authentication_protocol,
+                        x11_authentication_cookie,
+                        x11_screen_number,
+                        ..
+                    } => {
+                        // Like agent forwarding: the policies, then the target. The
+                        // target's sshd hands out its own display and opens an x11
+                        // channel per X client, joined to one opened to the client.
+                        let allowed = ctx
+                            .check_back_channels(
+                                ChannelRequest::X11Forwarding,
+                                "x11",
+                                &ctx.back.x11,
+                                &handle,
+                            )
+                            .await;
+                        if allowed {
+                            t_tx.request_x11(
+                                true,
+                                single_connection,
+                                x11_authentication_protocol,
+                                x11_authentication_cookie,
+                                x11_screen_number,
+                            )
+                            .await
+                        } else {
+                            let _ = replies.send(false);
+                            Ok(())
+                        }
+                    }
                     _ => Ok(()),
                 };
                 if sent.is_err() {

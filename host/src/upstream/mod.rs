@@ -3,8 +3,10 @@
 
 mod bridge;
 mod host_ca;
+mod relay;
 
 pub use bridge::{ChannelContext, CommandLogTarget, RequestReplies, bridge_session};
+pub use relay::{Traffic, join as join_forwarded};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,7 +30,8 @@ pub struct Login {
 }
 
 /// The client's connection, once it has been allowed something the target opens
-/// channels for: remote forwards (`ssh -R`) or agent forwarding (`ssh -A`).
+/// channels for: remote forwards (`ssh -R`), agent forwarding (`ssh -A`) or X11
+/// forwarding (`ssh -X`).
 pub type ClientSlot = Arc<Mutex<Option<russh::server::Handle>>>;
 
 /// What the target may open channels back to the client for.
@@ -38,6 +41,10 @@ pub struct BackChannels {
     pub remote_forwards: ClientSlot,
     /// Set once agent forwarding is allowed.
     pub agent: ClientSlot,
+    /// Set once X11 forwarding is allowed.
+    pub x11: ClientSlot,
+    /// The session's byte totals, which these channels count in too.
+    pub traffic: Traffic,
 }
 
 /// Accepts a channel the target opened once its counterpart towards the client is open
@@ -46,6 +53,7 @@ pub struct BackChannels {
 fn join_with_client(
     channel: russh::Channel<client::Msg>,
     reply: client::ChannelOpenHandle,
+    traffic: Traffic,
     to_client: impl Future<Output = Result<russh::Channel<russh::server::Msg>, russh::Error>>
     + Send
     + 'static,
@@ -54,9 +62,7 @@ fn join_with_client(
         match to_client.await {
             Ok(to_client) => {
                 reply.accept().await;
-                let mut a = channel.into_stream();
-                let mut b = to_client.into_stream();
-                let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                relay::join(to_client.into_stream(), channel.into_stream(), &traffic).await;
             }
             Err(_) => reply.reject(russh::ChannelOpenFailure::ConnectFailed).await,
         }
@@ -226,7 +232,7 @@ impl client::Handler for TargetHandler {
             connected_address.to_string(),
             originator_address.to_string(),
         );
-        join_with_client(channel, reply, async move {
+        join_with_client(channel, reply, self.back.traffic.clone(), async move {
             client
                 .channel_open_forwarded_tcpip(
                     connected,
@@ -263,11 +269,9 @@ impl client::Handler for TargetHandler {
         let Some(client) = client_in(&self.back.agent) else {
             return self.refuse_opened("auth-agent", reply).await;
         };
-        join_with_client(
-            channel,
-            reply,
-            async move { client.channel_open_agent().await },
-        );
+        join_with_client(channel, reply, self.back.traffic.clone(), async move {
+            client.channel_open_agent().await
+        });
         Ok(())
     }
 
@@ -312,15 +316,24 @@ impl client::Handler for TargetHandler {
         self.refuse_opened("direct-streamlocal", reply).await
     }
 
+    /// An X client on the target reached the display the target's sshd set up: joined
+    /// to an x11 channel opened to the client, whose ssh passes it to its X server.
     async fn server_channel_open_x11(
         &mut self,
-        _channel: russh::Channel<client::Msg>,
-        _originator_address: &str,
-        _originator_port: u32,
+        channel: russh::Channel<client::Msg>,
+        originator_address: &str,
+        originator_port: u32,
         reply: client::ChannelOpenHandle,
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
-        self.refuse_opened("x11", reply).await
+        let Some(client) = client_in(&self.back.x11) else {
+            return self.refuse_opened("x11", reply).await;
+        };
+        let originator = originator_address.to_string();
+        join_with_client(channel, reply, self.back.traffic.clone(), async move {
+            client.channel_open_x11(originator, originator_port).await
+        });
+        Ok(())
     }
 }
 

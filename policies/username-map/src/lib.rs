@@ -28,9 +28,9 @@
 //! group (`groups`); at least one of the two is required. The logins of every matching
 //! entry are granted together. `port_forwarding = true` on an entry also permits
 //! port forwarding (`ssh -L` and `ssh -R`) to its users, `agent_forwarding = true` agent
-//! forwarding (`ssh -A`). `keep_own_login = true` (default false) also grants the
-//! email local part to mapped users. Users that no entry matches are left to the next
-//! module.
+//! forwarding (`ssh -A`), `x11_forwarding = true` X11 forwarding (`ssh -X`, `ssh -Y`).
+//! `keep_own_login = true` (default false) also grants the email local part to mapped
+//! users. Users that no entry matches are left to the next module.
 
 use portcullis_policy::prelude::*;
 
@@ -55,6 +55,8 @@ struct Map {
     port_forwarding: bool,
     #[serde(default)]
     agent_forwarding: bool,
+    #[serde(default)]
+    x11_forwarding: bool,
 }
 
 impl Map {
@@ -82,6 +84,9 @@ impl Policy for UsernameMap {
             }
             if map.agent_forwarding {
                 permissions |= Permissions::AGENT_FORWARDING;
+            }
+            if map.x11_forwarding {
+                permissions |= Permissions::X11_FORWARDING;
             }
             for login in &map.logins {
                 // "*" grants whatever login the user asked for.
