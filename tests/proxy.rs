@@ -943,6 +943,76 @@ head -c 7 <&3
 }
 
 #[test]
+fn idle_sessions_and_connections_that_do_not_authenticate_are_disconnected() {
+    ensure_user("jdoe");
+    let mut lab = Lab::new(&[("jdoe@example.com", &[])]);
+    let config = lab.path().join("portcullis.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replacen(
+        "[server]\n",
+        "[server]\nidle_timeout = \"2s\"\nauth_timeout = \"2s\"\n",
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    lab.policies
+        .module("90-default-principal.wasm", "default_principal");
+    lab.start();
+
+    // Output every half second keeps a session going past the timeout.
+    let out = lab.ssh_jump(
+        "jdoe",
+        "jdoe",
+        "for i in 1 2 3 4 5 6 7 8 9 10; do echo $i; sleep 0.5; done",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", out.stderr_text());
+    assert_eq!(out.stdout_text().lines().count(), 10);
+
+    // A command that is quiet for longer is cut off, by both forms, and told why.
+    let quiet = "sleep 60; echo not-reached";
+    for out in [
+        lab.ssh_jump("jdoe", "jdoe", quiet),
+        lab.ssh_username_form("jdoe", "jdoe", quiet),
+    ] {
+        assert_ne!(out.status.code(), Some(0));
+        assert!(!out.stdout_text().contains("not-reached"));
+        assert!(
+            out.stderr_text().contains("idle for 2s"),
+            "{}",
+            out.stderr_text()
+        );
+    }
+    // A client that stops after the version exchange is dropped (EOF, not a timeout).
+    {
+        use std::io::{Read, Write};
+        let mut raw = std::net::TcpStream::connect(("127.0.0.1", lab.proxy_port)).unwrap();
+        raw.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        raw.write_all(b"SSH-2.0-Stalled\r\n").unwrap();
+        let mut sink = Vec::new();
+        let read = raw.read_to_end(&mut sink);
+        let timed_out = read.as_ref().is_err_and(|e| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            )
+        });
+        assert!(!timed_out, "the proxy dropped the connection: {read:?}");
+        assert!(sink.starts_with(b"SSH-2.0-Portcullis"));
+    }
+
+    let sessions = lab.wait_sessions(3);
+    let reasons: Vec<&str> = sessions
+        .iter()
+        .map(|s| s["close_reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons[0], "connection closed", "{reasons:?}");
+    for (session, reason) in sessions[1..].iter().zip(&reasons[1..]) {
+        assert!(reason.starts_with("idle for 2s"), "{reasons:?}");
+        assert_eq!(session["action"], "allow", "an idle session was allowed");
+    }
+}
+
+#[test]
 fn several_channels_share_one_session_and_one_target_connection() {
     ensure_user("jdoe");
     let lab = default_lab(&[("jdoe@example.com", &[])]);

@@ -52,6 +52,8 @@ struct RawServer {
     auth_timeout: Duration,
     #[serde(with = "humantime_serde")]
     shutdown_grace: Duration,
+    #[serde(with = "humantime_serde")]
+    idle_timeout: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,6 +114,7 @@ impl Default for RawConfig {
                 host_key: "host_key".into(),
                 auth_timeout: Duration::from_secs(60),
                 shutdown_grace: Duration::from_secs(30),
+                idle_timeout: Duration::ZERO,
             },
             ca: RawCa {
                 dir: "ca".into(),
@@ -184,6 +187,8 @@ pub struct Config {
     pub host_key: PathBuf,
     pub auth_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Sessions with no channel data either way for this long are disconnected.
+    pub idle_timeout: Option<Duration>,
     pub ca_dir: PathBuf,
     pub cert_validity: Duration,
     pub users_file: PathBuf,
@@ -265,6 +270,16 @@ impl RawConfig {
                 "must be between 30s and 24h".into(),
             ));
         }
+        let idle_timeout = match self.server.idle_timeout {
+            Duration::ZERO => None,
+            t if t < Duration::from_secs(1) => {
+                return Err(invalid(
+                    "server.idle_timeout",
+                    "must be 0 (off) or at least 1s".into(),
+                ));
+            }
+            t => Some(t),
+        };
         let host_key_check = match self.upstream.host_key_check.as_str() {
             "tofu" => HostKeyCheck::Tofu,
             "strict" => HostKeyCheck::Strict,
@@ -283,6 +298,7 @@ impl RawConfig {
             host_key: abs(&self.server.host_key),
             auth_timeout: self.server.auth_timeout,
             shutdown_grace: self.server.shutdown_grace,
+            idle_timeout,
             ca_dir: abs(&self.ca.dir),
             cert_validity,
             users_file: abs(&self.identity.users_file),
@@ -318,6 +334,27 @@ mod tests {
         assert_eq!(c.policy_dir, Path::new("/etc/portcullis/policies"));
         assert_eq!(c.host_key_check, HostKeyCheck::Tofu);
         assert_eq!(c.cert_validity, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn idle_timeout_is_off_by_default_and_at_least_a_second() {
+        assert_eq!(parse("").unwrap().idle_timeout, None);
+        assert_eq!(
+            parse("[server]\nidle_timeout = \"15m\"\n")
+                .unwrap()
+                .idle_timeout,
+            Some(Duration::from_secs(900))
+        );
+        assert_eq!(
+            parse("[server]\nidle_timeout = \"0s\"\n")
+                .unwrap()
+                .idle_timeout,
+            None
+        );
+        let err = parse("[server]\nidle_timeout = \"500ms\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.idle_timeout"), "{err}");
     }
 
     #[test]

@@ -138,37 +138,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 };
                 let _ = socket.set_nodelay(true);
                 let handler = server::ConnHandler::new(Arc::clone(&shared), peer, None);
-                let authenticated = handler.authenticated();
-                let config = Arc::clone(&server_config);
-                let auth_timeout = shared.config.auth_timeout;
-                sessions.spawn(async move {
-                    let session = match russh::server::run_stream(config, socket, handler).await {
-                        Ok(session) => session,
-                        Err(e) => {
-                            tracing::debug!(%peer, "handshake failed: {e}");
-                            return;
-                        }
-                    };
-                    let handle = session.handle();
-                    let watchdog = async move {
-                        tokio::time::sleep(auth_timeout).await;
-                        if !authenticated.load(std::sync::atomic::Ordering::Relaxed) {
-                            tracing::info!(%peer, "no authentication within {auth_timeout:?}; disconnecting");
-                            let _ = handle
-                                .disconnect(russh::Disconnect::ByApplication, "authentication timeout".into(), "en".into())
-                                .await;
-                        }
-                        std::future::pending::<()>().await;
-                    };
-                    tokio::select! {
-                        ended = session => {
-                            if let Err(e) = ended {
-                                tracing::debug!(%peer, "connection ended: {e}");
-                            }
-                        }
-                        _ = watchdog => {}
-                    }
-                });
+                sessions.spawn(handler.serve(Arc::clone(&server_config), socket));
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
         }

@@ -46,6 +46,40 @@ struct Decided {
     /// One clone per running channel task: the session record waits for them, so it
     /// holds their exit status and command logs.
     channel_tasks: Arc<()>,
+    /// Why the proxy ended an allowed session (idle), if it did.
+    watch: Arc<Watch>,
+}
+
+/// A connection's state as its watchdogs see it.
+#[derive(Debug, Default)]
+struct Watch {
+    authenticated: std::sync::atomic::AtomicBool,
+    decided: std::sync::atomic::AtomicBool,
+    /// Channel data either way (session and forwarded channels).
+    traffic: upstream::Traffic,
+    /// Why the proxy ended the session, for the session log.
+    ended_by: Mutex<Option<String>>,
+}
+
+impl Watch {
+    /// Returns once a decided session has moved no channel data for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        let every = (idle / 4).min(Duration::from_secs(15));
+        let total = || {
+            self.traffic.from_client.load(Ordering::Relaxed)
+                + self.traffic.to_client.load(Ordering::Relaxed)
+        };
+        let (mut seen, mut since) = (total(), tokio::time::Instant::now());
+        loop {
+            tokio::time::sleep(every).await;
+            let now = total();
+            if now != seen || !self.decided.load(Ordering::Relaxed) {
+                (seen, since) = (now, tokio::time::Instant::now());
+            } else if since.elapsed() >= idle {
+                return;
+            }
+        }
+    }
 }
 
 /// One client connection.
@@ -61,15 +95,17 @@ pub(crate) struct ConnHandler {
     decided: Option<Decided>,
     /// A refusal found before the decision (a malformed user name).
     early_refusal: Option<String>,
-    /// Set once authentication succeeds; the accept loop disconnects connections that
-    /// do not get there within `server.auth_timeout`.
-    authenticated: Arc<std::sync::atomic::AtomicBool>,
+    /// What the connection's watchdogs read (see [`ConnHandler::serve`]).
+    watch: Arc<Watch>,
     /// Per session channel, the target's answers to its requests, in order.
     replies: HashMap<ChannelId, tokio::sync::mpsc::UnboundedReceiver<bool>>,
 }
 
 /// How long a channel request waits for the target's answer before it is refused.
 const REPLY_WAIT: Duration = Duration::from_secs(60);
+
+/// How long a connection the proxy disconnects has to close before it is cut.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(5);
 
 impl ConnHandler {
     pub(crate) fn new(
@@ -93,14 +129,80 @@ impl ConnHandler {
             user: None,
             decided: None,
             early_refusal: None,
-            authenticated: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            watch: Arc::default(),
             replies: HashMap::new(),
         }
     }
 
-    /// The flag that tells whether this connection has authenticated.
-    pub(crate) fn authenticated(&self) -> Arc<std::sync::atomic::AtomicBool> {
-        Arc::clone(&self.authenticated)
+    /// Runs the connection to its end. It is disconnected if it does not authenticate
+    /// within `server.auth_timeout`, and, once a session is decided, when no channel
+    /// data has passed either way for `server.idle_timeout` (if set).
+    pub(crate) async fn serve<S>(self, config: Arc<russh::server::Config>, stream: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (peer, watch) = (self.peer, Arc::clone(&self.watch));
+        let auth_timeout = self.shared.config.auth_timeout;
+        let idle_timeout = self.shared.config.idle_timeout;
+        let switch = Arc::new(super::killable::KillSwitch::default());
+        let stream = super::killable::Killable::new(stream, Arc::clone(&switch));
+        let session = match russh::server::run_stream(config, stream, self).await {
+            Ok(session) => session,
+            Err(e) => {
+                tracing::debug!(%peer, "handshake failed: {e}");
+                return;
+            }
+        };
+        let handle = session.handle();
+        let authentication = async {
+            tokio::time::sleep(auth_timeout).await;
+            if watch.authenticated.load(Ordering::Relaxed) {
+                std::future::pending().await
+            }
+            tracing::info!(%peer, "no authentication within {auth_timeout:?}; disconnecting");
+            "authentication timeout".to_string()
+        };
+        let idleness = async {
+            match idle_timeout {
+                Some(idle) => {
+                    watch.idle_for(idle).await;
+                    let why = format!(
+                        "idle for {}: disconnected (server.idle_timeout)",
+                        humantime::format_duration(idle)
+                    );
+                    tracing::info!(%peer, "{why}");
+                    *lock(&watch.ended_by) = Some(why.clone());
+                    why
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let watchdogs = async {
+            tokio::select! {
+                why = authentication => why,
+                why = idleness => why,
+            }
+        };
+        tokio::pin!(session);
+        let ended = tokio::select! {
+            ended = &mut session => ended,
+            why = watchdogs => {
+                // The session runs on to send the message and close. russh holds the
+                // message back during a key exchange: a client stalled there is cut.
+                let disconnect = handle.disconnect(russh::Disconnect::ByApplication, why, "en".into());
+                let _ = tokio::time::timeout(DISCONNECT_GRACE, disconnect).await;
+                match tokio::time::timeout(DISCONNECT_GRACE, &mut session).await {
+                    Ok(ended) => ended,
+                    Err(_) => {
+                        switch.kill();
+                        session.await
+                    }
+                }
+            }
+        };
+        if let Err(e) = ended {
+            tracing::debug!(%peer, "connection ended: {e}");
+        }
     }
 
     /// A forwarding request (`-L` or `-R`) on a decided session: asks the policies,
@@ -243,7 +345,8 @@ impl ConnHandler {
             module = ?decision.module, action = ?decision.action, reason = %decision.reason,
             allowed = refusal.is_none(), "session decided"
         );
-        let traffic = upstream::Traffic::default();
+        let traffic = self.watch.traffic.clone();
+        self.watch.decided.store(true, Ordering::Relaxed);
         self.decided = Some(Decided {
             identity,
             host,
@@ -264,6 +367,7 @@ impl ConnHandler {
             command_logs: Arc::new(Mutex::new(Vec::new())),
             channel_tasks: Arc::new(()),
             close_reason: Arc::new(Mutex::new(String::new())),
+            watch: Arc::clone(&self.watch),
         });
     }
 
@@ -369,7 +473,7 @@ impl russh::server::Handler for ConnHandler {
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
-        self.authenticated.store(true, Ordering::Relaxed);
+        self.watch.authenticated.store(true, Ordering::Relaxed);
         let version = String::from_utf8_lossy(session.remote_sshid()).into_owned();
         self.decide(version).await;
         Ok(())
@@ -673,14 +777,7 @@ impl russh::server::Handler for ConnHandler {
         reply.accept().await;
         let inner = ConnHandler::new(Arc::clone(&self.shared), self.peer, Some((host, port)));
         let stream = channel.into_stream();
-        tokio::spawn(async move {
-            match russh::server::run_stream(config, stream, inner).await {
-                Ok(running) => {
-                    let _ = running.await;
-                }
-                Err(e) => tracing::debug!("inner ProxyJump connection ended: {e}"),
-            }
-        });
+        tokio::spawn(inner.serve(config, stream));
         Ok(())
     }
 }
@@ -754,10 +851,12 @@ fn session_record(
         bytes_to_client: d.bytes_to_client.load(Ordering::Relaxed),
         channels: lock(&d.channels).clone(),
         command_logs: lock(&d.command_logs).clone(),
-        close_reason: if close_reason.is_empty() {
-            "connection closed".into()
-        } else {
+        close_reason: if !close_reason.is_empty() {
             close_reason
+        } else if let Some(why) = lock(&d.watch.ended_by).clone() {
+            why
+        } else {
+            "connection closed".into()
         },
     }
 }

@@ -2,6 +2,7 @@
 //! state every connection shares.
 
 mod handler;
+mod killable;
 pub mod target;
 
 use std::sync::Arc;
