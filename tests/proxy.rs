@@ -1012,6 +1012,71 @@ fn idle_sessions_and_connections_that_do_not_authenticate_are_disconnected() {
     }
 }
 
+/// Waits for a client the proxy should disconnect; returns its stderr.
+fn ended_by_the_proxy(mut client: std::process::Child, what: &str) -> String {
+    use std::io::Read;
+    let start = std::time::Instant::now();
+    while client.try_wait().unwrap().is_none() {
+        if start.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = client.kill();
+            panic!("{what}: the session was not ended");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut stderr = String::new();
+    client
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    stderr
+}
+
+#[test]
+fn running_sessions_no_longer_allowed_after_a_reload_are_ended() {
+    ensure_user("jdoe");
+    ensure_user("carol");
+    let lab = default_lab(&[("jdoe@example.com", &[]), ("carol@example.com", &[])]);
+    let long = "echo started; sleep 60; echo not-reached";
+    let (jdoe, _) = lab.spawn_jump_until("jdoe", "jdoe", long, "started");
+    let (mut carol, _) = lab.spawn_jump_until("carol", "carol", long, "started");
+
+    // jdoe's key leaves the users file: jdoe's session ends, carol's runs on.
+    let users = lab.path().join("users.toml");
+    let kept: Vec<String> = std::fs::read_to_string(&users)
+        .unwrap()
+        .split("[[user]]")
+        .filter(|entry| !entry.trim().is_empty() && !entry.contains("jdoe@example.com"))
+        .map(|entry| format!("[[user]]{entry}"))
+        .collect();
+    std::fs::write(&users, kept.concat()).unwrap();
+    lab.signal_proxy("HUP");
+    let stderr = ended_by_the_proxy(jdoe, "key removed");
+    assert!(
+        stderr.contains("access revoked: the key is no longer in the users file"),
+        "{stderr}"
+    );
+    assert!(
+        carol.try_wait().unwrap().is_none(),
+        "carol's session is still allowed"
+    );
+
+    // The policy that allowed carol goes: nothing allows her now.
+    lab.policies.remove("90-default-principal.wasm");
+    let stderr = ended_by_the_proxy(carol, "policy removed");
+    assert!(
+        stderr.contains("access revoked: access to 127.0.0.1") && stderr.contains("blocked"),
+        "{stderr}"
+    );
+
+    let sessions = lab.wait_sessions(2);
+    for session in &sessions {
+        let reason = session["close_reason"].as_str().unwrap();
+        assert!(reason.starts_with("access revoked"), "{reason}");
+    }
+}
+
 #[test]
 fn several_channels_share_one_session_and_one_target_connection() {
     ensure_user("jdoe");

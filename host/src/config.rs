@@ -80,6 +80,7 @@ struct RawPolicy {
     idle_instances: usize,
     #[serde(with = "humantime_serde")]
     reload_debounce: Duration,
+    recheck_sessions: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,6 +130,7 @@ impl Default for RawConfig {
                 memory_limit_mib: Limits::default().memory_bytes >> 20,
                 idle_instances: Limits::default().idle_instances,
                 reload_debounce: Duration::from_millis(250),
+                recheck_sessions: true,
             },
             upstream: RawUpstream {
                 host_key_check: "tofu".into(),
@@ -195,6 +197,8 @@ pub struct Config {
     pub policy_dir: PathBuf,
     pub policy_limits: Limits,
     pub reload_debounce: Duration,
+    /// Decide running sessions again on every reload; end those no longer allowed.
+    pub recheck_sessions: bool,
     pub host_key_check: HostKeyCheck,
     pub known_hosts: PathBuf,
     pub connect_timeout: Duration,
@@ -309,6 +313,7 @@ impl RawConfig {
                 idle_instances: p.idle_instances,
             },
             reload_debounce: p.reload_debounce,
+            recheck_sessions: p.recheck_sessions,
             host_key_check,
             known_hosts: abs(&self.upstream.known_hosts),
             connect_timeout: self.upstream.connect_timeout,
@@ -334,6 +339,12 @@ mod tests {
         assert_eq!(c.policy_dir, Path::new("/etc/portcullis/policies"));
         assert_eq!(c.host_key_check, HostKeyCheck::Tofu);
         assert_eq!(c.cert_validity, Duration::from_secs(300));
+        assert!(c.recheck_sessions);
+        assert!(
+            !parse("[policy]\nrecheck_sessions = false\n")
+                .unwrap()
+                .recheck_sessions
+        );
     }
 
     #[test]

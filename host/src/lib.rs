@@ -117,7 +117,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 tracing::info!("SIGHUP: reloading policies, users and the CA");
                 reload.trigger();
                 match identity::UsersFile::load(&users_file) {
-                    Ok(users) => shared.identities.store(Arc::new(Box::new(users))),
+                    Ok(users) => shared.reload_identities(Box::new(users)),
                     Err(e) => tracing::error!("users file not reloaded; the previous one stays in force: {e}"),
                 }
                 match ca::Ca::open(&shared.config.ca_dir) {

@@ -388,7 +388,8 @@ impl Lab {
 
     /// Starts `ssh -J portcullis LOGIN@127.0.0.1 COMMAND` as `user` in the background and
     /// returns once its output contains `marker` (the session is then established and
-    /// data has gone through the proxy). Returns the client and the output so far.
+    /// data has gone through the proxy). Returns the client (its stderr piped) and the
+    /// output so far.
     pub fn spawn_jump_until(
         &self,
         user: &str,
@@ -409,7 +410,7 @@ impl Lab {
             .arg(command)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let stdout = child.stdout.as_mut().unwrap();

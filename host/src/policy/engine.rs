@@ -43,6 +43,8 @@ pub struct PolicyEngine {
     compiled: Mutex<HashMap<[u8; 32], Component>>,
     generation: AtomicU64,
     reloading: Mutex<()>,
+    /// The generation of the set in force, for those who act on a swap.
+    swapped: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -74,6 +76,7 @@ impl PolicyEngine {
             compiled: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             reloading: Mutex::new(()),
+            swapped: tokio::sync::watch::Sender::new(0),
         };
         this.reload()?;
         Ok(this)
@@ -92,6 +95,11 @@ impl PolicyEngine {
     /// The current policy set. A session keeps the snapshot that decided it.
     pub fn current(&self) -> Arc<PolicySet> {
         self.current.load_full()
+    }
+
+    /// Changes whenever a new set is swapped in (its value is the set's generation).
+    pub fn swaps(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.swapped.subscribe()
     }
 
     /// Loads the directory again and, if every module loads and configures, swaps the
@@ -122,6 +130,7 @@ impl PolicyEngine {
             generation,
         });
         self.current.store(Arc::clone(&set));
+        self.swapped.send_replace(generation);
         // Forget compiled components no module uses any more.
         let digests: Vec<[u8; 32]> = set.modules.iter().map(|m| m.digest).collect();
         lock(&self.compiled).retain(|d, _| digests.contains(d));

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use russh::keys::ssh_key::Certificate;
+use russh::keys::ssh_key::{Certificate, PublicKey};
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId};
 
@@ -59,6 +59,77 @@ struct Watch {
     traffic: upstream::Traffic,
     /// Why the proxy ended the session, for the session log.
     ended_by: Mutex<Option<String>>,
+    /// Set once a session is allowed: what to decide again after a reload.
+    recheck: std::sync::OnceLock<Recheck>,
+}
+
+/// What an allowed session is decided again with when the policies or the users file
+/// are reloaded.
+#[derive(Debug)]
+struct Recheck {
+    key: PublicKey,
+    request: Arc<DecisionRequest>,
+    command_logging: bool,
+}
+
+/// Why a decision does not let the request go ahead, in words for the user.
+fn policy_refusal(decision: &Evaluation, request: &DecisionRequest) -> Option<String> {
+    let (host, port, login) = (&request.target_host, request.target_port, &request.login);
+    let by = decision.module.as_deref().unwrap_or("no policy");
+    if !decision.is_allowed() {
+        Some(format!(
+            "access to {host}:{port} as {login} blocked by {by}: {}",
+            decision.reason
+        ))
+    } else if !decision.permits_login(login) {
+        Some(format!(
+            "login {login:?} is not permitted on {host}:{port} ({by} allows: {})",
+            decision.principals.join(", ")
+        ))
+    } else {
+        None
+    }
+}
+
+/// Returns why an allowed session must end, once a reload of the policies or the
+/// users file no longer allows it: its key is gone, or the policies in force now block
+/// it, refuse its login, or want it recorded when it is not.
+async fn revoked(shared: &Shared, watch: &Watch) -> String {
+    let mut policies = shared.policy.swaps();
+    let mut users = shared.users_swapped.subscribe();
+    loop {
+        tokio::select! {
+            changed = policies.changed() => if changed.is_err() { std::future::pending::<()>().await },
+            changed = users.changed() => if changed.is_err() { std::future::pending::<()>().await },
+        }
+        let Some(r) = watch.recheck.get() else {
+            continue;
+        };
+        let Some(identity) = shared.identities.load().identify(&r.key) else {
+            return "access revoked: the key is no longer in the users file".into();
+        };
+        let mut request = (*r.request).clone();
+        request.email = identity.email;
+        request.groups = identity.groups;
+        request.authentication = identity.authentication;
+        request.now = SystemTime::now();
+        let policy = shared.policy.current();
+        let decision = tokio::task::spawn_blocking(move || {
+            let decision = policy.decide(&request);
+            (decision, request)
+        })
+        .await;
+        let Ok((decision, request)) = decision else {
+            return "access revoked: the policies could not be evaluated again".into();
+        };
+        if let Some(refusal) = policy_refusal(&decision, &request) {
+            return format!("access revoked: {refusal}");
+        }
+        if decision.command_logging && !r.command_logging {
+            return "access revoked: the policies now want this session recorded; connect again"
+                .into();
+        }
+    }
 }
 
 impl Watch {
@@ -92,6 +163,8 @@ pub(crate) struct ConnHandler {
     forced_target: Option<(String, u16)>,
     start: SystemTime,
     user: Option<(Identity, String)>,
+    /// The key the user authenticated with.
+    key: Option<PublicKey>,
     decided: Option<Decided>,
     /// A refusal found before the decision (a malformed user name).
     early_refusal: Option<String>,
@@ -127,6 +200,7 @@ impl ConnHandler {
             forced_target,
             start: SystemTime::now(),
             user: None,
+            key: None,
             decided: None,
             early_refusal: None,
             watch: Arc::default(),
@@ -142,6 +216,7 @@ impl ConnHandler {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let (peer, watch) = (self.peer, Arc::clone(&self.watch));
+        let shared = Arc::clone(&self.shared);
         let auth_timeout = self.shared.config.auth_timeout;
         let idle_timeout = self.shared.config.idle_timeout;
         let switch = Arc::new(super::killable::KillSwitch::default());
@@ -171,17 +246,27 @@ impl ConnHandler {
                         humantime::format_duration(idle)
                     );
                     tracing::info!(%peer, "{why}");
-                    *lock(&watch.ended_by) = Some(why.clone());
                     why
                 }
                 None => std::future::pending().await,
             }
         };
+        let revocation = async {
+            if !shared.config.recheck_sessions {
+                return std::future::pending().await;
+            }
+            let why = revoked(&shared, &watch).await;
+            tracing::warn!(%peer, "{why}");
+            why
+        };
         let watchdogs = async {
-            tokio::select! {
+            let why = tokio::select! {
                 why = authentication => why,
                 why = idleness => why,
-            }
+                why = revocation => why,
+            };
+            *lock(&watch.ended_by) = Some(why.clone());
+            why
         };
         tokio::pin!(session);
         let ended = tokio::select! {
@@ -316,17 +401,8 @@ impl ConnHandler {
                     Evaluation::blocked(None, format!("policy evaluation failed: {e}"))
                 })
         };
-        let by = decision.module.as_deref().unwrap_or("no policy");
-        let refusal = if !decision.is_allowed() {
-            Some(format!(
-                "access to {host}:{port} as {login} blocked by {by}: {}",
-                decision.reason
-            ))
-        } else if !decision.permits_login(&login) {
-            Some(format!(
-                "login {login:?} is not permitted on {host}:{port} ({by} allows: {})",
-                decision.principals.join(", ")
-            ))
+        let refusal = if let Some(refusal) = policy_refusal(&decision, &request) {
+            Some(refusal)
         } else if addr.is_none() {
             Some(format!("cannot resolve {host}"))
         } else if decision.command_logging && self.shared.recording_key.is_none() {
@@ -347,6 +423,13 @@ impl ConnHandler {
         );
         let traffic = self.watch.traffic.clone();
         self.watch.decided.store(true, Ordering::Relaxed);
+        if let (None, Some(key)) = (&refusal, &self.key) {
+            let _ = self.watch.recheck.set(Recheck {
+                key: key.clone(),
+                request: Arc::clone(&request),
+                command_logging: decision.command_logging,
+            });
+        }
         self.decided = Some(Decided {
             identity,
             host,
@@ -463,6 +546,7 @@ impl russh::server::Handler for ConnHandler {
         match self.identify(key.public_key) {
             Some(identity) => {
                 self.user = Some((identity, user.to_string()));
+                self.key = Some(key.public_key.clone());
                 Ok(Auth::Accept)
             }
             None => {

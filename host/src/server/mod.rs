@@ -34,6 +34,8 @@ pub(crate) struct Shared {
     /// The auditor's key for sealed command logs, if configured.
     pub recording_key: Option<crate::recording::cmdlog::SealingKey>,
     host_certs: handler::HostCertCache,
+    /// Changes whenever a new users file is put in force.
+    users_swapped: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -61,7 +63,15 @@ impl Shared {
             host_key_policy,
             recording_key,
             host_certs: handler::HostCertCache::default(),
+            users_swapped: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Puts a freshly read users file in force. Running sessions are decided again
+    /// (`policy.recheck_sessions`).
+    pub(crate) fn reload_identities(&self, identities: Box<dyn IdentitySource>) {
+        self.identities.store(Arc::new(identities));
+        self.users_swapped.send_modify(|g| *g += 1);
     }
 
     /// Puts a freshly read CA in force (SIGHUP after `ca rotate` or `ca retire`):
