@@ -1078,6 +1078,49 @@ fn running_sessions_no_longer_allowed_after_a_reload_are_ended() {
 }
 
 #[test]
+fn running_sessions_are_listed_and_logged_even_when_the_proxy_is_killed() {
+    ensure_user("jdoe");
+    let mut lab = default_lab(&[("jdoe@example.com", &[])]);
+    let (mut client, _) = lab.spawn_jump_until("jdoe", "jdoe", "echo started; sleep 60", "started");
+    let table = lab
+        .portcullis(&["sessions", "--running"])
+        .success_or_panic("sessions --running")
+        .stdout_text();
+    let target = format!("127.0.0.1:{}", lab.sshd_port);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("jdoe@example.com") && l.contains(&target)),
+        "{table}"
+    );
+
+    lab.kill_proxy();
+    let _ = client.kill();
+    let _ = client.wait();
+    assert!(
+        lab.sessions().is_empty(),
+        "no final record from a killed proxy"
+    );
+    lab.start_proxy();
+    let sessions = lab.wait_sessions(1);
+    assert_eq!(sessions[0]["email"], "jdoe@example.com");
+    assert_eq!(sessions[0]["action"], "allow");
+    assert!(
+        sessions[0]["close_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("interrupted"),
+        "{}",
+        sessions[0]
+    );
+    let table = lab
+        .portcullis(&["sessions", "--running"])
+        .success_or_panic("sessions --running")
+        .stdout_text();
+    assert_eq!(table.lines().count(), 1, "only the heading: {table}");
+}
+
+#[test]
 fn several_channels_share_one_session_and_one_target_connection() {
     ensure_user("jdoe");
     let lab = default_lab(&[("jdoe@example.com", &[])]);

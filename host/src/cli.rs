@@ -54,6 +54,9 @@ enum Command {
         /// At most this many sessions (the most recent).
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// The sessions running now (bytes as of their last minute), not the ended ones.
+        #[arg(long)]
+        running: bool,
     },
     /// Work with policy modules.
     #[command(subcommand)]
@@ -183,7 +186,15 @@ pub fn main() -> ExitCode {
             target,
             since,
             limit,
-        } => sessions(&config, user.as_deref(), target.as_deref(), since, limit),
+            running,
+        } => sessions(
+            &config,
+            running,
+            user.as_deref(),
+            target.as_deref(),
+            since,
+            limit,
+        ),
         Command::Keygen { output } => keygen(&output),
         Command::Decrypt {
             input,
@@ -229,6 +240,7 @@ fn serve(path: &std::path::Path) -> anyhow::Result<ExitCode> {
 
 fn sessions(
     path: &std::path::Path,
+    running: bool,
     user: Option<&str>,
     target: Option<&str>,
     since: Option<std::time::Duration>,
@@ -236,7 +248,7 @@ fn sessions(
 ) -> anyhow::Result<ExitCode> {
     let config = crate::config::Config::load(path)?;
     let since = since.map(|d| SystemTime::now() - d);
-    crate::recording::print_sessions(&config.session_log, user, target, since, limit)
+    crate::recording::print_sessions(&config.session_log, running, user, target, since, limit)
         .map_err(|e| anyhow::anyhow!("{}: {e}", config.session_log.display()))?;
     Ok(ExitCode::SUCCESS)
 }

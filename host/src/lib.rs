@@ -60,6 +60,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             path: config.session_log.display().to_string(),
             source,
         })?;
+    match session_log.recover() {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            count = n,
+            "sessions that ran when the proxy stopped were logged as interrupted"
+        ),
+        Err(e) => tracing::error!("cannot recover the running sessions' records: {e}"),
+    }
     let recording_key = match &config.recording_key {
         Some(path) => Some(recording::cmdlog::SealingKey::read(path)?),
         None => None,

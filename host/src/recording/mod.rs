@@ -3,4 +3,7 @@
 pub mod cmdlog;
 mod session_log;
 
-pub use session_log::{ChannelRecord, SessionLog, SessionRecord, print_sessions, timestamp};
+pub use session_log::{
+    ChannelRecord, INTERRUPTED, SessionLog, SessionRecord, print_sessions, running_sessions,
+    timestamp,
+};

@@ -1,5 +1,10 @@
 //! The session log: append-only JSON lines, one record per session when it ends (and
 //! one when a session is refused). No command text ever appears here.
+//!
+//! While a session runs, its record so far is kept as `<id>.json` in a directory beside
+//! the log (`sessions.jsonl.running/`), rewritten every minute. `portcullis sessions
+//! --running` lists them; a proxy that starts and finds records left there (it was
+//! killed) appends them to the log as interrupted, so no session goes unrecorded.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -65,19 +70,85 @@ pub fn timestamp(t: SystemTime) -> String {
 pub struct SessionLog {
     path: PathBuf,
     file: Mutex<File>,
+    /// The records of running sessions.
+    running: PathBuf,
 }
 
+/// The directory of running sessions' records, beside the log.
+pub fn running_dir(log: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.running", log.display()))
+}
+
+/// What a record recovered at start-up says of how its session ended.
+pub const INTERRUPTED: &str =
+    "interrupted: the proxy stopped while the session ran (end, bytes: as last seen)";
+
 impl SessionLog {
-    /// Opens (creating) the log for appending.
+    /// Opens (creating) the log for appending, and the running sessions' directory.
     pub fn open(path: &Path) -> std::io::Result<SessionLog> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
         let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let running = running_dir(path);
+        std::fs::create_dir_all(&running)?;
         Ok(SessionLog {
             path: path.to_path_buf(),
             file: Mutex::new(file),
+            running,
         })
+    }
+
+    fn running_path(&self, id: &str) -> PathBuf {
+        self.running.join(format!("{id}.json"))
+    }
+
+    /// Keeps a running session's record so far (written aside and renamed, so a reader
+    /// or a crash never sees half of it).
+    pub fn running(&self, record: &SessionRecord) {
+        let path = self.running_path(&record.id);
+        let tmp = self.running.join(format!(".{}.tmp", record.id));
+        let written = serde_json::to_vec(record)
+            .map_err(std::io::Error::other)
+            .and_then(|json| std::fs::write(&tmp, json))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::error!(path = %path.display(), "cannot keep the running session's record: {e}");
+        }
+    }
+
+    /// Appends the records that a proxy killed while sessions ran left behind, marked
+    /// interrupted; returns how many. One that cannot be read is renamed `*.corrupt`
+    /// and reported, not dropped.
+    pub fn recover(&self) -> std::io::Result<usize> {
+        let mut recovered = 0;
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(&self.running)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            let parsed = std::fs::read(&path).and_then(|bytes| {
+                serde_json::from_slice::<SessionRecord>(&bytes).map_err(std::io::Error::other)
+            });
+            match parsed {
+                Ok(mut record) => {
+                    record.close_reason = INTERRUPTED.into();
+                    self.append(&record);
+                    recovered += 1;
+                }
+                Err(e) => {
+                    let aside = path.with_extension("corrupt");
+                    tracing::error!(
+                        path = %path.display(),
+                        "a running session's record cannot be read ({e}); kept as {}",
+                        aside.display()
+                    );
+                    std::fs::rename(&path, &aside)?;
+                }
+            }
+        }
+        Ok(recovered)
     }
 
     /// Appends one record as a single line (one `write` call, so lines never interleave).
@@ -96,48 +167,74 @@ impl SessionLog {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Err(e) = file.write_all(&line).and_then(|()| file.flush()) {
             tracing::error!(path = %self.path.display(), "cannot write session log: {e}");
+            // The running record stays, for the next start to recover.
+            return;
+        }
+        drop(file);
+        match std::fs::remove_file(self.running_path(&record.id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!("cannot remove the running record of {}: {e}", record.id);
+            }
+            _ => {}
         }
     }
 }
 
-/// Prints recent sessions as a table: newest last, filtered.
+/// The running sessions' records under `log`, oldest first.
+pub fn running_sessions(log: &Path) -> std::io::Result<Vec<SessionRecord>> {
+    let dir = running_dir(log);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut records = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        match std::fs::read(&path).map(|b| serde_json::from_slice::<SessionRecord>(&b)) {
+            Ok(Ok(r)) => records.push(r),
+            // Ended between listing and reading.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Ok(Err(e)) => eprintln!("warning: {}: not a session record ({e})", path.display()),
+            Err(e) => return Err(e),
+        }
+    }
+    records.sort_by(|a, b| a.start.cmp(&b.start));
+    Ok(records)
+}
+
+/// Prints sessions as a table, oldest first, filtered: the most recent ended ones, or
+/// with `running` the sessions running now (their duration and bytes so far, as of the
+/// record's last rewrite).
 pub fn print_sessions(
     path: &Path,
+    running: bool,
     user: Option<&str>,
     target: Option<&str>,
     since: Option<SystemTime>,
     limit: usize,
 ) -> std::io::Result<()> {
-    let file = File::open(path)?;
+    let records = if running {
+        running_sessions(path)?
+    } else {
+        ended_sessions(path)?
+    };
     let since = since.map(timestamp);
-    let mut rows: Vec<SessionRecord> = Vec::new();
-    for (n, line) in BufReader::new(file).lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let r: SessionRecord = match serde_json::from_str(&line) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!(
-                    "warning: {}:{}: not a session record ({e})",
-                    path.display(),
-                    n + 1
-                );
-                continue;
-            }
-        };
-        if user.is_some_and(|u| !r.email.contains(u))
-            || target
-                .is_some_and(|t| !r.target_host.contains(t) && r.target_ip.as_deref() != Some(t))
-            || since
-                .as_ref()
-                .is_some_and(|s| r.start.as_str() < s.as_str())
-        {
-            continue;
-        }
-        rows.push(r);
-    }
+    let rows: Vec<&SessionRecord> = records
+        .iter()
+        .filter(|r| {
+            !(user.is_some_and(|u| !r.email.contains(u))
+                || target.is_some_and(|t| {
+                    !r.target_host.contains(t) && r.target_ip.as_deref() != Some(t)
+                })
+                || since
+                    .as_ref()
+                    .is_some_and(|s| r.start.as_str() < s.as_str()))
+        })
+        .collect();
     let skip = rows.len().saturating_sub(limit);
     println!(
         "{:<24} {:<24} {:<22} {:<10} {:<7} {:>8} {:>10} {:>10}  POLICY / REASON",
@@ -145,6 +242,14 @@ pub fn print_sessions(
     );
     for r in rows.iter().skip(skip) {
         let target = format!("{}:{}", r.target_host, r.target_port);
+        let seconds = if running {
+            humantime::parse_rfc3339(&r.start)
+                .ok()
+                .and_then(|start| SystemTime::now().duration_since(start).ok())
+                .map_or(0.0, |d| d.as_secs_f64())
+        } else {
+            r.duration_ms as f64 / 1000.0
+        };
         println!(
             "{:<24} {:<24} {:<22} {:<10} {:<7} {:>8.1} {:>10} {:>10}  {} {}",
             r.start.get(..23).unwrap_or(&r.start),
@@ -152,7 +257,7 @@ pub fn print_sessions(
             target,
             r.login,
             r.action,
-            r.duration_ms as f64 / 1000.0,
+            seconds,
             r.bytes_from_client,
             r.bytes_to_client,
             r.policy.as_deref().unwrap_or("-"),
@@ -160,6 +265,27 @@ pub fn print_sessions(
         );
     }
     Ok(())
+}
+
+/// The records of the log; a line that is not one is reported and skipped.
+fn ended_sessions(path: &Path) -> std::io::Result<Vec<SessionRecord>> {
+    let file = File::open(path)?;
+    let mut records = Vec::new();
+    for (n, line) in BufReader::new(file).lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(&line) {
+            Ok(r) => records.push(r),
+            Err(e) => eprintln!(
+                "warning: {}:{}: not a session record ({e})",
+                path.display(),
+                n + 1
+            ),
+        }
+    }
+    Ok(records)
 }
 
 #[cfg(test)]
@@ -185,5 +311,43 @@ mod tests {
             .map(|l| serde_json::from_str::<SessionRecord>(l).unwrap().id)
             .collect();
         assert_eq!(ids, ["a", "b"]);
+    }
+
+    #[test]
+    fn running_records_are_listed_removed_at_the_end_and_recovered_after_a_crash() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("s.jsonl");
+        let log = SessionLog::open(&path).unwrap();
+        let record = |id: &str| SessionRecord {
+            id: id.into(),
+            start: format!("2026-11-24T06:00:0{}.000Z", id.len()),
+            ..Default::default()
+        };
+        log.running(&record("a"));
+        log.running(&record("bb"));
+        let running: Vec<String> = running_sessions(&path)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(running, ["a", "bb"]);
+        log.append(&record("a"));
+        assert_eq!(running_sessions(&path).unwrap().len(), 1, "a ended");
+
+        // The proxy dies with bb running, and a record on disk is damaged.
+        std::fs::write(
+            running_dir(&path).join("cc.json"),
+            b"{\"id\": \"cc\", trunc",
+        )
+        .unwrap();
+        drop(log);
+        let log = SessionLog::open(&path).unwrap();
+        assert_eq!(log.recover().unwrap(), 1);
+        let ended = ended_sessions(&path).unwrap();
+        assert_eq!(ended.len(), 2);
+        assert_eq!(ended[1].id, "bb");
+        assert_eq!(ended[1].close_reason, INTERRUPTED);
+        assert!(running_sessions(&path).unwrap().is_empty());
+        assert!(running_dir(&path).join("cc.corrupt").exists(), "kept aside");
     }
 }

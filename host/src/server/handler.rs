@@ -61,6 +61,47 @@ struct Watch {
     ended_by: Mutex<Option<String>>,
     /// Set once a session is allowed: what to decide again after a reload.
     recheck: std::sync::OnceLock<Recheck>,
+    /// Set once a session is allowed: its record so far, rewritten every minute.
+    running: std::sync::OnceLock<Running>,
+    /// Set when the connection ends; held while the running record is written, so
+    /// that none is written after the final one.
+    ended: Mutex<bool>,
+}
+
+/// A running session's record: what was known at its start, and where the rest is.
+#[derive(Debug)]
+struct Running {
+    record: SessionRecord,
+    channels: Arc<Mutex<Vec<ChannelRecord>>>,
+    command_logs: Arc<Mutex<Vec<String>>>,
+}
+
+/// How often a running session's record is rewritten.
+const RUNNING_RECORD_EVERY: Duration = Duration::from_secs(60);
+
+impl Watch {
+    /// Writes the running session's record as it stands now, unless it has ended.
+    fn write_running(&self, log: &crate::recording::SessionLog) {
+        let Some(running) = self.running.get() else {
+            return;
+        };
+        let ended = lock(&self.ended);
+        if *ended {
+            return;
+        }
+        let now = SystemTime::now();
+        let mut record = running.record.clone();
+        record.end = session_log_timestamp(now);
+        record.duration_ms = humantime::parse_rfc3339(&record.start)
+            .ok()
+            .and_then(|start| now.duration_since(start).ok())
+            .map_or(0, |d| d.as_millis() as u64);
+        record.bytes_from_client = self.traffic.from_client.load(Ordering::Relaxed);
+        record.bytes_to_client = self.traffic.to_client.load(Ordering::Relaxed);
+        record.channels = lock(&running.channels).clone();
+        record.command_logs = lock(&running.command_logs).clone();
+        log.running(&record);
+    }
 }
 
 /// What an allowed session is decided again with when the policies or the users file
@@ -259,11 +300,18 @@ impl ConnHandler {
             tracing::warn!(%peer, "{why}");
             why
         };
+        let running_record = async {
+            loop {
+                tokio::time::sleep(RUNNING_RECORD_EVERY).await;
+                watch.write_running(&shared.session_log);
+            }
+        };
         let watchdogs = async {
             let why = tokio::select! {
                 why = authentication => why,
                 why = idleness => why,
                 why = revocation => why,
+                why = running_record => why,
             };
             *lock(&watch.ended_by) = Some(why.clone());
             why
@@ -452,6 +500,23 @@ impl ConnHandler {
             close_reason: Arc::new(Mutex::new(String::new())),
             watch: Arc::clone(&self.watch),
         });
+        if let Some(d) = self.decided.as_ref().filter(|d| d.refusal.is_none()) {
+            let mut record = session_record(
+                d,
+                self.id.clone(),
+                self.peer,
+                self.via,
+                self.start,
+                SystemTime::now(),
+            );
+            record.close_reason = "running".into();
+            let _ = self.watch.running.set(Running {
+                record,
+                channels: Arc::clone(&d.channels),
+                command_logs: Arc::clone(&d.command_logs),
+            });
+            self.watch.write_running(&self.shared.session_log);
+        }
     }
 
     fn upstream_login(&self, d: &Decided, addr: SocketAddr) -> Result<Login, String> {
@@ -869,13 +934,15 @@ impl russh::server::Handler for ConnHandler {
 impl Drop for ConnHandler {
     fn drop(&mut self) {
         let Some(d) = self.decided.take() else { return };
+        // No running record is written from here on: the final record replaces it.
+        *lock(&self.watch.ended) = true;
         let end = SystemTime::now();
         let shared = Arc::clone(&self.shared);
         let (id, peer, via, start) = (self.id.clone(), self.peer, self.via, self.start);
         let write = move |d: Decided| {
             shared
                 .session_log
-                .append(&session_record(d, id, peer, via, start, end))
+                .append(&session_record(&d, id, peer, via, start, end))
         };
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
@@ -897,7 +964,7 @@ impl Drop for ConnHandler {
 }
 
 fn session_record(
-    d: Decided,
+    d: &Decided,
     id: String,
     peer: SocketAddr,
     via: &'static str,
