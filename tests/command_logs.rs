@@ -19,8 +19,14 @@ use common::lab::{Lab, OutputExt, ensure_user};
 use hpke::{Deserializable, OpModeR};
 
 fn audited_lab(command_logging: bool) -> Lab {
+    let mut lab = audited_lab_unstarted(command_logging);
+    lab.start();
+    lab
+}
+
+fn audited_lab_unstarted(command_logging: bool) -> Lab {
     ensure_user("jdoe");
-    let mut lab = Lab::new(&[("jdoe@example.com", &[])]);
+    let lab = Lab::new(&[("jdoe@example.com", &[])]);
     let out = common::portcullis()
         .args(["keygen", "-o"])
         .arg(lab.path().join("sshkey"))
@@ -42,7 +48,6 @@ fn audited_lab(command_logging: bool) -> Lab {
             .as_bytes(),
         )
         .module("90-default-principal.wasm", "default_principal");
-    lab.start();
     lab
 }
 
@@ -337,6 +342,115 @@ fn a_proxy_killed_mid_session_loses_nothing_already_sent() {
         .success_or_panic("decrypt recovered");
     let files = unzip(&zip);
     assert!(String::from_utf8_lossy(&files["data_from_server.txt"]).contains("before-the-kill"));
+}
+
+/// A small tmpfs mounted at `dir` for the life of the value.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: PathBuf, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "portcullis-test",
+            ])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        out.success_or_panic("mount a tmpfs (the test needs root)");
+        SmallDisk(dir)
+    }
+
+    /// Fills what is left; returns the filler.
+    fn fill(&self) -> PathBuf {
+        let filler = self.0.join("filler");
+        let _ = std::process::Command::new("dd")
+            .args(["if=/dev/zero", "bs=64k"])
+            .arg(format!("of={}", filler.display()))
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_ends_recorded_sessions_and_refuses_new_ones_losing_nothing() {
+    let mut lab = audited_lab_unstarted(true);
+    let logs_disk = SmallDisk::mount(lab.path().join("command-logs"), "1m");
+    let records_disk = SmallDisk::mount(lab.path().join("sessions.jsonl.running"), "256k");
+    lab.start();
+
+    // 4 MB of output cannot be recorded on 1 MiB: the session ends when the disk fills.
+    let out = lab.ssh_jump("jdoe", "jdoe", "yes portcullis | head -c 4000000");
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        out.stderr_text()
+            .contains("recording failed; ending the session"),
+        "{}",
+        out.stderr_text()
+    );
+    let received = out.stdout.len();
+    assert!(received < 4_000_000, "{received} bytes reached the client");
+    // What was recorded decrypts, and holds at least what reached the client.
+    let finished: Vec<PathBuf> = logs(&lab)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "sshlog"))
+        .collect();
+    assert_eq!(finished.len(), 1, "{:?}", logs(&lab));
+    let zip = lab.path().join("full.zip");
+    decrypt_cli(&finished[0], &lab.path().join("sshkey"), &zip, &[])
+        .success_or_panic("decrypt the log of a full disk");
+    let recorded = unzip(&zip)["data_from_server.txt"].clone();
+    assert!(
+        recorded.len() >= received,
+        "{} < {received}",
+        recorded.len()
+    );
+    assert!(
+        recorded.starts_with(&out.stdout),
+        "the recording is what the client got"
+    );
+
+    // With no room for a running session's record, a new session is refused...
+    let filler = records_disk.fill();
+    let out = lab.ssh_jump("jdoe", "jdoe", "echo should-not-run");
+    assert_ne!(out.status.code(), Some(0));
+    assert!(!out.stdout_text().contains("should-not-run"));
+    assert!(
+        out.stderr_text().contains("cannot write the session log"),
+        "{}",
+        out.stderr_text()
+    );
+    // ...and allowed again once there is room.
+    std::fs::remove_file(filler).unwrap();
+    std::fs::remove_file(&finished[0]).unwrap();
+    let out = lab.ssh_jump("jdoe", "jdoe", "echo room-again");
+    assert_eq!(out.stdout_text(), "room-again\n", "{}", out.stderr_text());
+
+    let sessions = lab.wait_sessions(3);
+    assert!(
+        sessions[1]["close_reason"]
+            .as_str()
+            .unwrap()
+            .contains("cannot write the session log"),
+        "{}",
+        sessions[1]
+    );
+    drop((logs_disk, records_disk));
 }
 
 #[test]

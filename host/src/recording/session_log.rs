@@ -104,17 +104,19 @@ impl SessionLog {
     }
 
     /// Keeps a running session's record so far (written aside and renamed, so a reader
-    /// or a crash never sees half of it).
-    pub fn running(&self, record: &SessionRecord) {
+    /// or a crash never sees half of it). A failure is logged and returned.
+    pub fn running(&self, record: &SessionRecord) -> std::io::Result<()> {
         let path = self.running_path(&record.id);
         let tmp = self.running.join(format!(".{}.tmp", record.id));
         let written = serde_json::to_vec(record)
             .map_err(std::io::Error::other)
             .and_then(|json| std::fs::write(&tmp, json))
             .and_then(|()| std::fs::rename(&tmp, &path));
-        if let Err(e) = written {
+        if let Err(e) = &written {
+            let _ = std::fs::remove_file(&tmp);
             tracing::error!(path = %path.display(), "cannot keep the running session's record: {e}");
         }
+        written
     }
 
     /// Appends the records that a proxy killed while sessions ran left behind, marked
@@ -323,8 +325,8 @@ mod tests {
             start: format!("2026-11-24T06:00:0{}.000Z", id.len()),
             ..Default::default()
         };
-        log.running(&record("a"));
-        log.running(&record("bb"));
+        log.running(&record("a")).unwrap();
+        log.running(&record("bb")).unwrap();
         let running: Vec<String> = running_sessions(&path)
             .unwrap()
             .into_iter()

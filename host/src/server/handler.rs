@@ -100,7 +100,8 @@ impl Watch {
         record.bytes_to_client = self.traffic.to_client.load(Ordering::Relaxed);
         record.channels = lock(&running.channels).clone();
         record.command_logs = lock(&running.command_logs).clone();
-        log.running(&record);
+        // A failure is reported by the log; the previous version of the record stays.
+        let _ = log.running(&record);
     }
 }
 
@@ -500,7 +501,9 @@ impl ConnHandler {
             close_reason: Arc::new(Mutex::new(String::new())),
             watch: Arc::clone(&self.watch),
         });
-        if let Some(d) = self.decided.as_ref().filter(|d| d.refusal.is_none()) {
+        if let Some(d) = self.decided.as_mut().filter(|d| d.refusal.is_none()) {
+            // No session runs unrecorded: if its record cannot be written (a full
+            // disk), it is refused.
             let mut record = session_record(
                 d,
                 self.id.clone(),
@@ -510,12 +513,21 @@ impl ConnHandler {
                 SystemTime::now(),
             );
             record.close_reason = "running".into();
-            let _ = self.watch.running.set(Running {
-                record,
-                channels: Arc::clone(&d.channels),
-                command_logs: Arc::clone(&d.command_logs),
-            });
-            self.watch.write_running(&self.shared.session_log);
+            match self.shared.session_log.running(&record) {
+                Ok(()) => {
+                    let _ = self.watch.running.set(Running {
+                        record,
+                        channels: Arc::clone(&d.channels),
+                        command_logs: Arc::clone(&d.command_logs),
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(session_id = %self.id, "session refused: its record cannot be written: {e}");
+                    d.refusal = Some(format!(
+                        "the proxy cannot write the session log ({e}); sessions are refused until it can"
+                    ));
+                }
+            }
         }
     }
 
