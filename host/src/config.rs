@@ -225,7 +225,17 @@ impl Config {
             path: path.to_path_buf(),
             message: e.to_string().trim().replace('\n', "\n  "),
         })?;
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        // Relative paths are anchored at the file's directory, made absolute so that a
+        // bare file name (the default `--config portcullis.toml`) anchors at the current
+        // directory and messages name whole paths.
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let base = std::path::absolute(dir).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: format!("cannot resolve its directory: {e}"),
+        })?;
         raw.validate(&base, path)
     }
 }
@@ -345,6 +355,14 @@ mod tests {
                 .unwrap()
                 .recheck_sessions
         );
+    }
+
+    #[test]
+    fn a_bare_file_name_anchors_paths_at_the_current_directory() {
+        let c = Config::parse("", Path::new("portcullis.toml")).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(c.host_key, cwd.join("host_key"));
+        assert_eq!(c.session_log, cwd.join("sessions.jsonl"));
     }
 
     #[test]

@@ -83,7 +83,12 @@ pub fn generate(kind: KeyKind, comment: &str) -> Result<PrivateKey, CaError> {
 
 /// Writes a private key, 0600, refusing to overwrite.
 pub fn write_private_key(path: &Path, key: &PrivateKey) -> Result<(), CaError> {
-    if let Some(parent) = path.parent() {
+    // A directory created for the key is private; one that exists is left as it is
+    // (it may be the configuration's own directory).
+    if let Some(parent) = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty() && !p.exists())
+    {
         fs::create_dir_all(parent).map_err(|e| file_err(parent, e))?;
         fs::set_permissions(parent, fs::Permissions::from_mode(0o700))
             .map_err(|e| file_err(parent, e))?;
