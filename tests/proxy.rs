@@ -1120,6 +1120,60 @@ fn running_sessions_are_listed_and_logged_even_when_the_proxy_is_killed() {
     assert_eq!(table.lines().count(), 1, "only the heading: {table}");
 }
 
+/// Sends `request` to 127.0.0.1:`port` and returns the whole response.
+fn http(port: u16, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn metrics_count_decisions_sessions_and_bytes() {
+    ensure_user("jdoe");
+    let mut lab = Lab::new(&[("jdoe@example.com", &[])]);
+    let port = common::lab::free_port();
+    lab.add_config(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    lab.policies
+        .module("90-default-principal.wasm", "default_principal");
+    lab.start();
+    let get = |path: &str| http(port, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"));
+    assert!(get("/healthz").starts_with("HTTP/1.1 200 OK"));
+    let read = |metrics: &str, name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    // The lab's own check that the proxy listens is a connection too.
+    let connections = read(&get("/metrics"), "portcullis_connections_total");
+
+    lab.ssh_jump("jdoe", "jdoe", "echo hello")
+        .success_or_panic("session");
+    lab.wait_sessions(1);
+    let metrics = get("/metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
+    let value = |name: &str| read(&metrics, name);
+    assert_eq!(value("portcullis_connections_total"), connections + 1.0);
+    assert_eq!(value("portcullis_decisions_total{action=\"allow\"}"), 1.0);
+    assert_eq!(value("portcullis_decisions_total{action=\"block\"}"), 0.0);
+    assert_eq!(value("portcullis_decision_seconds_count"), 1.0);
+    assert!(value("portcullis_decision_seconds_sum") > 0.0);
+    assert_eq!(value("portcullis_sessions_active"), 0.0);
+    assert_eq!(value("portcullis_sessions_ended_total"), 1.0);
+    assert!(value("portcullis_session_bytes_total{direction=\"to_client\"}") >= 6.0);
+    assert_eq!(value("portcullis_policy_modules"), 1.0);
+    assert!(metrics.contains("# TYPE portcullis_sessions_active gauge"));
+
+    assert!(get("/nothing").starts_with("HTTP/1.1 404"));
+    let post = http(port, "POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+}
+
 #[test]
 fn several_channels_share_one_session_and_one_target_connection() {
     ensure_user("jdoe");

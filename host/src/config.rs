@@ -41,6 +41,14 @@ struct RawConfig {
     upstream: RawUpstream,
     session_log: RawSessionLog,
     recording: RawRecording,
+    metrics: RawMetrics,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMetrics {
+    /// Where to serve Prometheus metrics; off when unset.
+    listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,6 +152,7 @@ impl Default for RawConfig {
                 public_key: None,
                 dir: "command-logs".into(),
             },
+            metrics: RawMetrics { listen: None },
         }
     }
 }
@@ -167,7 +176,8 @@ section_defaults!(
     RawPolicy => policy,
     RawUpstream => upstream,
     RawSessionLog => session_log,
-    RawRecording => recording
+    RawRecording => recording,
+    RawMetrics => metrics
 );
 
 /// How target host keys are verified.
@@ -206,6 +216,8 @@ pub struct Config {
     /// The auditor's HPKE public key file, if command logging is set up.
     pub recording_key: Option<PathBuf>,
     pub recording_dir: PathBuf,
+    /// Where to serve Prometheus metrics (`/metrics`, `/healthz`), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -284,6 +296,15 @@ impl RawConfig {
                 "must be between 30s and 24h".into(),
             ));
         }
+        let metrics_listen = match &self.metrics.listen {
+            None => None,
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "metrics.listen",
+                    format!("must be an address and port such as \"127.0.0.1:9187\", not {text:?}"),
+                )
+            })?),
+        };
         let idle_timeout = match self.server.idle_timeout {
             Duration::ZERO => None,
             t if t < Duration::from_secs(1) => {
@@ -330,6 +351,7 @@ impl RawConfig {
             session_log: abs(&self.session_log.path),
             recording_key: self.recording.public_key.as_deref().map(abs),
             recording_dir: abs(&self.recording.dir),
+            metrics_listen,
         })
     }
 }
@@ -363,6 +385,24 @@ mod tests {
         let cwd = std::env::current_dir().unwrap();
         assert_eq!(c.host_key, cwd.join("host_key"));
         assert_eq!(c.session_log, cwd.join("sessions.jsonl"));
+    }
+
+    #[test]
+    fn metrics_are_off_by_default_and_a_bad_address_names_the_key() {
+        assert_eq!(parse("").unwrap().metrics_listen, None);
+        assert_eq!(
+            parse("[metrics]\nlisten = \"127.0.0.1:9187\"\n")
+                .unwrap()
+                .metrics_listen,
+            Some("127.0.0.1:9187".parse().unwrap())
+        );
+        let err = parse("[metrics]\nlisten = \"localhost\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("metrics.listen") && err.contains("localhost"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -109,6 +109,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         session_log,
         recording_key,
     ));
+    let metrics = match shared.config.metrics_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Io {
+                    what: "cannot serve metrics on",
+                    path: addr.to_string(),
+                    source,
+                })?;
+            tracing::info!(listen = %addr, "serving metrics on /metrics");
+            Some(tokio::spawn(server::metrics::serve(
+                listener,
+                Arc::clone(&shared.metrics),
+                Arc::clone(&policy),
+            )))
+        }
+        None => None,
+    };
     let server_config = shared.server_config();
     let mut sessions = tokio::task::JoinSet::new();
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -145,6 +163,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     }
                 };
                 let _ = socket.set_nodelay(true);
+                shared.metrics.connection();
                 let handler = server::ConnHandler::new(Arc::clone(&shared), peer, None);
                 sessions.spawn(handler.serve(Arc::clone(&server_config), socket));
             }
@@ -167,6 +186,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             "grace period over; closing remaining sessions"
         );
         sessions.shutdown().await;
+    }
+    if let Some(metrics) = metrics {
+        metrics.abort();
     }
     Ok(())
 }

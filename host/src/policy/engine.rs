@@ -45,6 +45,7 @@ pub struct PolicyEngine {
     reloading: Mutex<()>,
     /// The generation of the set in force, for those who act on a swap.
     swapped: tokio::sync::watch::Sender<u64>,
+    failed_reloads: AtomicU64,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -77,6 +78,7 @@ impl PolicyEngine {
             generation: AtomicU64::new(0),
             reloading: Mutex::new(()),
             swapped: tokio::sync::watch::Sender::new(0),
+            failed_reloads: AtomicU64::new(0),
         };
         this.reload()?;
         Ok(this)
@@ -106,6 +108,19 @@ impl PolicyEngine {
     /// new set in atomically. On error the previous set stays in force. Compilation and
     /// checks run on the calling thread, never on a decision's path.
     pub fn reload(&self) -> Result<Arc<PolicySet>, PolicyError> {
+        let reloaded = self.load_and_swap();
+        if reloaded.is_err() {
+            self.failed_reloads.fetch_add(1, Ordering::Relaxed);
+        }
+        reloaded
+    }
+
+    /// How many reloads were refused since the start.
+    pub fn failed_reloads(&self) -> u64 {
+        self.failed_reloads.load(Ordering::Relaxed)
+    }
+
+    fn load_and_swap(&self) -> Result<Arc<PolicySet>, PolicyError> {
         let _one_at_a_time = lock(&self.reloading);
         let (sources, mut errors) = loader::read_dir(&self.dir)?;
         let previous = self.current.load_full();

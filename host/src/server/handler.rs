@@ -13,6 +13,7 @@ use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, Verif
 use russh::{Channel, ChannelId};
 
 use super::Shared;
+use super::metrics::Disconnect;
 use super::target::parse_user;
 use crate::identity::Identity;
 use crate::policy::{Action, ChannelRequest, DecisionRequest, Evaluation, PolicySet};
@@ -277,12 +278,14 @@ impl ConnHandler {
                 std::future::pending().await
             }
             tracing::info!(%peer, "no authentication within {auth_timeout:?}; disconnecting");
+            shared.metrics.disconnected(Disconnect::AuthTimeout);
             "authentication timeout".to_string()
         };
         let idleness = async {
             match idle_timeout {
                 Some(idle) => {
                     watch.idle_for(idle).await;
+                    shared.metrics.disconnected(Disconnect::Idle);
                     let why = format!(
                         "idle for {}: disconnected (server.idle_timeout)",
                         humantime::format_duration(idle)
@@ -298,6 +301,7 @@ impl ConnHandler {
                 return std::future::pending().await;
             }
             let why = revoked(&shared, &watch).await;
+            shared.metrics.disconnected(Disconnect::Revoked);
             tracing::warn!(%peer, "{why}");
             why
         };
@@ -365,10 +369,17 @@ impl ConnHandler {
             (true, Some(addr)) => self.upstream_login(d, addr).ok()?,
             _ => return None,
         };
-        target_connection(&d.target, &d.back, &login, &self.shared.host_key_policy)
-            .await
-            .inspect_err(|e| tracing::warn!(session_id = %self.id, %kind, "forwarding: {e}"))
-            .ok()
+        let shared = &self.shared;
+        target_connection(
+            &d.target,
+            &d.back,
+            &login,
+            &shared.host_key_policy,
+            &shared.metrics,
+        )
+        .await
+        .inspect_err(|e| tracing::warn!(session_id = %self.id, %kind, "forwarding: {e}"))
+        .ok()
     }
 
     /// Answers the client's request on `channel` with the target's answer.
@@ -442,6 +453,7 @@ impl ConnHandler {
             client_version,
         });
         let policy = self.shared.policy.current();
+        let deciding = std::time::Instant::now();
         let decision = {
             let (policy, request) = (Arc::clone(&policy), Arc::clone(&request));
             tokio::task::spawn_blocking(move || policy.decide(&request))
@@ -450,6 +462,9 @@ impl ConnHandler {
                     Evaluation::blocked(None, format!("policy evaluation failed: {e}"))
                 })
         };
+        self.shared
+            .metrics
+            .decided(decision.action, deciding.elapsed());
         let refusal = if let Some(refusal) = policy_refusal(&decision, &request) {
             Some(refusal)
         } else if addr.is_none() {
@@ -515,6 +530,7 @@ impl ConnHandler {
             record.close_reason = "running".into();
             match self.shared.session_log.running(&record) {
                 Ok(()) => {
+                    self.shared.metrics.session_started();
                     let _ = self.watch.running.set(Running {
                         record,
                         channels: Arc::clone(&d.channels),
@@ -576,12 +592,16 @@ async fn target_connection(
     back: &upstream::BackChannels,
     login: &Login,
     host_keys: &upstream::HostKeyPolicy,
+    metrics: &super::metrics::Metrics,
 ) -> Result<Arc<Target>, String> {
     let mut slot = slot.lock().await;
     if let Some(t) = slot.as_ref() {
         return Ok(Arc::clone(t));
     }
-    let t = Arc::new(upstream::connect(login, host_keys, back.clone()).await?);
+    let t = upstream::connect(login, host_keys, back.clone())
+        .await
+        .inspect_err(|_| metrics.target_failure())?;
+    let t = Arc::new(t);
     *slot = Some(Arc::clone(&t));
     Ok(t)
 }
@@ -610,6 +630,7 @@ impl russh::server::Handler for ConnHandler {
                     .public_key
                     .fingerprint(russh::keys::ssh_key::HashAlg::Sha256);
                 tracing::info!(peer = %self.peer, %user, %fp, "unknown key offered; refused");
+                self.shared.metrics.unknown_key();
                 Auth::reject()
             }
         })
@@ -628,6 +649,7 @@ impl russh::server::Handler for ConnHandler {
             }
             None => {
                 tracing::warn!(peer = %self.peer, %user, "unknown key refused");
+                self.shared.metrics.unknown_key();
                 Ok(Auth::reject())
             }
         }
@@ -705,8 +727,9 @@ impl russh::server::Handler for ConnHandler {
         let running = Arc::clone(&d.channel_tasks);
         let close_reason = Arc::clone(&d.close_reason);
         let host_keys = self.shared.host_key_policy.clone();
+        let metrics = Arc::clone(&self.shared.metrics);
         tokio::spawn(async move {
-            let target = target_connection(&target_slot, &back, &login, &host_keys).await;
+            let target = target_connection(&target_slot, &back, &login, &host_keys, &metrics).await;
             let channel_on_target = match target {
                 Ok(t) => t
                     .channel_open_session()
@@ -948,6 +971,14 @@ impl Drop for ConnHandler {
         let Some(d) = self.decided.take() else { return };
         // No running record is written from here on: the final record replaces it.
         *lock(&self.watch.ended) = true;
+        if self.watch.running.get().is_some() {
+            self.shared.metrics.session_ended(
+                d.bytes_from_client.load(Ordering::Relaxed),
+                d.bytes_to_client.load(Ordering::Relaxed),
+            );
+        } else if d.decision.is_allowed() {
+            self.shared.metrics.refused();
+        }
         let end = SystemTime::now();
         let shared = Arc::clone(&self.shared);
         let (id, peer, via, start) = (self.id.clone(), self.peer, self.via, self.start);

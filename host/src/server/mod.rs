@@ -3,6 +3,7 @@
 
 mod handler;
 mod killable;
+pub(crate) mod metrics;
 pub mod target;
 
 use std::sync::Arc;
@@ -36,6 +37,7 @@ pub(crate) struct Shared {
     host_certs: handler::HostCertCache,
     /// Changes whenever a new users file is put in force.
     users_swapped: tokio::sync::watch::Sender<u64>,
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl Shared {
@@ -64,6 +66,7 @@ impl Shared {
             recording_key,
             host_certs: handler::HostCertCache::default(),
             users_swapped: tokio::sync::watch::Sender::new(0),
+            metrics: Arc::default(),
         }
     }
 
