@@ -134,6 +134,59 @@ fn policy_refusal(decision: &Evaluation, request: &DecisionRequest) -> Option<St
     }
 }
 
+/// Returns why the proxy must disconnect the connection, when it must: no
+/// authentication within `server.auth_timeout`, idle for `server.idle_timeout`, or no
+/// longer allowed after a reload. Meanwhile it rewrites the running session's record.
+async fn watchdogs(shared: &Shared, watch: &Watch, peer: SocketAddr) -> String {
+    let auth_timeout = shared.config.auth_timeout;
+    let idle_timeout = shared.config.idle_timeout;
+    let authentication = async {
+        tokio::time::sleep(auth_timeout).await;
+        if watch.authenticated.load(Ordering::Relaxed) {
+            std::future::pending().await
+        }
+        tracing::info!(%peer, "no authentication within {auth_timeout:?}; disconnecting");
+        shared.metrics.disconnected(Disconnect::AuthTimeout);
+        "authentication timeout".to_string()
+    };
+    let idleness = async {
+        match idle_timeout {
+            Some(idle) => {
+                watch.idle_for(idle).await;
+                shared.metrics.disconnected(Disconnect::Idle);
+                let why = format!(
+                    "idle for {}: disconnected (server.idle_timeout)",
+                    humantime::format_duration(idle)
+                );
+                tracing::info!(%peer, "{why}");
+                why
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let revocation = async {
+        if !shared.config.recheck_sessions {
+            return std::future::pending().await;
+        }
+        let why = revoked(shared, watch).await;
+        shared.metrics.disconnected(Disconnect::Revoked);
+        tracing::warn!(%peer, "{why}");
+        why
+    };
+    let running_record = async {
+        loop {
+            tokio::time::sleep(RUNNING_RECORD_EVERY).await;
+            watch.write_running(&shared.session_log);
+        }
+    };
+    tokio::select! {
+        why = authentication => why,
+        why = idleness => why,
+        why = revocation => why,
+        why = running_record => why,
+    }
+}
+
 /// Returns why an allowed session must end, once a reload of the policies or the
 /// users file no longer allows it: its key is gone, or the policies in force now block
 /// it, refuse its login, or want it recorded when it is not.
@@ -260,8 +313,6 @@ impl ConnHandler {
     {
         let (peer, watch) = (self.peer, Arc::clone(&self.watch));
         let shared = Arc::clone(&self.shared);
-        let auth_timeout = self.shared.config.auth_timeout;
-        let idle_timeout = self.shared.config.idle_timeout;
         let switch = Arc::new(super::killable::KillSwitch::default());
         let stream = super::killable::Killable::new(stream, Arc::clone(&switch));
         let session = match russh::server::run_stream(config, stream, self).await {
@@ -272,52 +323,8 @@ impl ConnHandler {
             }
         };
         let handle = session.handle();
-        let authentication = async {
-            tokio::time::sleep(auth_timeout).await;
-            if watch.authenticated.load(Ordering::Relaxed) {
-                std::future::pending().await
-            }
-            tracing::info!(%peer, "no authentication within {auth_timeout:?}; disconnecting");
-            shared.metrics.disconnected(Disconnect::AuthTimeout);
-            "authentication timeout".to_string()
-        };
-        let idleness = async {
-            match idle_timeout {
-                Some(idle) => {
-                    watch.idle_for(idle).await;
-                    shared.metrics.disconnected(Disconnect::Idle);
-                    let why = format!(
-                        "idle for {}: disconnected (server.idle_timeout)",
-                        humantime::format_duration(idle)
-                    );
-                    tracing::info!(%peer, "{why}");
-                    why
-                }
-                None => std::future::pending().await,
-            }
-        };
-        let revocation = async {
-            if !shared.config.recheck_sessions {
-                return std::future::pending().await;
-            }
-            let why = revoked(&shared, &watch).await;
-            shared.metrics.disconnected(Disconnect::Revoked);
-            tracing::warn!(%peer, "{why}");
-            why
-        };
-        let running_record = async {
-            loop {
-                tokio::time::sleep(RUNNING_RECORD_EVERY).await;
-                watch.write_running(&shared.session_log);
-            }
-        };
         let watchdogs = async {
-            let why = tokio::select! {
-                why = authentication => why,
-                why = idleness => why,
-                why = revocation => why,
-                why = running_record => why,
-            };
+            let why = watchdogs(&shared, &watch, peer).await;
             *lock(&watch.ended_by) = Some(why.clone());
             why
         };
