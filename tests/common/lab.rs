@@ -28,15 +28,22 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn wait_for_port(port: u16, what: &str, child: &mut Child) {
+/// Waits until `child` writes `listening` (which names its port) to `log`. A port that
+/// merely accepts connections proves nothing: ports come from `free_port`, and another
+/// test's process may have taken this one first, in which case `child` fails to bind.
+fn wait_listening_logged(what: &str, child: &mut Child, log: &Path, listening: &str) {
     let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(listening) {
+            return;
+        }
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited with {status} before listening on {port}");
+            panic!("{what} exited with {status} before {listening:?}:\n{text}");
         }
         assert!(
             start.elapsed() < Duration::from_secs(20),
-            "{what} did not listen on {port}"
+            "{what} did not log {listening:?}:\n{text}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -284,7 +291,12 @@ impl Lab {
             .stderr(log)
             .spawn()
             .expect("run /usr/sbin/sshd (apt-get install openssh-server)");
-        wait_for_port(self.sshd_port, "sshd", &mut child);
+        wait_listening_logged(
+            "sshd",
+            &mut child,
+            &p.join("target/sshd.log"),
+            &format!("Server listening on 127.0.0.1 port {}.", self.sshd_port),
+        );
         self.sshd = Some(child);
     }
 
@@ -312,7 +324,12 @@ impl Lab {
             .stderr(log)
             .spawn()
             .unwrap();
-        wait_for_port(self.proxy_port, "portcullis", &mut child);
+        wait_listening_logged(
+            "portcullis",
+            &mut child,
+            &self.path().join("proxy.log"),
+            &format!("listen=127.0.0.1:{} ", self.proxy_port),
+        );
         self.proxy = Some(child);
     }
 
