@@ -20,12 +20,25 @@ use std::time::{Duration, Instant};
 use super::{PolicyDir, portcullis};
 
 /// A free loopback port (bound, then released).
+/// A port nothing listens on now, and that no other lab of this test process was given
+/// (the kernel hands the same free port out again, and the tests of one binary run
+/// at the same time).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Waits until `child` writes `listening` (which names its port) to `log`. A port that
