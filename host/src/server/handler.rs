@@ -55,7 +55,6 @@ struct Decided {
 #[derive(Debug, Default)]
 struct Watch {
     authenticated: std::sync::atomic::AtomicBool,
-    decided: std::sync::atomic::AtomicBool,
     /// Channel data either way (session and forwarded channels).
     traffic: upstream::Traffic,
     /// Why the proxy ended the session, for the session log.
@@ -229,7 +228,7 @@ async fn revoked(shared: &Shared, watch: &Watch) -> String {
 }
 
 impl Watch {
-    /// Returns once a decided session has moved no channel data for `idle`.
+    /// Returns once a running (allowed) session has moved no channel data for `idle`.
     async fn idle_for(&self, idle: Duration) {
         let every = (idle / 4).min(Duration::from_secs(15));
         let total = || {
@@ -240,7 +239,7 @@ impl Watch {
         loop {
             tokio::time::sleep(every).await;
             let now = total();
-            if now != seen || !self.decided.load(Ordering::Relaxed) {
+            if now != seen || self.running.get().is_none() {
                 (seen, since) = (now, tokio::time::Instant::now());
             } else if since.elapsed() >= idle {
                 return;
@@ -493,7 +492,6 @@ impl ConnHandler {
             allowed = refusal.is_none(), "session decided"
         );
         let traffic = self.watch.traffic.clone();
-        self.watch.decided.store(true, Ordering::Relaxed);
         if let (None, Some(key)) = (&refusal, &self.key) {
             let _ = self.watch.recheck.set(Recheck {
                 key: key.clone(),
