@@ -59,17 +59,35 @@ impl Decision {
         }
     }
 
-    /// Allow the connection under audit ("Audit SSH"); with `command_logging` the
-    /// session's terminal traffic is recorded, sealed to the auditor's key.
-    pub fn audit<I, S>(principals: I, command_logging: bool) -> Self
+    /// Allow the connection under audit ("Audit SSH"): the session is in the session
+    /// log as audited. Add [`recorded`](Self::recorded) to also record its terminal
+    /// traffic, sealed to the auditor's key.
+    pub fn audit<I, S>(principals: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
         Decision {
-            verdict: Verdict::Audit(command_logging),
+            verdict: Verdict::Audit(false),
             ..Decision::allow(principals)
         }
+    }
+
+    /// Records an audited session's terminal traffic in a sealed command log:
+    /// `Decision::audit(["jdoe"]).recorded()`. On any other decision it does nothing.
+    #[must_use]
+    pub fn recorded(self) -> Self {
+        self.recorded_if(true)
+    }
+
+    /// [`recorded`](Self::recorded) when `record` is true, for rules that carry the
+    /// choice in their configuration.
+    #[must_use]
+    pub fn recorded_if(mut self, record: bool) -> Self {
+        if let Verdict::Audit(_) = self.verdict {
+            self.verdict = Verdict::Audit(record);
+        }
+        self
     }
 
     /// Block the connection; `reason` is shown to the user and logged.
@@ -102,6 +120,25 @@ impl Decision {
     }
 }
 
+/// What a `#[policy]` function may return: a [`Decision`], or a `Result` whose error
+/// blocks the connection with the error's text, so that the function can use `?`.
+pub trait IntoDecision {
+    /// The decision this stands for.
+    fn into_decision(self) -> Decision;
+}
+
+impl IntoDecision for Decision {
+    fn into_decision(self) -> Decision {
+        self
+    }
+}
+
+impl<E: std::fmt::Display> IntoDecision for Result<Decision, E> {
+    fn into_decision(self) -> Decision {
+        self.unwrap_or_else(|e| Decision::block(e.to_string()))
+    }
+}
+
 impl ChannelVerdict {
     /// Refuse the channel request with a reason.
     pub fn deny(reason: impl Into<String>) -> Self {
@@ -122,14 +159,35 @@ mod tests {
     }
 
     #[test]
-    fn audit_keeps_the_command_logging_choice() {
+    fn audit_records_only_when_asked() {
         assert!(matches!(
-            Decision::audit(["a"], true).verdict,
+            Decision::audit(["a"]).recorded().verdict,
             Verdict::Audit(true)
         ));
         assert!(matches!(
-            Decision::audit(["a"], false).verdict,
+            Decision::audit(["a"]).verdict,
             Verdict::Audit(false)
+        ));
+        assert!(matches!(
+            Decision::audit(["a"]).recorded_if(false).verdict,
+            Verdict::Audit(false)
+        ));
+        assert!(matches!(
+            Decision::allow(["a"]).recorded().verdict,
+            Verdict::Allow
+        ));
+    }
+
+    #[test]
+    fn an_error_from_a_policy_function_blocks_with_its_message() {
+        let r: Result<Decision, String> = Err("no such team".into());
+        let d = r.into_decision();
+        assert!(matches!(&d.verdict, Verdict::Block(m) if m == "no such team"));
+        assert!(matches!(
+            Ok::<_, String>(Decision::allow(["a"]))
+                .into_decision()
+                .verdict,
+            Verdict::Allow
         ));
     }
 

@@ -102,7 +102,8 @@ impl<P: Policy> Guest for Export<P> {
         }
     }
 
-    fn check_channel(request: Vec<u8>, channel: ChannelRequest) -> ChannelVerdict {
+    fn check_channel(request: Vec<u8>, channel: wire::ChannelRequest) -> ChannelVerdict {
+        let channel = ChannelRequest::from(channel);
         let request = match ConnectionRequest::decode(&request) {
             Ok(r) => r,
             Err(e) => return ChannelVerdict::Deny(e),

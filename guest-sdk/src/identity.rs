@@ -1,17 +1,6 @@
 //! Helpers about who is connecting.
 
-use std::net::IpAddr;
-
-use crate::{ConnectionRequest, Endpoint, Identity, Target};
-
-/// The local part of an email address: `jdoe` for `jdoe@example.com`. An address
-/// without `@` is returned whole. A `+tag` suffix is kept (`jdoe+ops` stays distinct).
-pub fn local_part(email: &str) -> &str {
-    match email.rsplit_once('@') {
-        Some((local, _domain)) => local,
-        None => email,
-    }
-}
+pub use portcullis_wire::local_part;
 
 /// The domain of an email address, lower-cased comparison is left to the caller.
 pub fn domain(email: &str) -> Option<&str> {
@@ -49,58 +38,10 @@ impl<'de> serde::Deserialize<'de> for EmailPattern {
     }
 }
 
-impl<'a> Identity<'a> {
-    /// The local part of the user's email: the default Unix login.
-    pub fn local_part(&self) -> &'a str {
-        local_part(self.email)
-    }
-
-    /// Whether the user's email equals `email`, ignoring ASCII case.
-    pub fn is(&self, email: &str) -> bool {
-        self.email.eq_ignore_ascii_case(email)
-    }
-
-    /// Whether the user belongs to `group` (exact, case-sensitive as the identity
-    /// source spells it).
-    pub fn in_group(&self, group: &str) -> bool {
-        self.groups.contains(&group)
-    }
-
-    /// Whether the user belongs to at least one of `groups`. An empty list matches
-    /// nobody; callers that mean "no group condition" should test for emptiness first.
-    pub fn in_any_group<S: AsRef<str>>(&self, groups: &[S]) -> bool {
-        groups.iter().any(|g| self.in_group(g.as_ref()))
-    }
-}
-
-impl Endpoint<'_> {
-    /// The address, parsed. IPv4-mapped IPv6 addresses are returned as IPv4.
-    pub fn ip_addr(&self) -> Option<IpAddr> {
-        crate::net::parse_ip(self.ip)
-    }
-}
-
-impl Target<'_> {
-    /// The resolved address of the target, parsed; or the host itself when the user
-    /// typed an address.
-    pub fn ip_addr(&self) -> Option<IpAddr> {
-        self.ip
-            .and_then(crate::net::parse_ip)
-            .or_else(|| crate::net::parse_ip(self.host))
-    }
-}
-
-impl ConnectionRequest<'_> {
-    /// The source address of the client, parsed.
-    pub fn source_ip(&self) -> Option<IpAddr> {
-        self.source.ip_addr()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Authentication;
+    use crate::{Authentication, Identity, Target};
 
     fn id<'a>(email: &'a str, groups: &[&'a str]) -> Identity<'a> {
         Identity {

@@ -36,13 +36,13 @@
 
 extern crate self as portcullis_policy;
 
+mod channel;
 mod config;
 mod decision;
 mod export;
 pub mod identity;
 pub mod log;
 pub mod net;
-mod request;
 pub mod time;
 
 pub use config::NoConfig;
@@ -69,9 +69,12 @@ pub mod bindings {
     });
 }
 
-pub use bindings::{ChannelRequest, ChannelVerdict, ConfigFormat, Permissions};
-pub use decision::{Decision, Verdict};
-pub use request::{Authentication, ConnectionRequest, Datetime, Endpoint, Identity, Target};
+pub use bindings::{ChannelVerdict, ConfigFormat, Permissions};
+pub use channel::ChannelRequest;
+pub use decision::{Decision, IntoDecision, Verdict};
+pub use portcullis_wire::{
+    Authentication, ConnectionRequest, Datetime, Endpoint, Identity, Target,
+};
 
 /// Everything a policy usually needs, in one `use`.
 pub mod prelude {
@@ -80,7 +83,7 @@ pub mod prelude {
     pub use crate::time::{TimeWindow, Weekday};
     pub use crate::{
         Authentication, ChannelRequest, ChannelVerdict, ConnectionRequest, Datetime, Decision,
-        Endpoint, Identity, NoConfig, Permissions, Policy, Target, Verdict, policy,
+        Endpoint, Identity, IntoDecision, NoConfig, Permissions, Policy, Target, Verdict, policy,
     };
     pub use serde::Deserialize;
 }

@@ -10,22 +10,8 @@ use serde::{Deserialize, Deserializer};
 
 use crate::Target;
 
-/// Parses an IP address; an IPv4-mapped IPv6 address (`::ffff:10.0.0.1`) becomes IPv4,
-/// so that IPv4 rules match clients seen through a dual-stack socket.
-pub fn parse_ip(text: &str) -> Option<IpAddr> {
-    let text = text.trim().trim_start_matches('[').trim_end_matches(']');
-    text.parse::<IpAddr>().ok().map(canonical)
-}
-
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(v6),
-        },
-        v4 => v4,
-    }
-}
+use portcullis_wire::canonical;
+pub use portcullis_wire::parse_ip;
 
 fn to_bits(ip: IpAddr) -> (bool, u128) {
     match ip {

@@ -5,13 +5,20 @@
 //! - `fn NAME(request: &ConnectionRequest) -> Decision`
 //! - `fn NAME(request: &ConnectionRequest, config: &MyConfig) -> Decision`, where
 //!   `MyConfig: Deserialize` is parsed from the module's configuration file
+//! - either function returning `Result<Decision, E>` with `E: Display`: an error
+//!   blocks with its text, so the function can use `?`
+//! - either function with `#[policy(check_channel = CHECK)]`, where `CHECK` is
+//!   `fn(&ConnectionRequest, &ChannelRequest) -> ChannelVerdict` (with a third
+//!   argument `&MyConfig` when the function takes one)
 //! - `impl Policy for MyPolicy { ... }`, where `MyPolicy: Deserialize` is the configuration
 
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{FnArg, Item, ItemFn, ItemImpl, ReturnType, Type, parse_macro_input};
+use syn::{
+    Expr, FnArg, Item, ItemFn, ItemImpl, MetaNameValue, ReturnType, Type, parse_macro_input,
+};
 
 const USAGE: &str = "`#[policy]` goes on `fn decide(request: &ConnectionRequest) -> Decision`, \
      on `fn decide(request: &ConnectionRequest, config: &MyConfig) -> Decision`, \
@@ -20,16 +27,29 @@ const USAGE: &str = "`#[policy]` goes on `fn decide(request: &ConnectionRequest)
 /// Exports a policy. See the crate documentation for the accepted forms.
 #[proc_macro_attribute]
 pub fn policy(attr: TokenStream, item: TokenStream) -> TokenStream {
-    if !attr.is_empty() {
-        let attr = TokenStream2::from(attr);
-        return error(
-            attr.span(),
-            "`#[policy]` takes no arguments; write `#[policy]`",
-        );
-    }
+    let check = if attr.is_empty() {
+        None
+    } else {
+        let attr2 = TokenStream2::from(attr.clone());
+        match syn::parse::<MetaNameValue>(attr) {
+            Ok(nv) if nv.path.is_ident("check_channel") => Some(nv.value),
+            _ => {
+                return error(
+                    attr2.span(),
+                    "`#[policy]` takes no arguments but `check_channel = FUNCTION`; write \
+                     `#[policy]` or `#[policy(check_channel = check)]`",
+                );
+            }
+        }
+    };
     let item = parse_macro_input!(item as Item);
     let expanded = match item {
-        Item::Fn(f) => from_fn(f),
+        Item::Fn(f) => from_fn(f, check),
+        Item::Impl(i) if check.is_some() => Err(syn::Error::new(
+            i.self_ty.span(),
+            "`check_channel = ...` is for a policy function; in `impl Policy`, write \
+             `fn check_channel(&self, request, channel)` in the impl",
+        )),
         Item::Impl(i) => from_impl(i),
         other => Err(syn::Error::new(other.span(), USAGE)),
     };
@@ -96,7 +116,7 @@ fn reference_target(arg: &FnArg, what: &str) -> syn::Result<Type> {
     }
 }
 
-fn from_fn(f: ItemFn) -> syn::Result<TokenStream2> {
+fn from_fn(f: ItemFn, check: Option<Expr>) -> syn::Result<TokenStream2> {
     let sig = &f.sig;
     if let Some(a) = &sig.asyncness {
         return Err(syn::Error::new(
@@ -118,21 +138,37 @@ fn from_fn(f: ItemFn) -> syn::Result<TokenStream2> {
     }
     let name = &sig.ident;
     let args: Vec<&FnArg> = sig.inputs.iter().collect();
-    let (config_ty, call) = match args.as_slice() {
+    let (config_ty, call, check_call) = match args.as_slice() {
         [request] => {
             reference_target(request, "request")?;
             (
                 quote!(::portcullis_policy::NoConfig),
                 quote!(#name(request)),
+                check.map(|c| quote!(#c(request, channel))),
             )
         }
         [request, config] => {
             reference_target(request, "request")?;
             let ty = reference_target(config, "configuration")?;
-            (quote!(#ty), quote!(#name(request, &self.0)))
+            (
+                quote!(#ty),
+                quote!(#name(request, &self.0)),
+                check.map(|c| quote!(#c(request, channel, &self.0))),
+            )
         }
         _ => return Err(syn::Error::new(sig.inputs.span(), USAGE)),
     };
+    let check_fn = check_call.map(|call| {
+        quote! {
+            fn check_channel(
+                &self,
+                request: &::portcullis_policy::ConnectionRequest<'_>,
+                channel: &::portcullis_policy::ChannelRequest,
+            ) -> ::portcullis_policy::ChannelVerdict {
+                #call
+            }
+        }
+    });
     let span = sig.ident.span();
     let wrapper = quote_spanned! {span=>
         #[doc(hidden)]
@@ -154,8 +190,10 @@ fn from_fn(f: ItemFn) -> syn::Result<TokenStream2> {
                 &self,
                 request: &::portcullis_policy::ConnectionRequest<'_>,
             ) -> ::portcullis_policy::Decision {
-                #call
+                ::portcullis_policy::IntoDecision::into_decision(#call)
             }
+
+            #check_fn
         }
     };
     let export = export(quote!(__PortcullisFnPolicy));

@@ -59,7 +59,7 @@ impl Policy for Conditions {
 
     fn check_channel(&self, _request: &ConnectionRequest, channel: &ChannelRequest) -> ChannelVerdict {
         match channel {
-            ChannelRequest::Subsystem(name) if self.deny_subsystems.iter().any(|s| s == name) => {
+            ChannelRequest::Subsystem { name } if self.deny_subsystems.iter().any(|s| s == name) => {
                 ChannelVerdict::deny(format!("the {name} subsystem is not allowed"))
             }
             _ => ChannelVerdict::NoOpinion,

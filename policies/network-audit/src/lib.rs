@@ -60,6 +60,8 @@ impl Policy for NetworkAudit {
             Some(r) => format!("audit {logging} command logging: {r}"),
             None => format!("audit {logging} command logging"),
         };
-        Decision::audit(principals, rule.command_logging).with_reason(reason)
+        Decision::audit(principals)
+            .recorded_if(rule.command_logging)
+            .with_reason(reason)
     }
 }

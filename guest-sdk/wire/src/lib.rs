@@ -1,9 +1,10 @@
-//! The connection request a policy decides, and its encoding on the wire.
-//!
-//! The host encodes the request once per decision and hands every module the same
-//! bytes (`connection-request` in `wit/policy.wit`, which documents the layout); the
-//! SDK decodes them before calling the author's code. These types are the one
-//! definition of that layout: the host encodes with [`ConnectionRequest::encode`].
+//! The connection request a policy decides, and its encoding on the wire: the one
+//! definition both sides share. The host encodes the request once per decision with
+//! [`ConnectionRequest::encode`] and hands every module the same bytes
+//! (`connection-request` in `wit/policy.wit`, which documents the layout); the guest
+//! SDK (`portcullis-policy`) decodes them before calling the author's code. This crate
+//! has no dependencies, so the host does not link the guest SDK and the SDK does not
+//! link anything of the host.
 //!
 //! The text fields borrow from those bytes (`&str`, not `String`): decoding then
 //! allocates nothing but the list of groups, which matters because every module
@@ -13,6 +14,8 @@
 //! guest, the generic serde path cost about twice as much per decision (measured with
 //! `cargo bench -p portcullis --bench decision`). The bytes are postcard's all the
 //! same, pinned by the tests below.
+
+use std::net::IpAddr;
 
 /// A point in time: seconds and nanoseconds since 1970-01-01T00:00:00Z.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,6 +252,81 @@ impl<'a> Reader<'a> {
             .ok_or_else(|| format!("{field}: truncated text"))?;
         self.rest = rest;
         std::str::from_utf8(text).map_err(|_| format!("{field}: not UTF-8"))
+    }
+}
+
+// ---------------------------------------------------------- helpers on the request
+
+/// The local part of an email address: `jdoe` for `jdoe@example.com`. An address
+/// without `@` is returned whole. A `+tag` suffix is kept (`jdoe+ops` stays distinct).
+pub fn local_part(email: &str) -> &str {
+    match email.rsplit_once('@') {
+        Some((local, _domain)) => local,
+        None => email,
+    }
+}
+
+/// Parses an IP address; an IPv4-mapped IPv6 address (`::ffff:10.0.0.1`) becomes IPv4,
+/// so that IPv4 rules match clients seen through a dual-stack socket.
+pub fn parse_ip(text: &str) -> Option<IpAddr> {
+    let text = text.trim().trim_start_matches('[').trim_end_matches(']');
+    text.parse::<IpAddr>().ok().map(canonical)
+}
+
+/// An address as policies compare it: IPv4-mapped IPv6 addresses as IPv4.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        },
+        v4 => v4,
+    }
+}
+
+impl<'a> Identity<'a> {
+    /// The local part of the user's email: the default Unix login.
+    pub fn local_part(&self) -> &'a str {
+        local_part(self.email)
+    }
+
+    /// Whether the user's email equals `email`, ignoring ASCII case.
+    pub fn is(&self, email: &str) -> bool {
+        self.email.eq_ignore_ascii_case(email)
+    }
+
+    /// Whether the user belongs to `group` (exact, case-sensitive as the identity
+    /// source spells it).
+    pub fn in_group(&self, group: &str) -> bool {
+        self.groups.contains(&group)
+    }
+
+    /// Whether the user belongs to at least one of `groups`. An empty list matches
+    /// nobody; callers that mean "no group condition" should test for emptiness first.
+    pub fn in_any_group<S: AsRef<str>>(&self, groups: &[S]) -> bool {
+        groups.iter().any(|g| self.in_group(g.as_ref()))
+    }
+}
+
+impl Endpoint<'_> {
+    /// The address, parsed. IPv4-mapped IPv6 addresses are returned as IPv4.
+    pub fn ip_addr(&self) -> Option<IpAddr> {
+        parse_ip(self.ip)
+    }
+}
+
+impl Target<'_> {
+    /// The resolved address of the target, parsed; or the host itself when the user
+    /// typed an address.
+    pub fn ip_addr(&self) -> Option<IpAddr> {
+        self.ip.and_then(parse_ip).or_else(|| parse_ip(self.host))
+    }
+}
+
+impl ConnectionRequest<'_> {
+    /// The source address of the client, parsed.
+    pub fn source_ip(&self) -> Option<IpAddr> {
+        self.source.ip_addr()
     }
 }
 

@@ -1,0 +1,54 @@
+//! A request made on an allowed connection, as a policy's `check_channel` sees it.
+
+use crate::bindings;
+
+/// A request made on an allowed connection: what the user wants to run or forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelRequest {
+    /// An interactive shell.
+    Shell,
+    /// A command (`ssh host COMMAND`; also how `scp -O` and rsync run).
+    Exec {
+        /// The command line as the client sent it.
+        command: String,
+    },
+    /// A subsystem such as `sftp` (which `scp` uses by default).
+    Subsystem {
+        /// The subsystem's name.
+        name: String,
+    },
+    /// Local port forwarding (`ssh -L`): a connection from the target's side to
+    /// `host:port`.
+    DirectTcpip {
+        /// The host to connect to, as the client named it.
+        host: String,
+        /// The port to connect to.
+        port: u16,
+    },
+    /// Remote port forwarding (`ssh -R`): the target listens on `address:port`.
+    TcpipForward {
+        /// The address to listen on, as the client named it.
+        address: String,
+        /// The port (0: the target picks one).
+        port: u16,
+    },
+    /// Agent forwarding (`ssh -A`).
+    AgentForwarding,
+    /// X11 forwarding (`ssh -X`, `ssh -Y`).
+    X11Forwarding,
+}
+
+impl From<bindings::ChannelRequest> for ChannelRequest {
+    fn from(r: bindings::ChannelRequest) -> Self {
+        use bindings::ChannelRequest as W;
+        match r {
+            W::Shell => ChannelRequest::Shell,
+            W::Exec(command) => ChannelRequest::Exec { command },
+            W::Subsystem(name) => ChannelRequest::Subsystem { name },
+            W::DirectTcpip((host, port)) => ChannelRequest::DirectTcpip { host, port },
+            W::TcpipForward((address, port)) => ChannelRequest::TcpipForward { address, port },
+            W::AgentForwarding => ChannelRequest::AgentForwarding,
+            W::X11Forwarding => ChannelRequest::X11Forwarding,
+        }
+    }
+}
