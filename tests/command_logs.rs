@@ -86,7 +86,7 @@ fn decrypt_cli(log: &Path, key: &Path, out: &Path, extra: &[&str]) -> std::proce
         .unwrap()
 }
 
-/// An independent reader of the format (DESIGN.md), for checking framing and layout.
+/// An independent reader of the format (docs/log-format.md), for checking framing and layout.
 struct Parsed {
     meta: serde_json::Value,
     /// (source, code, elapsed µs, data)

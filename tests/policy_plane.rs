@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{PolicyDir, eval, portcullis};
-use portcullis::policy::{Action, Authentication, DecisionRequest, Limits, PolicyEngine};
+use portcullis::identity::Authentication;
+use portcullis::policy::{Action, DecisionRequest, Limits, PolicyEngine};
 use serde_json::Value;
 
 const MONDAY_10_PARIS: &str = "2026-11-23T10:00:00+01:00";

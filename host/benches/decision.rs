@@ -17,7 +17,8 @@ use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use portcullis::policy::{Authentication, DecisionRequest, Limits, PolicyEngine};
+use portcullis::identity::Authentication;
+use portcullis::policy::{DecisionRequest, Limits, PolicyEngine};
 
 fn request() -> DecisionRequest {
     DecisionRequest {

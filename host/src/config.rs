@@ -189,11 +189,18 @@ pub enum HostKeyCheck {
     Strict,
 }
 
+/// How to check target host keys.
+#[derive(Debug, Clone)]
+pub struct HostKeyPolicy {
+    pub mode: HostKeyCheck,
+    /// The OpenSSH known_hosts file of pins and `@cert-authority` lines.
+    pub known_hosts: PathBuf,
+    pub connect_timeout: Duration,
+}
+
 /// The checked configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The file it was loaded from (or `None` for defaults in tests).
-    pub source: Option<PathBuf>,
     pub listen: SocketAddr,
     /// The proxy's own SSH host key (created on first start).
     pub host_key: PathBuf,
@@ -209,9 +216,8 @@ pub struct Config {
     pub reload_debounce: Duration,
     /// Decide running sessions again on every reload; end those no longer allowed.
     pub recheck_sessions: bool,
-    pub host_key_check: HostKeyCheck,
-    pub known_hosts: PathBuf,
-    pub connect_timeout: Duration,
+    /// How target host keys are checked, where they are pinned, how long to wait.
+    pub host_keys: HostKeyPolicy,
     pub session_log: PathBuf,
     /// The auditor's HPKE public key file, if command logging is set up.
     pub recording_key: Option<PathBuf>,
@@ -328,7 +334,6 @@ impl RawConfig {
             }
         };
         Ok(Config {
-            source: Some(path.to_path_buf()),
             listen,
             host_key: abs(&self.server.host_key),
             auth_timeout: self.server.auth_timeout,
@@ -345,9 +350,11 @@ impl RawConfig {
             },
             reload_debounce: p.reload_debounce,
             recheck_sessions: p.recheck_sessions,
-            host_key_check,
-            known_hosts: abs(&self.upstream.known_hosts),
-            connect_timeout: self.upstream.connect_timeout,
+            host_keys: HostKeyPolicy {
+                mode: host_key_check,
+                known_hosts: abs(&self.upstream.known_hosts),
+                connect_timeout: self.upstream.connect_timeout,
+            },
             session_log: abs(&self.session_log.path),
             recording_key: self.recording.public_key.as_deref().map(abs),
             recording_dir: abs(&self.recording.dir),
@@ -369,7 +376,7 @@ mod tests {
         let c = parse("").unwrap();
         assert_eq!(c.listen, "0.0.0.0:2222".parse().unwrap());
         assert_eq!(c.policy_dir, Path::new("/etc/portcullis/policies"));
-        assert_eq!(c.host_key_check, HostKeyCheck::Tofu);
+        assert_eq!(c.host_keys.mode, HostKeyCheck::Tofu);
         assert_eq!(c.cert_validity, Duration::from_secs(300));
         assert!(c.recheck_sessions);
         assert!(

@@ -4,21 +4,24 @@
 //! session.
 //!
 //! The crate is the `portcullis` binary's library, so tests and embedders can run the
-//! proxy in-process with [`run`].
+//! proxy in-process with [`run`]. docs/architecture.md maps the stages a connection
+//! goes through to the modules here.
 
 pub mod ca;
+pub mod channels;
 pub mod cli;
 pub mod config;
 pub mod identity;
 pub mod policy;
+mod proxy;
 pub mod recording;
+mod reload;
 pub mod server;
+mod sync;
+mod text;
 pub mod upstream;
 
-use std::future::Future;
-use std::sync::Arc;
-
-use config::Config;
+pub use proxy::run;
 
 /// Errors that stop the proxy from starting.
 #[derive(Debug, thiserror::Error)]
@@ -40,166 +43,4 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// Runs the proxy until `shutdown` completes, then stops accepting and waits up to the
-/// configured grace period for sessions to end.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    raise_open_file_limit();
-    let ca = ca::Ca::open(&config.ca_dir)?;
-    let host_key = ca::load_or_create_host_key(&config.host_key)?;
-    let users = identity::UsersFile::load(&config.users_file)?;
-    let policy = Arc::new(policy::PolicyEngine::new(
-        &config.policy_dir,
-        config.policy_limits,
-    )?);
-    let reload = policy::watch(Arc::clone(&policy), config.reload_debounce)?;
-    let session_log =
-        recording::SessionLog::open(&config.session_log).map_err(|source| Error::Io {
-            what: "cannot open the session log",
-            path: config.session_log.display().to_string(),
-            source,
-        })?;
-    match session_log.recover() {
-        Ok(0) => {}
-        Ok(n) => tracing::warn!(
-            count = n,
-            "sessions that ran when the proxy stopped were logged as interrupted"
-        ),
-        Err(e) => tracing::error!("cannot recover the running sessions' records: {e}"),
-    }
-    let recording_key = match &config.recording_key {
-        Some(path) => Some(recording::cmdlog::SealingKey::read(path)?),
-        None => None,
-    };
-    // Finish what a proxy that died mid-session left behind, before taking sessions.
-    let recovered = recording::cmdlog::recover(&config.recording_dir)?;
-    if !recovered.is_empty() {
-        tracing::warn!(
-            count = recovered.len(),
-            "finalised interrupted command logs"
-        );
-    }
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| Error::Io {
-            what: "cannot listen on",
-            path: config.listen.to_string(),
-            source,
-        })?;
-    let local = listener.local_addr().map_err(|source| Error::Io {
-        what: "cannot listen on",
-        path: config.listen.to_string(),
-        source,
-    })?;
-    tracing::info!(
-        listen = %local,
-        users = users.key_count(),
-        policies = ?policy.current().names(),
-        "portcullis is serving"
-    );
-    let grace = config.shutdown_grace;
-    let users_file = config.users_file.clone();
-    let shared = Arc::new(server::Shared::new(
-        config,
-        ca,
-        host_key,
-        Box::new(users),
-        Arc::clone(&policy),
-        session_log,
-        recording_key,
-    ));
-    let metrics = match shared.config.metrics_listen {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| Error::Io {
-                    what: "cannot serve metrics on",
-                    path: addr.to_string(),
-                    source,
-                })?;
-            tracing::info!(listen = %addr, "serving metrics on /metrics");
-            Some(tokio::spawn(server::metrics::serve(
-                listener,
-                Arc::clone(&shared.metrics),
-                Arc::clone(&policy),
-            )))
-        }
-        None => None,
-    };
-    let server_config = shared.server_config();
-    let mut sessions = tokio::task::JoinSet::new();
-    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|source| Error::Io {
-            what: "cannot handle",
-            path: "SIGHUP".into(),
-            source,
-        })?;
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            _ = hangups.recv() => {
-                tracing::info!("SIGHUP: reloading policies, users and the CA");
-                reload.trigger();
-                match identity::UsersFile::load(&users_file) {
-                    Ok(users) => shared.reload_identities(Box::new(users)),
-                    Err(e) => tracing::error!("users file not reloaded; the previous one stays in force: {e}"),
-                }
-                match ca::Ca::open(&shared.config.ca_dir) {
-                    Ok(ca) => {
-                        shared.reload_ca(ca);
-                        tracing::info!("CA reloaded: {:?}", shared.ca.load());
-                    }
-                    Err(e) => tracing::error!("CA not reloaded; the previous keys stay in force: {e}"),
-                }
-            }
-            accepted = listener.accept() => {
-                let (socket, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!("accept failed: {e}");
-                        continue;
-                    }
-                };
-                let _ = socket.set_nodelay(true);
-                shared.metrics.connection();
-                let handler = server::ConnHandler::new(Arc::clone(&shared), peer, None);
-                sessions.spawn(handler.serve(Arc::clone(&server_config), socket));
-            }
-            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-        }
-    }
-    // Stop accepting at once: new connections are refused while sessions drain.
-    drop(listener);
-    tracing::info!(
-        open = sessions.len(),
-        "shutting down; draining sessions for up to {grace:?}"
-    );
-    let drained = tokio::time::timeout(grace, async {
-        while sessions.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            open = sessions.len(),
-            "grace period over; closing remaining sessions"
-        );
-        sessions.shutdown().await;
-    }
-    if let Some(metrics) = metrics {
-        metrics.abort();
-    }
-    Ok(())
-}
-
-/// Each session holds two sockets (client and target) and, when audited, a log file;
-/// the usual soft limit of 1,024 open files would cap the proxy near 500 sessions. Raise
-/// the soft limit to the hard limit (as Go's runtime does for every server); a failure only
-/// warns (the proxy still serves, with fewer sessions).
-fn raise_open_file_limit() {
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => tracing::debug!(limit, "open file limit"),
-        Err(e) => tracing::warn!("cannot raise the open file limit: {e}"),
-    }
 }

@@ -51,7 +51,7 @@ fn file_err(path: &Path, e: impl std::fmt::Display) -> CaError {
 }
 
 /// The key algorithm of a new CA key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyKind {
     /// ECDSA on NIST P-256 (what the hosted product uses).
     Ecdsa,

@@ -3,21 +3,15 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// A session's byte totals, shared by all its channels.
-#[derive(Debug, Clone, Default)]
-pub struct Traffic {
-    pub from_client: Arc<AtomicU64>,
-    pub to_client: Arc<AtomicU64>,
-}
+use super::Traffic;
 
 /// Joins the client's end of a forwarded channel to the target's until both are done.
-pub async fn join<C, T>(client: C, mut target: T, traffic: &Traffic)
+pub async fn join_forwarded<C, T>(client: C, mut target: T, traffic: &Traffic)
 where
     C: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
@@ -89,7 +83,7 @@ mod tests {
         let traffic = Traffic::default();
         let joined = {
             let traffic = traffic.clone();
-            tokio::spawn(async move { join(client, target, &traffic).await })
+            tokio::spawn(async move { join_forwarded(client, target, &traffic).await })
         };
         client_far.write_all(b"hello target").await.unwrap();
         let mut got = [0u8; 12];

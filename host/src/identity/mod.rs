@@ -6,9 +6,19 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use russh::keys::ssh_key::{HashAlg, PublicKey};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::policy::Authentication;
+/// How the user authenticated to the proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "method", content = "id")]
+pub enum Authentication {
+    /// A listed public key, by its `SHA256:` fingerprint.
+    PublicKey(String),
+    /// A user certificate, by its CA's fingerprint.
+    Certificate(String),
+    /// Another identity source, by name.
+    Other(String),
+}
 
 /// An authenticated user.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,5 +1,10 @@
 //! The policy plane: WebAssembly policy modules that decide every connection.
 //!
+//! Layout: `engine` loads, compiles and swaps; `set` decides with the set in force;
+//! `module` calls one guest under its bounds; `guest` is a guest's store state;
+//! `wire` converts between the host's types and the WIT world; `loader` reads the
+//! directory; `reload` watches it.
+//!
 //! Invariants:
 //! - Modules are evaluated in file-name order; the first answer other than no-match
 //!   wins; when none matches, the connection is blocked.
@@ -10,18 +15,22 @@
 
 mod bindings;
 mod engine;
+mod guest;
 mod limits;
 mod loader;
+mod module;
 mod reload;
+mod set;
 mod types;
+mod wire;
 
-pub use engine::{PolicyEngine, PolicySet, check_channel_off_thread};
+pub use engine::PolicyEngine;
 pub use limits::Limits;
 pub use loader::{LoadError, LoadErrors, ModuleInfo};
 pub use reload::{ReloadHandle, watch};
+pub use set::{PolicySet, check_channel_off_thread};
 pub use types::{
-    Action, Authentication, ChannelDecision, ChannelRequest, DecisionRequest, Evaluation,
-    Permissions,
+    Action, ChannelDecision, ChannelRequest, DecisionRequest, Evaluation, Permissions,
 };
 
 use std::path::PathBuf;

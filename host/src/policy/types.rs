@@ -6,17 +6,7 @@ use std::time::SystemTime;
 
 use serde::{Serialize, Serializer};
 
-/// How the user authenticated to the proxy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case", tag = "method", content = "id")]
-pub enum Authentication {
-    /// A listed public key, by its `SHA256:` fingerprint.
-    PublicKey(String),
-    /// A user certificate, by its CA's fingerprint.
-    Certificate(String),
-    /// Another identity source, by name.
-    Other(String),
-}
+use crate::identity::Authentication;
 
 /// Everything a connection decision is based on.
 #[derive(Debug, Clone, Serialize)]

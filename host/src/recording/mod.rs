@@ -4,6 +4,6 @@ pub mod cmdlog;
 mod session_log;
 
 pub use session_log::{
-    ChannelRecord, INTERRUPTED, SessionLog, SessionRecord, print_sessions, running_sessions,
-    timestamp,
+    ChannelRecord, INTERRUPTED, SessionFilter, SessionLog, SessionRecord, list_sessions,
+    running_sessions, timestamp,
 };

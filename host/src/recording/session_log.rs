@@ -10,7 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +58,17 @@ pub struct SessionRecord {
     #[serde(default)]
     pub command_logs: Vec<String>,
     pub close_reason: String,
+}
+
+impl SessionRecord {
+    /// How long the session has run at `now`, from its start time (zero if that does
+    /// not read as a time).
+    pub fn elapsed_at(&self, now: SystemTime) -> Duration {
+        humantime::parse_rfc3339(&self.start)
+            .ok()
+            .and_then(|start| now.duration_since(start).ok())
+            .unwrap_or_default()
+    }
 }
 
 /// Formats a time as RFC 3339 with milliseconds, UTC.
@@ -163,10 +174,7 @@ impl SessionLog {
             }
         };
         line.push(b'\n');
-        let mut file = self
-            .file
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut file = crate::sync::lock(&self.file);
         if let Err(e) = file.write_all(&line).and_then(|()| file.flush()) {
             tracing::error!(path = %self.path.display(), "cannot write session log: {e}");
             // The running record stays, for the next start to recover.
@@ -208,65 +216,50 @@ pub fn running_sessions(log: &Path) -> std::io::Result<Vec<SessionRecord>> {
     Ok(records)
 }
 
-/// Prints sessions as a table, oldest first, filtered: the most recent ended ones, or
-/// with `running` the sessions running now (their duration and bytes so far, as of the
-/// record's last rewrite).
-pub fn print_sessions(
+/// Which sessions to list.
+#[derive(Debug, Clone, Default)]
+pub struct SessionFilter {
+    /// Only users whose email contains this.
+    pub user: Option<String>,
+    /// Only targets whose host contains this, or with this address.
+    pub target: Option<String>,
+    /// Only sessions started at or after this time.
+    pub since: Option<SystemTime>,
+    /// At most this many (the most recent).
+    pub limit: usize,
+}
+
+impl SessionFilter {
+    fn admits(&self, r: &SessionRecord, since: Option<&str>) -> bool {
+        !(self.user.as_deref().is_some_and(|u| !r.email.contains(u))
+            || self
+                .target
+                .as_deref()
+                .is_some_and(|t| !r.target_host.contains(t) && r.target_ip.as_deref() != Some(t))
+            || since.is_some_and(|s| r.start.as_str() < s))
+    }
+}
+
+/// Sessions from the log, oldest first: the most recent ended ones, or with `running`
+/// the sessions running now (their bytes as of the record's last rewrite).
+pub fn list_sessions(
     path: &Path,
     running: bool,
-    user: Option<&str>,
-    target: Option<&str>,
-    since: Option<SystemTime>,
-    limit: usize,
-) -> std::io::Result<()> {
+    filter: &SessionFilter,
+) -> std::io::Result<Vec<SessionRecord>> {
     let records = if running {
         running_sessions(path)?
     } else {
         ended_sessions(path)?
     };
-    let since = since.map(timestamp);
-    let rows: Vec<&SessionRecord> = records
-        .iter()
-        .filter(|r| {
-            !(user.is_some_and(|u| !r.email.contains(u))
-                || target.is_some_and(|t| {
-                    !r.target_host.contains(t) && r.target_ip.as_deref() != Some(t)
-                })
-                || since
-                    .as_ref()
-                    .is_some_and(|s| r.start.as_str() < s.as_str()))
-        })
+    let since = filter.since.map(timestamp);
+    let mut rows: Vec<SessionRecord> = records
+        .into_iter()
+        .filter(|r| filter.admits(r, since.as_deref()))
         .collect();
-    let skip = rows.len().saturating_sub(limit);
-    println!(
-        "{:<24} {:<24} {:<22} {:<10} {:<7} {:>8} {:>10} {:>10}  POLICY / REASON",
-        "START", "USER", "TARGET", "LOGIN", "ACTION", "SECONDS", "BYTES IN", "BYTES OUT",
-    );
-    for r in rows.iter().skip(skip) {
-        let target = format!("{}:{}", r.target_host, r.target_port);
-        let seconds = if running {
-            humantime::parse_rfc3339(&r.start)
-                .ok()
-                .and_then(|start| SystemTime::now().duration_since(start).ok())
-                .map_or(0.0, |d| d.as_secs_f64())
-        } else {
-            r.duration_ms as f64 / 1000.0
-        };
-        println!(
-            "{:<24} {:<24} {:<22} {:<10} {:<7} {:>8.1} {:>10} {:>10}  {} {}",
-            r.start.get(..23).unwrap_or(&r.start),
-            r.email,
-            target,
-            r.login,
-            r.action,
-            seconds,
-            r.bytes_from_client,
-            r.bytes_to_client,
-            r.policy.as_deref().unwrap_or("-"),
-            r.reason
-        );
-    }
-    Ok(())
+    let skip = rows.len().saturating_sub(filter.limit);
+    rows.drain(..skip);
+    Ok(rows)
 }
 
 /// The records of the log; a line that is not one is reported and skipped.

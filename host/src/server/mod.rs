@@ -1,10 +1,21 @@
-//! The client-facing leg: the accept loop, the russh server configuration, and the
-//! state every connection shares.
+//! The client-facing leg and the session pipeline it drives: the russh server
+//! configuration and the state every connection shares (here), the russh adapter
+//! (`handler`), the username form (`username_form`), the decision (`decide`), the
+//! certificate and the target connection (`target_login`), the session's record
+//! (`session_record`) and its watchdogs (`watchdogs`). docs/architecture.md maps them.
 
+mod decide;
+mod error;
 mod handler;
+mod host_certs;
 mod killable;
 pub(crate) mod metrics;
-pub mod target;
+mod opens;
+mod session;
+mod session_record;
+mod target_login;
+pub mod username_form;
+mod watchdogs;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +29,8 @@ use crate::config::Config;
 use crate::identity::IdentitySource;
 use crate::policy::PolicyEngine;
 use crate::recording::SessionLog;
-use crate::upstream::HostKeyPolicy;
 
+pub(crate) use decide::resolve;
 pub(crate) use handler::ConnHandler;
 
 /// What every connection shares. Immutable but for the identity source, the CA and the
@@ -31,12 +42,11 @@ pub(crate) struct Shared {
     pub identities: ArcSwap<Box<dyn IdentitySource>>,
     pub policy: Arc<PolicyEngine>,
     pub session_log: SessionLog,
-    pub host_key_policy: HostKeyPolicy,
     /// The auditor's key for sealed command logs, if configured.
     pub recording_key: Option<crate::recording::cmdlog::SealingKey>,
-    host_certs: handler::HostCertCache,
+    host_certs: host_certs::HostCertCache,
     /// Changes whenever a new users file is put in force.
-    users_swapped: tokio::sync::watch::Sender<u64>,
+    pub(crate) users_swapped: tokio::sync::watch::Sender<u64>,
     pub metrics: Arc<metrics::Metrics>,
 }
 
@@ -50,11 +60,6 @@ impl Shared {
         session_log: SessionLog,
         recording_key: Option<crate::recording::cmdlog::SealingKey>,
     ) -> Self {
-        let host_key_policy = HostKeyPolicy {
-            mode: config.host_key_check,
-            known_hosts: config.known_hosts.clone(),
-            connect_timeout: config.connect_timeout,
-        };
         Shared {
             config,
             ca: ArcSwap::from_pointee(ca),
@@ -62,9 +67,8 @@ impl Shared {
             identities: ArcSwap::from_pointee(identities),
             policy,
             session_log,
-            host_key_policy,
             recording_key,
-            host_certs: handler::HostCertCache::default(),
+            host_certs: host_certs::HostCertCache::default(),
             users_swapped: tokio::sync::watch::Sender::new(0),
             metrics: Arc::default(),
         }

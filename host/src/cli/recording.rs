@@ -1,0 +1,219 @@
+//! `portcullis sessions`, `keygen`, `decrypt` and `replay`: the session table and the
+//! sealed command logs, for operators and auditors.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use crate::recording::cmdlog::{self, CmdLogError, OpeningKey};
+use crate::recording::{SessionFilter, SessionRecord};
+use crate::text::escape;
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(super) enum DecryptFormat {
+    /// The hosted product's zip: term_data.txt + term_times.txt, or data_from_*.txt.
+    Zip,
+    /// asciicast v2, playable with `asciinema play`.
+    Asciicast,
+}
+
+pub(super) fn sessions(
+    path: &Path,
+    running: bool,
+    user: Option<&str>,
+    target: Option<&str>,
+    since: Option<std::time::Duration>,
+    limit: usize,
+) -> anyhow::Result<ExitCode> {
+    let config = crate::config::Config::load(path)?;
+    let filter = SessionFilter {
+        user: user.map(str::to_string),
+        target: target.map(str::to_string),
+        since: since.map(|d| SystemTime::now() - d),
+        limit,
+    };
+    let rows = crate::recording::list_sessions(&config.session_log, running, &filter)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config.session_log.display()))?;
+    print_sessions(&rows, running);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints sessions as a table. Every field a user or a target chose (logins, target
+/// names, reasons) is escaped: none reaches the operator's terminal as a control
+/// character.
+fn print_sessions(rows: &[SessionRecord], running: bool) {
+    println!(
+        "{:<24} {:<24} {:<22} {:<10} {:<7} {:>8} {:>10} {:>10}  POLICY / REASON",
+        "START", "USER", "TARGET", "LOGIN", "ACTION", "SECONDS", "BYTES IN", "BYTES OUT",
+    );
+    for r in rows {
+        let target = format!("{}:{}", r.target_host, r.target_port);
+        let seconds = if running {
+            r.elapsed_at(SystemTime::now()).as_secs_f64()
+        } else {
+            r.duration_ms as f64 / 1000.0
+        };
+        println!(
+            "{:<24} {:<24} {:<22} {:<10} {:<7} {:>8.1} {:>10} {:>10}  {} {}",
+            escape(r.start.get(..23).unwrap_or(&r.start)),
+            escape(&r.email),
+            escape(&target),
+            escape(&r.login),
+            escape(&r.action),
+            seconds,
+            r.bytes_from_client,
+            r.bytes_to_client,
+            escape(r.policy.as_deref().unwrap_or("-")),
+            escape(&r.reason)
+        );
+    }
+}
+
+pub(super) fn keygen(output: &Path) -> anyhow::Result<ExitCode> {
+    let public = cmdlog::keygen(output)?;
+    eprintln!(
+        "wrote {} (private: keep it off the proxy) and {} (set it as [recording] public_key)",
+        output.display(),
+        public.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The log's bytes counted into a progress bar as they are read.
+struct Counted<R> {
+    inner: R,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl<R: std::io::Read> std::io::Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(b) = &self.bar {
+            b.inc(n as u64);
+        }
+        Ok(n)
+    }
+}
+
+type LogFileReader = cmdlog::LogReader<Counted<std::io::BufReader<std::fs::File>>>;
+
+/// A reading error of the log, named by the log's path (errors about another file
+/// name theirs already).
+fn about_log(input: &Path) -> impl Fn(cmdlog::CmdLogError) -> cmdlog::CmdLogError + '_ {
+    move |e| match e {
+        CmdLogError::File { .. } => e,
+        other => CmdLogError::File {
+            path: input.to_path_buf(),
+            message: other.to_string(),
+        },
+    }
+}
+
+/// Opens the log for one pass, the progress bar (if any) starting over.
+fn open_log(
+    input: &Path,
+    key: &cmdlog::OpeningKey,
+    bar: Option<&indicatif::ProgressBar>,
+) -> Result<LogFileReader, cmdlog::CmdLogError> {
+    let file = std::fs::File::open(input).map_err(|e| cmdlog::CmdLogError::File {
+        path: input.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    if let Some(b) = bar {
+        b.set_position(0);
+    }
+    let counted = Counted {
+        inner: std::io::BufReader::with_capacity(1 << 20, file),
+        bar: bar.cloned(),
+    };
+    cmdlog::LogReader::new(counted, key)
+}
+
+/// A progress bar for `passes` reads of a large log, when a person is watching.
+fn progress_bar(input: &Path, passes: u32) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    let len = std::fs::metadata(input).map(|m| m.len()).unwrap_or(0);
+    let watched = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+    (len > 16 << 20 && watched).then(|| {
+        let bar = indicatif::ProgressBar::new(len);
+        let template = if passes > 1 {
+            "decrypting (two passes) {bar:40} {bytes}/{total_bytes} ({eta})"
+        } else {
+            "decrypting {bar:40} {bytes}/{total_bytes} ({eta})"
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    })
+}
+
+pub(super) fn decrypt(
+    input: &Path,
+    key: &Path,
+    output: Option<PathBuf>,
+    format: DecryptFormat,
+) -> anyhow::Result<ExitCode> {
+    use crate::recording::cmdlog;
+    let key = cmdlog::OpeningKey::read(key)?;
+    let out = output.unwrap_or_else(|| match format {
+        DecryptFormat::Zip => PathBuf::from(format!("{}-decrypted.zip", input.display())),
+        DecryptFormat::Asciicast => PathBuf::from(format!("{}.cast", input.display())),
+    });
+    // Written beside the output and renamed at the end: a failure (a damaged input
+    // that is not a log, a full disk) leaves no half-written file and any earlier
+    // output as it was.
+    let tmp = PathBuf::from(format!("{}.tmp", out.display()));
+    let passes = match format {
+        DecryptFormat::Zip => 2,
+        DecryptFormat::Asciicast => 1,
+    };
+    let bar = progress_bar(input, passes);
+    let done = match format {
+        DecryptFormat::Zip => cmdlog::write_zip(|| open_log(input, &key, bar.as_ref()), &tmp),
+        DecryptFormat::Asciicast => {
+            open_log(input, &key, bar.as_ref()).and_then(|r| cmdlog::write_asciicast(r, &tmp))
+        }
+    }
+    .and_then(|done| {
+        std::fs::rename(&tmp, &out)
+            .map(|()| done)
+            .map_err(|e| cmdlog::CmdLogError::File {
+                path: out.clone(),
+                message: e.to_string(),
+            })
+    });
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let done = done.map_err(about_log(input)).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })?;
+    if let Some(w) = &done.warning {
+        eprintln!("warning: {}: {w}", input.display());
+    }
+    eprintln!("wrote {} ({} packets)", out.display(), done.packets);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn replay(input: &Path, key: &Path, speed: f64) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    anyhow::ensure!(speed > 0.0, "--speed must be positive");
+    let key = OpeningKey::read(key)?;
+    // Streamed: the replay starts at once, however long the log.
+    let about = about_log(input);
+    let reader = open_log(input, &key, None).map_err(&about)?;
+    let mut output = cmdlog::TerminalOutput::new(reader);
+    let mut out = std::io::stdout().lock();
+    while let Some((pause, data)) = output.next_output().map_err(&about)? {
+        // Long pauses are shortened, as scriptreplay users expect.
+        std::thread::sleep(pause.div_f64(speed).min(std::time::Duration::from_secs(2)));
+        out.write_all(&data)?;
+        out.flush()?;
+    }
+    if let Some(w) = output.warning() {
+        eprintln!("warning: {}: {w}", input.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,375 @@
+//! The format's round trips, damage and recovery, and the exports.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use super::format::{be_u32, encode_packet_into};
+use super::writer::{HEADER_RESERVE, side_paths};
+use super::*;
+
+/// A decrypted log held in memory: its header, its packets, and what was wrong
+/// past them, if anything.
+#[derive(Debug)]
+struct Decrypted {
+    meta: Metadata,
+    packets: Vec<Packet>,
+    warning: Option<String>,
+}
+
+/// The whole log through [`LogReader`], in memory.
+fn decrypt(bytes: &[u8], key: &OpeningKey) -> Result<Decrypted, CmdLogError> {
+    let mut r = LogReader::new(bytes, key)?;
+    let mut packets = Vec::new();
+    while let Some(p) = r.next_packet()? {
+        packets.push(p);
+    }
+    Ok(Decrypted {
+        meta: r.meta.clone(),
+        packets,
+        warning: r.warning,
+    })
+}
+
+fn unzip(path: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut zip = zip::ZipArchive::new(File::open(path).unwrap()).unwrap();
+    (0..zip.len())
+        .map(|i| {
+            let mut f = zip.by_index(i).unwrap();
+            let mut bytes = Vec::new();
+            f.read_to_end(&mut bytes).unwrap();
+            (f.name().to_string(), bytes)
+        })
+        .collect()
+}
+
+fn keys(dir: &Path) -> (SealingKey, OpeningKey) {
+    let public = keygen(&dir.join("sshkey")).unwrap();
+    (
+        SealingKey::read(&public).unwrap(),
+        OpeningKey::read(&dir.join("sshkey")).unwrap(),
+    )
+}
+
+/// A fresh directory with keys, and a log named `name` being written in it.
+fn started(name: &str) -> (tempfile::TempDir, OpeningKey, PathBuf, Writer) {
+    let d = tempfile::tempdir().unwrap();
+    let (seal, open) = keys(d.path());
+    let path = d.path().join(name);
+    let w = Writer::create(&path, &seal).unwrap();
+    (d, open, path, w)
+}
+
+#[test]
+fn key_files_are_44_base64_characters_without_newline() {
+    let d = tempfile::tempdir().unwrap();
+    keygen(&d.path().join("sshkey")).unwrap();
+    for name in ["sshkey", "sshkey.pub"] {
+        let text = fs::read_to_string(d.path().join(name)).unwrap();
+        assert_eq!(text.len(), 44, "{name}");
+        assert!(!text.ends_with('\n'));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(d.path().join("sshkey"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    assert!(
+        keygen(&d.path().join("sshkey")).is_err(),
+        "never overwrites"
+    );
+}
+
+#[test]
+fn a_log_round_trips_with_pty_and_exit_data() {
+    let (d, open, path, mut w) = started("logs/s1-c0.sshlog");
+    w.set_pty(PtyMeta {
+        term: Some("xterm".into()),
+        width: 80,
+        height: 24,
+        modes: vec![("ECHO".into(), 1)],
+    })
+    .unwrap();
+    w.packet(SOURCE_CLIENT, CODE_REQUEST, b"shell\0").unwrap();
+    w.packet(SOURCE_CLIENT, CODE_DATA, b"ls\r").unwrap();
+    w.packet(SOURCE_SERVER, CODE_DATA, b"file1\r\n").unwrap();
+    w.packet(SOURCE_SERVER, CODE_DATA, b"").unwrap();
+    let exit = ExitData {
+        timestamp: 1,
+        status: Some(0),
+        ..Default::default()
+    };
+    w.finish(Some(exit.clone())).unwrap();
+    assert!(!side_paths(&path).0.exists() && !side_paths(&path).1.exists());
+    let got = decrypt(&fs::read(&path).unwrap(), &open).unwrap();
+    assert!(got.warning.is_none());
+    assert_eq!(got.packets.len(), 3, "empty data is never sealed");
+    assert_eq!(got.meta.exit_data, Some(exit));
+    let zip = d.path().join("out.zip");
+    let bytes = fs::read(&path).unwrap();
+    let done = write_zip(|| LogReader::new(&bytes[..], &open), &zip).unwrap();
+    assert_eq!(done.packets, 3);
+    let files = unzip(&zip);
+    let term = String::from_utf8(files["term_data.txt"].clone()).unwrap();
+    let requests = String::from_utf8(files["requests.txt"].clone()).unwrap();
+    let (secs, rest) = requests.split_once(' ').unwrap();
+    assert!(
+        secs.parse::<f64>().is_ok() && rest == "shell \n",
+        "{requests}"
+    );
+    let times = String::from_utf8(files["term_times.txt"].clone()).unwrap();
+    assert!(
+        times.ends_with(" 7\n") && times.lines().count() == 1,
+        "{times}"
+    );
+    assert!(
+        term.starts_with("Session started on ") && term.contains("TERM=\"xterm\" COLUMNS=\"80\""),
+        "{term}"
+    );
+    assert!(term.contains("file1") && !term.contains("ls\r"), "{term}");
+    assert!(term.contains("COMMAND_EXIT_CODE=\"0\""));
+    // The header was written in place, in the room reserved for it.
+    let bytes = fs::read(&path).unwrap();
+    assert_eq!(be_u32(&bytes, 0), Some(HEADER_RESERVE as usize - 4));
+}
+
+#[test]
+fn a_header_too_big_for_its_room_is_copied_into_a_new_file() {
+    let (_d, open, path, mut w) = started("big.sshlog");
+    w.packet(SOURCE_SERVER, CODE_DATA, b"payload").unwrap();
+    let exit = ExitData {
+        error_msg: Some("x".repeat(5000)),
+        ..Default::default()
+    };
+    w.finish(Some(exit.clone())).unwrap();
+    let bytes = fs::read(&path).unwrap();
+    assert!(be_u32(&bytes, 0).unwrap() > HEADER_RESERVE as usize);
+    let got = decrypt(&bytes, &open).unwrap();
+    assert!(got.warning.is_none());
+    assert_eq!(got.packets[0].data, b"payload");
+    assert_eq!(got.meta.exit_data, Some(exit));
+    assert!(!side_paths(&path).0.exists() && !side_paths(&path).1.exists());
+}
+
+#[test]
+fn leftovers_from_before_the_header_room_are_recovered_too() {
+    let (d, open, path, mut w) = started("old.sshlog");
+    w.packet(SOURCE_SERVER, CODE_DATA, b"old layout").unwrap();
+    std::mem::forget(w);
+    // Rewrite the side files as a proxy without the header room left them.
+    let (partial, meta_path) = side_paths(&path);
+    let blocks = fs::read(&partial).unwrap()[HEADER_RESERVE as usize..].to_vec();
+    fs::write(&partial, blocks).unwrap();
+    let mut side: serde_json::Value =
+        serde_json::from_slice(&fs::read(&meta_path).unwrap()).unwrap();
+    side.as_object_mut().unwrap().remove("header_reserve");
+    fs::write(&meta_path, side.to_string()).unwrap();
+    assert_eq!(recover(d.path()).unwrap(), vec![path.clone()]);
+    let got = decrypt(&fs::read(&path).unwrap(), &open).unwrap();
+    assert_eq!(got.packets[0].data, b"old layout");
+}
+
+#[test]
+fn a_wrong_key_and_a_non_log_are_clear_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let (seal, _) = keys(d.path());
+    let other = tempfile::tempdir().unwrap();
+    let (_, wrong) = keys(other.path());
+    let path = d.path().join("x.sshlog");
+    let mut w = Writer::create(&path, &seal).unwrap();
+    w.packet(SOURCE_SERVER, CODE_DATA, b"secret").unwrap();
+    w.finish(None).unwrap();
+    let err = decrypt(&fs::read(&path).unwrap(), &wrong)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("wrong key"), "{err}");
+    let err = decrypt(b"hello world, not a log", &wrong)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a command log"), "{err}");
+}
+
+fn three_block_log(dir: &Path) -> (Vec<u8>, OpeningKey, Vec<usize>) {
+    let (seal, open) = keys(dir);
+    let path = dir.join("t.sshlog");
+    let mut w = Writer::create(&path, &seal).unwrap();
+    for chunk in [&b"one"[..], b"two", b"three"] {
+        w.packet(SOURCE_SERVER, CODE_DATA, chunk).unwrap();
+    }
+    w.finish(None).unwrap();
+    let bytes = fs::read(&path).unwrap();
+    // Block boundaries, found by walking the framing.
+    let m = u32::from_be_bytes(bytes[0..4].try_into().unwrap()) as usize;
+    let mut at = 4 + m;
+    let mut ends = vec![];
+    while at < bytes.len() {
+        at += 4 + u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        ends.push(at);
+    }
+    (bytes, open, ends)
+}
+
+#[test]
+fn truncation_at_a_block_boundary_and_mid_block_keeps_what_came_before() {
+    let d = tempfile::tempdir().unwrap();
+    let (bytes, open, ends) = three_block_log(d.path());
+    assert_eq!(ends.len(), 3);
+    let at_boundary = decrypt(&bytes[..ends[1]], &open).unwrap();
+    assert_eq!(at_boundary.packets.len(), 2);
+    assert!(
+        at_boundary.warning.is_none(),
+        "a boundary cut looks like a shorter log"
+    );
+    let mid = decrypt(&bytes[..ends[1] + 7], &open).unwrap();
+    assert_eq!(mid.packets.len(), 2);
+    assert!(
+        mid.warning.as_deref().unwrap().contains("truncated"),
+        "{:?}",
+        mid.warning
+    );
+}
+
+#[test]
+fn a_corrupt_block_keeps_the_blocks_before_it() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut bytes, open, ends) = three_block_log(d.path());
+    bytes[ends[1] + 6] ^= 0xff;
+    let got = decrypt(&bytes, &open).unwrap();
+    assert_eq!(got.packets.len(), 2);
+    assert!(
+        got.warning
+            .as_deref()
+            .unwrap()
+            .contains("block 3 is corrupt"),
+        "{:?}",
+        got.warning
+    );
+}
+
+#[test]
+fn recovery_finalises_leftovers_and_keeps_complete_blocks() {
+    let (d, open, path, mut w) = started("crash.sshlog");
+    w.packet(SOURCE_SERVER, CODE_DATA, b"before the crash")
+        .unwrap();
+    w.flush().unwrap();
+    std::mem::forget(w); // the proxy dies here
+    // A torn block at the end.
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(side_paths(&path).0)
+        .unwrap();
+    f.write_all(&[0, 0, 0, 50, 1, 2, 3]).unwrap();
+    let done = recover(d.path()).unwrap();
+    assert_eq!(done, vec![path.clone()]);
+    let got = decrypt(&fs::read(&path).unwrap(), &open).unwrap();
+    assert_eq!(got.packets[0].data, b"before the crash");
+    assert!(got.meta.exit_data.is_none());
+}
+
+#[test]
+fn a_packet_split_across_blocks_reads_whole() {
+    // Our writer seals whole packets, but a reader must not depend on it.
+    let (_d, open, path, mut w) = started("split.sshlog");
+    w.packet(SOURCE_SERVER, CODE_DATA, b"first").unwrap();
+    let mut packet = Vec::new();
+    encode_packet_into(&mut packet, SOURCE_SERVER, CODE_DATA, 7, b"split in two");
+    for half in [&packet[..9], &packet[9..]] {
+        let sealed = w.ctx.seal(half, &[]).unwrap();
+        w.blocks
+            .write_all(&(sealed.len() as u32).to_be_bytes())
+            .unwrap();
+        w.blocks.write_all(&sealed).unwrap();
+    }
+    w.finish(None).unwrap();
+    let got = decrypt(&fs::read(&path).unwrap(), &open).unwrap();
+    assert!(got.warning.is_none(), "{:?}", got.warning);
+    let data: Vec<&[u8]> = got.packets.iter().map(|p| &p.data[..]).collect();
+    assert_eq!(data, [&b"first"[..], b"split in two"]);
+}
+
+#[test]
+fn a_long_log_is_read_with_one_block_in_memory() {
+    let (d, open, path, mut w) = started("long.sshlog");
+    for i in 0..2000u32 {
+        let source = if i % 2 == 0 {
+            SOURCE_CLIENT
+        } else {
+            SOURCE_SERVER
+        };
+        w.packet(source, CODE_DATA, &[i as u8; 1000]).unwrap();
+    }
+    w.finish(None).unwrap();
+    let file = File::open(&path).unwrap();
+    let mut r = LogReader::new(std::io::BufReader::new(file), &open).unwrap();
+    let mut n = 0;
+    while let Some(p) = r.next_packet().unwrap() {
+        assert_eq!(p.data, vec![n as u8; 1000]);
+        n += 1;
+        assert!(
+            r.plain.capacity() < 4096 && r.sealed.capacity() < 4096,
+            "buffers grow to a block, not to the log"
+        );
+    }
+    assert_eq!(n, 2000);
+    assert_eq!(r.consumed(), fs::metadata(&path).unwrap().len());
+    // Both zip files stream from their own pass.
+    let zip = d.path().join("long.zip");
+    let open_file = || LogReader::new(File::open(&path).unwrap(), &open);
+    let done = write_zip(open_file, &zip).unwrap();
+    assert_eq!(done.packets, 2000);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&zip).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "the plaintext is its owner's only"
+    );
+    let files = unzip(&zip);
+    assert_eq!(files["data_from_client.txt"].len(), 1000 * 1000);
+    assert_eq!(files["data_from_server.txt"][..1000], [1u8; 1000]);
+    assert!(!files.contains_key("requests.txt"));
+}
+
+#[test]
+fn an_export_with_the_wrong_key_writes_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let (bytes, _, _) = three_block_log(d.path());
+    let other = tempfile::tempdir().unwrap();
+    let (_, wrong) = keys(other.path());
+    let zip = d.path().join("never.zip");
+    let err = write_zip(|| LogReader::new(&bytes[..], &wrong), &zip).unwrap_err();
+    assert!(err.to_string().contains("wrong key"), "{err}");
+    assert!(!zip.exists());
+}
+
+#[test]
+fn asciicast_has_output_and_window_changes_only() {
+    let (d, open, path, mut w) = started("cast.sshlog");
+    w.packet(SOURCE_CLIENT, CODE_DATA, b"typed").unwrap();
+    w.packet(SOURCE_SERVER, CODE_DATA, b"shown").unwrap();
+    w.packet(SOURCE_CLIENT, CODE_REQUEST, b"window-change\x00100x30")
+        .unwrap();
+    w.finish(None).unwrap();
+    let cast = d.path().join("out.cast");
+    let bytes = fs::read(&path).unwrap();
+    let done = write_asciicast(LogReader::new(&bytes[..], &open).unwrap(), &cast).unwrap();
+    assert_eq!(done.packets, 3);
+    let text = fs::read_to_string(&cast).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines[0]["version"], 2);
+    assert_eq!(
+        (lines[1][1].clone(), lines[1][2].clone()),
+        ("o".into(), "shown".into())
+    );
+    assert_eq!(
+        (lines[2][1].clone(), lines[2][2].clone()),
+        ("r".into(), "100x30".into())
+    );
+}

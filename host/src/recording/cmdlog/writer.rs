@@ -1,0 +1,319 @@
+//! Writing a log while the channel lives, finishing it, and recovering what a proxy
+//! that died left behind.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use hpke::aead::{AeadCtxS, ChaCha20Poly1305};
+use hpke::kdf::HkdfSha256;
+use hpke::{OpModeS, Serializable};
+use serde::{Deserialize, Serialize};
+
+use super::format::*;
+use super::keys::*;
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct SideMeta {
+    started_at: u64,
+    encapsulated_key: String,
+    pty: Option<PtyMeta>,
+    /// Bytes reserved for the header at the start of the `.partial` file (0 in side
+    /// files written before the reservation existed).
+    #[serde(default)]
+    header_reserve: u64,
+}
+
+/// The room left for the header at the start of a log being written: its 4-byte length
+/// and 4,092 base64 characters, i.e. 3,069 bytes of JSON (a header is usually under
+/// 1 KiB). Finishing the log then writes the header in place and renames the file,
+/// instead of copying a log that may be gigabytes; a header that does not fit falls
+/// back to the copy.
+pub(super) const HEADER_RESERVE: u64 = 4096;
+
+pub(super) fn side_paths(path: &Path) -> (PathBuf, PathBuf) {
+    let s = path.display().to_string();
+    (
+        PathBuf::from(format!("{s}.partial")),
+        PathBuf::from(format!("{s}.meta")),
+    )
+}
+
+/// A command log being written.
+pub struct Writer {
+    pub(super) path: PathBuf,
+    pub(super) blocks: File,
+    pub(super) ctx: AeadCtxS<ChaCha20Poly1305, HkdfSha256, Kem>,
+    pub(super) meta: SideMeta,
+    pub(super) start: Instant,
+    pub(super) last_elapsed: u64,
+    pub(super) data_size: u64,
+    /// The frame being sealed, kept between packets.
+    pub(super) frame: Vec<u8>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("path", &self.path)
+            .field("data_size", &self.data_size)
+            .finish()
+    }
+}
+
+impl Writer {
+    /// Starts a log that will be `path` once finished.
+    pub fn create(path: &Path, key: &SealingKey) -> Result<Writer, CmdLogError> {
+        let (enc, ctx) =
+            hpke::setup_sender::<ChaCha20Poly1305, HkdfSha256, Kem>(&OpModeS::Base, &key.0, &[])
+                .map_err(|e| CmdLogError::Crypto(format!("{e:?}")))?;
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+        }
+        let (partial, _) = side_paths(path);
+        let meta = SideMeta {
+            started_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
+            encapsulated_key: hex::encode(enc.to_bytes()),
+            pty: None,
+            header_reserve: HEADER_RESERVE,
+        };
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&partial)
+            .map_err(|e| file_err(&partial, e))?;
+        (&file)
+            .write_all(&[0; HEADER_RESERVE as usize])
+            .map_err(|e| file_err(&partial, e))?;
+        let w = Writer {
+            path: path.to_path_buf(),
+            blocks: file,
+            ctx,
+            meta,
+            start: Instant::now(),
+            last_elapsed: 0,
+            data_size: 0,
+            frame: Vec::new(),
+        };
+        w.write_side_meta()?;
+        Ok(w)
+    }
+
+    fn write_side_meta(&self) -> Result<(), CmdLogError> {
+        let (_, meta_path) = side_paths(&self.path);
+        let json =
+            serde_json::to_vec(&self.meta).map_err(|e| CmdLogError::Format(e.to_string()))?;
+        let tmp = PathBuf::from(format!("{}.tmp", meta_path.display()));
+        fs::write(&tmp, json)
+            .and_then(|()| fs::rename(&tmp, &meta_path))
+            .map_err(|e| file_err(&meta_path, e))
+    }
+
+    /// The final path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Records the pty of the session.
+    pub fn set_pty(&mut self, pty: PtyMeta) -> Result<(), CmdLogError> {
+        self.meta.pty = Some(pty);
+        self.write_side_meta()
+    }
+
+    /// Seals and writes one packet. Empty data writes nothing.
+    ///
+    /// The frame (length, sealed packet, tag) is built in one buffer the writer keeps,
+    /// and the packet is sealed in place: one copy of the data, no allocation once the
+    /// buffer has grown to the channel's packet size.
+    pub fn packet(&mut self, source: u8, code: u32, data: &[u8]) -> Result<(), CmdLogError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let elapsed = (self.start.elapsed().as_micros() as u64).max(self.last_elapsed);
+        self.last_elapsed = elapsed;
+        let frame = &mut self.frame;
+        frame.clear();
+        frame.extend_from_slice(&[0; 4]); // the sealed length, filled in below
+        encode_packet_into(frame, source, code, elapsed, data);
+        let plain_len = frame.len() - 4;
+        let tag = self
+            .ctx
+            .seal_inout_detached(
+                hpke::inout::InOutBuf::from(frame.get_mut(4..).unwrap_or_default()),
+                &[],
+            )
+            .map_err(|e| CmdLogError::Crypto(format!("{e:?}")))?;
+        frame.extend_from_slice(&tag.to_bytes());
+        let sealed_len = (frame.len() - 4) as u32;
+        if let Some(len) = frame.get_mut(..4) {
+            len.copy_from_slice(&sealed_len.to_be_bytes());
+        }
+        // One write per block, straight to the operating system: a block the client
+        // has been sent data for survives the proxy being killed.
+        let path = &self.path;
+        self.blocks
+            .write_all(frame)
+            .map_err(|e| file_err(&side_paths(path).0, e))?;
+        self.data_size += plain_len as u64;
+        Ok(())
+    }
+
+    /// Syncs the blocks written so far to disk.
+    pub fn flush(&mut self) -> Result<(), CmdLogError> {
+        let (partial, _) = side_paths(&self.path);
+        self.blocks.sync_data().map_err(|e| file_err(&partial, e))
+    }
+
+    /// Writes the final file with the exit data and removes the side files.
+    pub fn finish(mut self, exit: Option<ExitData>) -> Result<PathBuf, CmdLogError> {
+        self.flush()?;
+        let (partial, meta_path) = side_paths(&self.path);
+        let meta = Metadata {
+            started_at: self.meta.started_at,
+            data_size: self.data_size,
+            encapsulated_key: self.meta.encapsulated_key.clone(),
+            pty: self.meta.pty.clone(),
+            exit_data: exit,
+        };
+        finalise(
+            &self.path,
+            &partial,
+            &meta_path,
+            &meta,
+            self.meta.header_reserve,
+        )?;
+        Ok(self.path)
+    }
+}
+
+/// Turns `partial` into the finished log at `path`: header, then the complete blocks
+/// (a block torn by a kill is dropped), synced to disk; then removes the side files.
+/// Returns how many bytes of a torn last block were dropped.
+///
+/// With a reserved header region the header is written in place and the file renamed;
+/// otherwise (or if the header does not fit) the blocks are streamed into a new file.
+fn finalise(
+    path: &Path,
+    partial: &Path,
+    meta_path: &Path,
+    meta: &Metadata,
+    reserve: u64,
+) -> Result<u64, CmdLogError> {
+    let mut blocks = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(partial)
+        .map_err(|e| file_err(partial, e))?;
+    let (complete, total) =
+        complete_blocks_len(&mut blocks, reserve).map_err(|e| file_err(partial, e))?;
+    let mut json = serde_json::to_vec(meta).map_err(|e| CmdLogError::Format(e.to_string()))?;
+    let room = (reserve.saturating_sub(4) / 4 * 3) as usize;
+    if reserve > 0 && json.len() <= room {
+        // JSON allows trailing whitespace: pad so that the base64 fills the room exactly.
+        json.resize(room, b' ');
+        let header = B64.encode(&json);
+        let mut in_place = || -> std::io::Result<()> {
+            blocks.set_len(complete)?;
+            blocks.seek(SeekFrom::Start(0))?;
+            blocks.write_all(&(header.len() as u32).to_be_bytes())?;
+            blocks.write_all(header.as_bytes())?;
+            blocks.sync_all()?;
+            fs::rename(partial, path)
+        };
+        in_place().map_err(|e| file_err(path, e))?;
+    } else {
+        // Streamed, not read into memory: a long session's log can be gigabytes.
+        let header = B64.encode(&json);
+        let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+        let mut copy = || -> std::io::Result<()> {
+            let mut f = BufWriter::new(File::create(&tmp)?);
+            f.write_all(&(header.len() as u32).to_be_bytes())?;
+            f.write_all(header.as_bytes())?;
+            blocks.seek(SeekFrom::Start(reserve))?;
+            let want = complete - reserve.min(complete);
+            let copied = std::io::copy(&mut (&mut blocks).take(want), &mut f)?;
+            if copied != want {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("{partial:?} shrank while being finalised"),
+                ));
+            }
+            f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            fs::rename(&tmp, path)
+        };
+        copy().map_err(|e| file_err(path, e))?;
+        let _ = fs::remove_file(partial);
+    }
+    let _ = fs::remove_file(meta_path);
+    Ok(total - complete)
+}
+
+/// The big-endian u32 at `at`, if the bytes are there.
+/// Walks the length prefixes of a blocks file from `start`: returns where its complete
+/// blocks end (a block torn by a kill is left out) and the file's length.
+fn complete_blocks_len(file: &mut File, start: u64) -> std::io::Result<(u64, u64)> {
+    let total = file.seek(SeekFrom::End(0))?;
+    let mut at = start.min(total);
+    let mut len = [0u8; 4];
+    while at + 4 <= total {
+        file.seek(SeekFrom::Start(at))?;
+        file.read_exact(&mut len)?;
+        let end = at + 4 + u64::from(u32::from_be_bytes(len));
+        if end > total {
+            break;
+        }
+        at = end;
+    }
+    Ok((at, total))
+}
+
+/// Finalises the logs a killed proxy left in `dir` (header without exit data). Returns
+/// the finished paths.
+pub fn recover(dir: &Path) -> Result<Vec<PathBuf>, CmdLogError> {
+    let mut done = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(done);
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let meta_path = entry.path();
+        let Some(name) = meta_path.to_str().and_then(|s| s.strip_suffix(".meta")) else {
+            continue;
+        };
+        let path = PathBuf::from(name);
+        let (partial, _) = side_paths(&path);
+        let side: SideMeta = match fs::read(&meta_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+        {
+            Some(m) => m,
+            None => {
+                tracing::error!(path = %meta_path.display(), "unreadable command log metadata; left in place");
+                continue;
+            }
+        };
+        if !partial.exists() {
+            File::create(&partial).map_err(|e| file_err(&partial, e))?;
+        }
+        let size = fs::metadata(&partial)
+            .map(|m| m.len())
+            .unwrap_or(0)
+            .saturating_sub(side.header_reserve);
+        let meta = Metadata {
+            started_at: side.started_at,
+            data_size: size,
+            encapsulated_key: side.encapsulated_key,
+            pty: side.pty,
+            exit_data: None,
+        };
+        let torn = finalise(&path, &partial, &meta_path, &meta, side.header_reserve)?;
+        tracing::warn!(path = %path.display(), torn_bytes = torn, "finalised a command log left by an interrupted proxy");
+        done.push(path);
+    }
+    Ok(done)
+}

@@ -1,0 +1,139 @@
+//! What happens when the client opens a channel on an allowed connection: a session
+//! channel bridged to its counterpart on the target, `-L` and `-R` forwards asked of
+//! the policies, and the inner connection of a ProxyJump.
+
+use std::sync::Arc;
+
+use russh::Channel;
+use russh::server::{ChannelOpenHandle, Msg};
+
+use super::error::SessionError;
+use super::handler::{ConnHandler, Stage};
+use super::session as decided;
+use crate::policy::ChannelRequest;
+use crate::sync::lock;
+use crate::upstream::Target;
+
+impl ConnHandler {
+    /// Opens the session channel's counterpart on the target and bridges the two, or
+    /// tells the user why not.
+    pub(super) fn start_session_channel(
+        &self,
+        s: &decided::Session,
+        channel: Channel<Msg>,
+        handle: russh::server::Handle,
+        replies: crate::channels::RequestReplies,
+    ) {
+        let ctx = s.channel_context(&self.shared, &self.conn, &self.watch.traffic);
+        let (shared, conn) = (Arc::clone(&self.shared), self.conn.clone());
+        let (target, live) = (Arc::clone(&s.target), Arc::clone(&s.live));
+        let running = Arc::clone(&s.channel_tasks);
+        let decided = Arc::clone(&s.decided);
+        tokio::spawn(async move {
+            let id = channel.id();
+            let opened = match target.connect(&shared, &conn, &decided).await {
+                Ok(t) => t
+                    .channel_open_session()
+                    .await
+                    .map_err(SessionError::TargetChannel),
+                Err(e) => Err(e),
+            };
+            match opened {
+                Ok(tc) => {
+                    crate::channels::bridge_session(channel, handle, tc, ctx, replies).await;
+                    drop(running);
+                }
+                Err(why) => {
+                    *lock(&live.close_reason) = Some(why.to_string());
+                    crate::channels::refuse(&handle, id, &why.user_message()).await;
+                }
+            }
+        });
+    }
+
+    /// A forwarding request (`-L` or `-R`) on an allowed session: asks the policies,
+    /// records the request in the session log, and returns the target connection when
+    /// it may go ahead.
+    pub(super) async fn forwarding_target(
+        &self,
+        kind: &str,
+        request: ChannelRequest,
+    ) -> Option<Arc<Target>> {
+        let Stage::Decided(s) = &self.stage else {
+            return None;
+        };
+        let ctx = s.channel_context(&self.shared, &self.conn, &self.watch.traffic);
+        if !crate::channels::check_and_record(&ctx, request, kind).await || s.refusal.is_some() {
+            return None;
+        }
+        s.target
+            .connect(&self.shared, &self.conn, &s.decided)
+            .await
+            .inspect_err(|e| tracing::warn!(session_id = %self.conn.id, %kind, "forwarding: {e}"))
+            .ok()
+    }
+
+    /// `ssh -L`: a connection to `host:port` from the target's side, if allowed.
+    pub(super) async fn forward_local(
+        &self,
+        channel: Channel<Msg>,
+        host: &str,
+        port: u16,
+        reply: ChannelOpenHandle,
+    ) {
+        let request = ChannelRequest::DirectTcpip {
+            host: host.to_string(),
+            port,
+        };
+        let Some(target) = self.forwarding_target("direct-tcpip", request).await else {
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return;
+        };
+        match target
+            .channel_open_direct_tcpip(host.to_string(), u32::from(port), "127.0.0.1", 0)
+            .await
+        {
+            Ok(tc) => {
+                reply.accept().await;
+                let traffic = self.watch.traffic.clone();
+                tokio::spawn(async move {
+                    crate::channels::join_forwarded(
+                        channel.into_stream(),
+                        tc.into_stream(),
+                        &traffic,
+                    )
+                    .await;
+                });
+            }
+            Err(_) => reply.reject(russh::ChannelOpenFailure::ConnectFailed).await,
+        }
+    }
+
+    /// ProxyJump: serves the inner SSH connection on the channel, presenting a host
+    /// certificate for the requested host.
+    pub(super) async fn jump(
+        &self,
+        channel: Channel<Msg>,
+        host: &str,
+        port: u16,
+        reply: ChannelOpenHandle,
+    ) {
+        let config = match self.shared.inner_server_config(host) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("cannot issue a host certificate for {host}: {e}");
+                reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+                return;
+            }
+        };
+        reply.accept().await;
+        let inner = ConnHandler::new(
+            Arc::clone(&self.shared),
+            self.conn.peer,
+            Some((host.to_string(), port)),
+        );
+        tokio::spawn(inner.serve(config, channel.into_stream()));
+    }
+}

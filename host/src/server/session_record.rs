@@ -1,0 +1,131 @@
+//! A session's record in the session log: written as "running" when it is allowed (a
+//! session whose record cannot be written is refused), rewritten every minute by the
+//! watchdogs, and written in full when the connection ends, after its channels
+//! finished.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::Shared;
+use super::error::SessionError;
+use super::session::{Connection, Session};
+use super::watchdogs::{Recheck, Running, Watch};
+use crate::policy::Action;
+use crate::recording::{SessionRecord, timestamp};
+use crate::sync::lock;
+
+/// How long the final record waits for the channel tasks' exit status and command logs.
+const CHANNELS_WAIT: Duration = Duration::from_secs(30);
+
+/// The record of `session` as of `end`.
+fn record(session: &Session, conn: &Connection, watch: &Watch, end: SystemTime) -> SessionRecord {
+    let d = &session.decided;
+    let close_reason = lock(&session.live.close_reason).clone();
+    let action = match (
+        &d.evaluation.action,
+        session.refusal.is_some() || close_reason.is_some(),
+    ) {
+        (Action::Block, _) => "block",
+        (_, true) => "refused",
+        (Action::Allow, false) => "allow",
+        (Action::Audit, false) => "audit",
+    };
+    SessionRecord {
+        id: conn.id.clone(),
+        email: d.identity.email.clone(),
+        groups: d.identity.groups.clone(),
+        source: conn.peer.to_string(),
+        via: conn.via.as_str().to_string(),
+        target_host: d.host.clone(),
+        target_ip: d.addr.map(|a| a.ip().to_string()),
+        target_port: d.port,
+        login: d.request.login.clone(),
+        policy: d.evaluation.module.clone(),
+        action: action.to_string(),
+        command_logging: d.evaluation.command_logging,
+        reason: d.evaluation.reason.clone(),
+        start: timestamp(conn.start),
+        end: timestamp(end),
+        duration_ms: end
+            .duration_since(conn.start)
+            .unwrap_or_default()
+            .as_millis() as u64,
+        bytes_from_client: watch.traffic.from_client(),
+        bytes_to_client: watch.traffic.to_client(),
+        channels: lock(&session.live.channels).clone(),
+        command_logs: lock(&session.live.command_logs).clone(),
+        close_reason: close_reason
+            .or_else(|| lock(&watch.ended_by).clone())
+            .unwrap_or_else(|| "connection closed".into()),
+    }
+}
+
+/// Starts an allowed session's running record and its re-decision on reload. No
+/// session runs unrecorded: if its record cannot be written (a full disk), it is
+/// refused.
+pub(crate) fn start(
+    shared: &Shared,
+    conn: &Connection,
+    session: &mut Session,
+    watch: &Watch,
+    key: &russh::keys::ssh_key::PublicKey,
+) {
+    if session.refusal.is_some() {
+        return;
+    }
+    let mut running = record(session, conn, watch, SystemTime::now());
+    running.close_reason = "running".into();
+    match shared.session_log.running(&running) {
+        Ok(()) => {
+            shared.metrics.session_started();
+            let _ = watch.running.set(Running {
+                record: running,
+                live: Arc::clone(&session.live),
+            });
+            let _ = watch.recheck.set(Recheck {
+                key: key.clone(),
+                request: Arc::clone(&session.decided.request),
+                command_logging: session.decided.evaluation.command_logging,
+            });
+        }
+        Err(e) => {
+            tracing::error!(session_id = %conn.id, "session refused: its record cannot be written: {e}");
+            session.refusal = Some(SessionError::SessionLog(e));
+        }
+    }
+}
+
+/// Writes the final record once the connection has ended. Channel tasks finish their
+/// exit status and command logs after the connection ends; the record waits for them
+/// (bounded).
+pub(crate) fn finish(shared: Arc<Shared>, conn: Connection, session: Session, watch: Arc<Watch>) {
+    // No running record is written from here on: the final record replaces it.
+    *lock(&watch.ended) = true;
+    if watch.running.get().is_some() {
+        shared
+            .metrics
+            .session_ended(watch.traffic.from_client(), watch.traffic.to_client());
+    } else if session.decided.evaluation.is_allowed() {
+        shared.metrics.refused();
+    }
+    let end = SystemTime::now();
+    let write = move |session: Session| {
+        shared
+            .session_log
+            .append(&record(&session, &conn, &watch, end));
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn(async move {
+                let deadline = tokio::time::Instant::now() + CHANNELS_WAIT;
+                while Arc::strong_count(&session.channel_tasks) > 1
+                    && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                write(session);
+            });
+        }
+        Err(_) => write(session),
+    }
+}

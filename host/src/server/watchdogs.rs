@@ -1,0 +1,186 @@
+//! A connection's watchdogs: no authentication within `server.auth_timeout`, idle for
+//! `server.idle_timeout`, no longer allowed after a reload of the policies or the
+//! users file. Meanwhile a running session's record is rewritten every minute, so a
+//! proxy that dies loses none.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use russh::keys::ssh_key::PublicKey;
+
+use super::Shared;
+use super::decide::policy_refusal;
+use super::metrics::Disconnect;
+use super::session::Live;
+use crate::channels::Traffic;
+use crate::policy::DecisionRequest;
+use crate::recording::{SessionLog, SessionRecord, timestamp};
+use crate::sync::lock;
+
+/// How often a running session's record is rewritten.
+const RUNNING_RECORD_EVERY: Duration = Duration::from_secs(60);
+
+/// A connection's state as its watchdogs see it.
+#[derive(Debug, Default)]
+pub(crate) struct Watch {
+    pub authenticated: AtomicBool,
+    /// Channel data either way (session and forwarded channels).
+    pub traffic: Traffic,
+    /// Why the proxy ended the session, for the session log.
+    pub ended_by: Mutex<Option<String>>,
+    /// Set once a session is allowed: what to decide again after a reload.
+    pub recheck: OnceLock<Recheck>,
+    /// Set once a session is allowed: its record so far, rewritten every minute.
+    pub running: OnceLock<Running>,
+    /// Set when the connection ends; held while the running record is written, so
+    /// that none is written after the final one.
+    pub ended: Mutex<bool>,
+}
+
+/// A running session's record: what was known at its start, and where the rest is.
+#[derive(Debug)]
+pub(crate) struct Running {
+    pub record: SessionRecord,
+    pub live: Arc<Live>,
+}
+
+/// What an allowed session is decided again with when the policies or the users file
+/// are reloaded, and the generations it was decided under.
+#[derive(Debug)]
+pub(crate) struct Recheck {
+    pub key: PublicKey,
+    pub request: Arc<DecisionRequest>,
+    pub command_logging: bool,
+}
+
+impl Watch {
+    /// Writes the running session's record as it stands now, unless it has ended.
+    pub(crate) fn write_running(&self, log: &SessionLog) {
+        let Some(running) = self.running.get() else {
+            return;
+        };
+        let ended = lock(&self.ended);
+        if *ended {
+            return;
+        }
+        let now = SystemTime::now();
+        let mut record = running.record.clone();
+        record.end = timestamp(now);
+        record.duration_ms = record.elapsed_at(now).as_millis() as u64;
+        record.bytes_from_client = self.traffic.from_client();
+        record.bytes_to_client = self.traffic.to_client();
+        record.channels = lock(&running.live.channels).clone();
+        record.command_logs = lock(&running.live.command_logs).clone();
+        // A failure is reported by the log; the previous version of the record stays.
+        let _ = log.running(&record);
+    }
+
+    /// Returns once a running (allowed) session has moved no channel data for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        let every = (idle / 4).min(Duration::from_secs(15));
+        let (mut seen, mut since) = (self.traffic.total(), tokio::time::Instant::now());
+        loop {
+            tokio::time::sleep(every).await;
+            let now = self.traffic.total();
+            if now != seen || self.running.get().is_none() {
+                (seen, since) = (now, tokio::time::Instant::now());
+            } else if since.elapsed() >= idle {
+                return;
+            }
+        }
+    }
+}
+
+/// Returns why the proxy must disconnect the connection, when it must.
+pub(crate) async fn watchdogs(shared: &Shared, watch: &Watch, peer: SocketAddr) -> String {
+    let auth_timeout = shared.config.auth_timeout;
+    let idle_timeout = shared.config.idle_timeout;
+    let authentication = async {
+        tokio::time::sleep(auth_timeout).await;
+        if watch.authenticated.load(Ordering::Relaxed) {
+            std::future::pending().await
+        }
+        tracing::info!(%peer, "no authentication within {auth_timeout:?}; disconnecting");
+        shared.metrics.disconnected(Disconnect::AuthTimeout);
+        "authentication timeout".to_string()
+    };
+    let idleness = async {
+        match idle_timeout {
+            Some(idle) => {
+                watch.idle_for(idle).await;
+                shared.metrics.disconnected(Disconnect::Idle);
+                let why = format!(
+                    "idle for {}: disconnected (server.idle_timeout)",
+                    humantime::format_duration(idle)
+                );
+                tracing::info!(%peer, "{why}");
+                why
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let revocation = async {
+        if !shared.config.recheck_sessions {
+            return std::future::pending().await;
+        }
+        let why = revoked(shared, watch).await;
+        shared.metrics.disconnected(Disconnect::Revoked);
+        tracing::warn!(%peer, "{why}");
+        why
+    };
+    let running_record = async {
+        loop {
+            tokio::time::sleep(RUNNING_RECORD_EVERY).await;
+            watch.write_running(&shared.session_log);
+        }
+    };
+    tokio::select! {
+        why = authentication => why,
+        why = idleness => why,
+        why = revocation => why,
+        why = running_record => why,
+    }
+}
+
+/// Returns why an allowed session must end, once a reload of the policies or the
+/// users file no longer allows it: its key is gone, or the policies in force now block
+/// it, refuse its login, or want it recorded when it is not.
+async fn revoked(shared: &Shared, watch: &Watch) -> String {
+    let mut policies = shared.policy.swaps();
+    let mut users = shared.users_swapped.subscribe();
+    loop {
+        tokio::select! {
+            changed = policies.changed() => if changed.is_err() { std::future::pending::<()>().await },
+            changed = users.changed() => if changed.is_err() { std::future::pending::<()>().await },
+        }
+        let Some(r) = watch.recheck.get() else {
+            continue;
+        };
+        let Some(identity) = shared.identities.load().identify(&r.key) else {
+            return "access revoked: the key is no longer in the users file".into();
+        };
+        let mut request = (*r.request).clone();
+        request.email = identity.email;
+        request.groups = identity.groups;
+        request.authentication = identity.authentication;
+        request.now = SystemTime::now();
+        let policy = shared.policy.current();
+        let decision = tokio::task::spawn_blocking(move || {
+            let decision = policy.decide(&request);
+            (decision, request)
+        })
+        .await;
+        let Ok((decision, request)) = decision else {
+            return "access revoked: the policies could not be evaluated again".into();
+        };
+        if let Some(refusal) = policy_refusal(&decision, &request) {
+            return format!("access revoked: {refusal}");
+        }
+        if decision.command_logging && !r.command_logging {
+            return "access revoked: the policies now want this session recorded; connect again"
+                .into();
+        }
+    }
+}

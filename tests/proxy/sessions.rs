@@ -1,0 +1,422 @@
+//! Sessions end to end: exec, pty, scp/sftp, login mapping, refusals, environment,
+//! multiplexed channels.
+
+use super::*;
+
+#[test]
+fn proxyjump_exec_returns_output_and_exit_status_and_is_logged() {
+    ensure_user("jdoe");
+    let lab = default_lab(&[("jdoe@example.com", &["sre"])]);
+    let out = lab.ssh_jump("jdoe", "jdoe", "echo out-$((6*7)); echo err >&2; exit 7");
+    assert_eq!(out.status.code(), Some(7), "{}", out.stderr_text());
+    assert_eq!(out.stdout_text(), "out-42\n");
+    assert!(out.stderr_text().contains("err"));
+    let out = lab
+        .ssh_jump("jdoe", "jdoe", "id -un")
+        .success_or_panic("id");
+    assert_eq!(out.stdout_text(), "jdoe\n");
+    // A program that closes its output and runs on: the proxy holds the target's EOF
+    // for the exit status only briefly, then the session still ends with the status.
+    let out = lab.ssh_jump("jdoe", "jdoe", "echo early; exec >&- 2>&-; sleep 2; exit 5");
+    assert_eq!(out.stdout_text(), "early\n");
+    assert_eq!(out.status.code(), Some(5), "{}", out.stderr_text());
+
+    let sessions = lab.wait_sessions(3);
+    let s = sessions
+        .iter()
+        .find(|s| s["channels"][0]["exit_status"] == 7)
+        .expect("the exit-7 session");
+    assert_eq!(s["email"], "jdoe@example.com");
+    assert_eq!(s["groups"], serde_json::json!(["sre"]));
+    assert_eq!(s["via"], "proxyjump");
+    assert_eq!(s["target_host"], "127.0.0.1");
+    assert_eq!(s["target_port"], lab.sshd_port);
+    assert_eq!(s["login"], "jdoe");
+    assert_eq!(s["policy"], "90-default-principal.wasm");
+    assert_eq!(s["action"], "allow");
+    assert_eq!(s["command_logging"], false);
+    assert_eq!(s["channels"][0]["kind"], "exec");
+    assert_eq!(s["channels"][0]["exit_status"], 7);
+    assert!(s["bytes_to_client"].as_u64().unwrap() >= 7);
+    assert!(s["source"].as_str().unwrap().starts_with("127.0.0.1:"));
+    let text = std::fs::read_to_string(lab.path().join("sessions.jsonl")).unwrap();
+    assert!(
+        !text.contains("echo out"),
+        "no command text in the session log"
+    );
+
+    // The target saw a certificate from the gateway CA, with the session in its key id.
+    let log = lab.sshd_log();
+    assert!(
+        log.contains("Accepted publickey for jdoe") && log.contains("portcullis:jdoe@example.com"),
+        "{log}"
+    );
+}
+
+#[test]
+fn the_username_form_works_like_proxyjump() {
+    ensure_user("jdoe");
+    let lab = default_lab(&[("jdoe@example.com", &[])]);
+    let out = lab.ssh_username_form("jdoe", "jdoe", "echo via-username; exit 3");
+    assert_eq!(out.status.code(), Some(3), "{}", out.stderr_text());
+    assert_eq!(out.stdout_text(), "via-username\n");
+    assert_eq!(lab.wait_sessions(1)[0]["via"], "username");
+}
+
+#[test]
+fn an_interactive_pty_session_works() {
+    ensure_user("jdoe");
+    let lab = default_lab(&[("jdoe@example.com", &[])]);
+    let out = lab.ssh_pty("jdoe", "jdoe", "tty; echo answer-$((6*7)); exit 5\n");
+    let text = out.stdout_text();
+    assert_eq!(out.status.code(), Some(5), "{text}{}", out.stderr_text());
+    assert!(
+        text.contains("/dev/pts/"),
+        "a terminal was allocated: {text}"
+    );
+    assert!(text.contains("answer-42"), "{text}");
+    let s = &lab.wait_sessions(1)[0];
+    assert_eq!(s["channels"][0]["kind"], "shell");
+}
+
+#[test]
+fn scp_and_sftp_move_files_intact() {
+    ensure_user("jdoe");
+    let lab = default_lab(&[("jdoe@example.com", &[])]);
+    let data: Vec<u8> = (0..6_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let local = lab.path().join("upload.bin");
+    std::fs::write(&local, &data).unwrap();
+    let remote = format!("/tmp/portcullis-e2e-{}.bin", lab.sshd_port);
+    let dest = format!("jdoe@127.0.0.1:{remote}");
+    lab.file_tool("scp", "jdoe", &[local.to_str().unwrap(), &dest], None)
+        .success_or_panic("scp upload");
+    let back = lab.path().join("download.bin");
+    lab.file_tool("scp", "jdoe", &[&dest, back.to_str().unwrap()], None)
+        .success_or_panic("scp download");
+    assert!(
+        std::fs::read(&back).unwrap() == data,
+        "scp round trip differs"
+    );
+
+    let got = lab.path().join("sftp.bin");
+    let script = format!("ls {remote}\nget {remote} {}\nrm {remote}\n", got.display());
+    let out = lab
+        .file_tool(
+            "sftp",
+            "jdoe",
+            &["-b", "-", "jdoe@127.0.0.1"],
+            Some(&script),
+        )
+        .success_or_panic("sftp");
+    assert!(out.stdout_text().contains(&remote), "{}", out.stdout_text());
+    assert!(
+        std::fs::read(&got).unwrap() == data,
+        "sftp download differs"
+    );
+    let sessions = lab.wait_sessions(3);
+    assert!(
+        sessions
+            .iter()
+            .any(|s| s["channels"][0]["kind"] == "subsystem:sftp")
+    );
+    assert!(
+        sessions
+            .iter()
+            .any(|s| s["bytes_from_client"].as_u64().unwrap() >= 6_000_000)
+    );
+    assert!(
+        sessions
+            .iter()
+            .any(|s| s["bytes_to_client"].as_u64().unwrap() >= 6_000_000)
+    );
+}
+
+#[test]
+fn username_mapping_cases_work_against_sshd() {
+    for u in ["jdoe", "johndoe", "vmuser", "carol"] {
+        ensure_user(u);
+    }
+    let mut lab = Lab::new(&[
+        ("jdoe@example.com", &[]),
+        ("alice@example.com", &[]),
+        ("bob@example.com", &[]),
+        ("carol@example.com", &["admins"]),
+    ]);
+    lab.policies
+        .module("30-username-map.wasm", "username_map")
+        .file(
+            "30-username-map.toml",
+            b"[[map]]\nemails = [\"jdoe@example.com\"]\nlogins = [\"johndoe\"]\n\n\
+              [[map]]\nemails = [\"alice@example.com\", \"bob@example.com\"]\nlogins = [\"vmuser\"]\n\n\
+              [[map]]\ngroups = [\"admins\"]\nlogins = [\"*\"]\n",
+        )
+        .module("90-default-principal.wasm", "default_principal");
+    lab.start();
+    let who = |user: &str, login: &str| lab.ssh_jump(user, login, "id -un");
+    assert_eq!(
+        who("jdoe", "johndoe")
+            .success_or_panic("jdoe as johndoe")
+            .stdout_text(),
+        "johndoe\n"
+    );
+    let refused = who("jdoe", "jdoe");
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        refused.stderr_text().contains("not permitted"),
+        "{}",
+        refused.stderr_text()
+    );
+    assert_eq!(
+        who("alice", "vmuser")
+            .success_or_panic("alice")
+            .stdout_text(),
+        "vmuser\n"
+    );
+    assert_eq!(
+        who("bob", "vmuser").success_or_panic("bob").stdout_text(),
+        "vmuser\n"
+    );
+    assert_eq!(
+        who("carol", "vmuser")
+            .success_or_panic("carol any")
+            .stdout_text(),
+        "vmuser\n"
+    );
+    assert_eq!(
+        who("carol", "jdoe")
+            .success_or_panic("carol any")
+            .stdout_text(),
+        "jdoe\n"
+    );
+    let actions: Vec<String> = lab
+        .wait_sessions(6)
+        .iter()
+        .map(|s| s["action"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        actions.iter().filter(|a| *a == "refused").count(),
+        1,
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn a_blocked_connection_never_reaches_the_target_and_says_why() {
+    ensure_user("jdoe");
+    let mut lab = Lab::new(&[("jdoe@example.com", &[])]);
+    lab.policies
+        .module("10-conditions.wasm", "conditions")
+        .file(
+            "10-conditions.toml",
+            b"allowed_sources = [\"10.0.0.0/8\"]\n",
+        )
+        .module("90-default-principal.wasm", "default_principal");
+    lab.start();
+    let out = lab.ssh_jump("jdoe", "jdoe", "echo should-not-run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!out.stdout_text().contains("should-not-run"));
+    let err = out.stderr_text();
+    assert!(
+        err.contains("blocked by 10-conditions.wasm") && err.contains("127.0.0.1"),
+        "{err}"
+    );
+    assert!(
+        !lab.known_targets().exists(),
+        "the proxy must not have connected to the target"
+    );
+    assert!(!lab.sshd_log().contains("Accepted"), "{}", lab.sshd_log());
+    let s = &lab.wait_sessions(1)[0];
+    assert_eq!(s["action"], "block");
+    assert_eq!(s["policy"], "10-conditions.wasm");
+}
+
+#[test]
+fn sftp_can_be_refused_by_a_channel_policy() {
+    ensure_user("jdoe");
+    let mut lab = Lab::new(&[("jdoe@example.com", &[])]);
+    lab.policies
+        .module("10-conditions.wasm", "conditions")
+        .file("10-conditions.toml", b"deny_subsystems = [\"sftp\"]\n")
+        .module("90-default-principal.wasm", "default_principal");
+    lab.start();
+    let out = lab.file_tool(
+        "sftp",
+        "jdoe",
+        &["-b", "-", "jdoe@127.0.0.1"],
+        Some("ls /\n"),
+    );
+    assert!(!out.status.success());
+    lab.ssh_jump("jdoe", "jdoe", "true")
+        .success_or_panic("exec still allowed");
+    let sessions = lab.wait_sessions(2);
+    let sftp = sessions
+        .iter()
+        .map(|s| &s["channels"][0])
+        .find(|c| c["kind"] == "subsystem:sftp")
+        .unwrap_or_else(|| panic!("no sftp session: {sessions:#?}\n{}", lab.proxy_log()));
+    assert_eq!(sftp["kind"], "subsystem:sftp");
+    assert_eq!(sftp["allowed"], false);
+    assert!(sftp["denied_reason"].as_str().unwrap().contains("sftp"));
+}
+
+#[test]
+fn an_unknown_key_is_refused() {
+    ensure_user("jdoe");
+    let lab = default_lab(&[("jdoe@example.com", &[])]);
+    let stranger = lab.path().join("client/stranger");
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&stranger)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = lab.ssh(
+        "stranger",
+        &[
+            "-p",
+            &lab.proxy_port.to_string(),
+            &format!("jdoe%127.0.0.1:{}@127.0.0.1", lab.sshd_port),
+            "true",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        out.stderr_text().contains("Permission denied"),
+        "{}",
+        out.stderr_text()
+    );
+    assert!(
+        lab.proxy_log().contains("unknown key"),
+        "{}",
+        lab.proxy_log()
+    );
+}
+
+#[test]
+fn environment_the_target_refuses_does_not_fail_the_command() {
+    // Debian's ssh_config sends LANG and LC_*; a stock sshd accepts none of them and
+    // answers each with a failure, which belongs to the env request, not to exec.
+    ensure_user("jdoe");
+    let lab = default_lab(&[("jdoe@example.com", &[])]);
+    let env = ["-o", "SetEnv=LANG=C.UTF-8 LC_ALL=C"];
+    let (sshd_port, proxy_port) = (lab.sshd_port.to_string(), lab.proxy_port.to_string());
+    let user_form = format!("jdoe%127.0.0.1:{sshd_port}@127.0.0.1");
+    let command = "echo ran; exit 3";
+    let jump = [
+        "-J",
+        "jdoe@portcullis",
+        "-p",
+        &sshd_port,
+        "jdoe@127.0.0.1",
+        command,
+    ];
+    let direct = ["-p", &proxy_port, &user_form, command];
+    for rest in [&jump[..], &direct[..]] {
+        let args: Vec<&str> = env.iter().chain(rest).copied().collect();
+        let out = lab.ssh("jdoe", &args);
+        assert_eq!(out.stdout_text(), "ran\n", "{}", out.stderr_text());
+        assert_eq!(out.status.code(), Some(3), "{}", out.stderr_text());
+    }
+    // And for sftp (env, subsystem).
+    let out = lab.file_tool(
+        "sftp",
+        "jdoe",
+        &["-o", "SetEnv=LANG=C.UTF-8", "-b", "-", "jdoe@127.0.0.1"],
+        Some("pwd\n"),
+    );
+    assert!(out.status.success(), "{}", out.stderr_text());
+    assert!(
+        out.stdout_text().contains("/home/jdoe"),
+        "{}",
+        out.stdout_text()
+    );
+    // The same for an interactive shell (pty-req, env, shell).
+    let out = lab.ssh_pty_with(
+        "jdoe",
+        "jdoe",
+        &["-o", "SetEnv=LANG=C.UTF-8"],
+        "echo shell-$((2+3)); exit 5\n",
+    );
+    assert!(
+        out.stdout_text().contains("shell-5"),
+        "{}",
+        out.stderr_text()
+    );
+    assert_eq!(out.status.code(), Some(5), "{}", out.stderr_text());
+}
+
+#[test]
+fn several_channels_share_one_session_and_one_target_connection() {
+    ensure_user("jdoe");
+    let lab = default_lab(&[("jdoe@example.com", &[])]);
+    let control = lab.path().join("cm.sock");
+    let control_opt = format!("ControlPath={}", control.display());
+    let port = lab.sshd_port.to_string();
+    let base = ["-J", "jdoe@portcullis", "-p", &port, "-o", &control_opt];
+    let master = lab.ssh(
+        "jdoe",
+        &[
+            &base[..],
+            &[
+                "-o",
+                "ControlMaster=yes",
+                "-o",
+                "ControlPersist=30",
+                "-fN",
+                "jdoe@127.0.0.1",
+            ],
+        ]
+        .concat(),
+    );
+    assert!(master.status.success(), "{}", master.stderr_text());
+    // The master is ready once its control socket answers.
+    let start = std::time::Instant::now();
+    while !lab
+        .ssh(
+            "jdoe",
+            &[&base[..], &["-O", "check", "jdoe@127.0.0.1"]].concat(),
+        )
+        .status
+        .success()
+    {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "the control master never came up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for i in 0..3 {
+        // The exit status must reach the multiplexed client: the master closes its
+        // channel as soon as it sees EOF, so the proxy delivers the status first.
+        let command = format!("echo channel-{i}; exit {}", 40 + i);
+        let args = [
+            &base[..],
+            &["-o", "ControlMaster=no", "jdoe@127.0.0.1", &command],
+        ]
+        .concat();
+        let out = lab.ssh("jdoe", &args);
+        assert_eq!(
+            out.stdout_text(),
+            format!("channel-{i}\n"),
+            "{}",
+            out.stderr_text()
+        );
+        assert_eq!(out.status.code(), Some(40 + i), "{}", out.stderr_text());
+    }
+    lab.ssh(
+        "jdoe",
+        &[&base[..], &["-O", "exit", "jdoe@127.0.0.1"]].concat(),
+    );
+    let sessions = lab.wait_sessions(1);
+    assert_eq!(sessions.len(), 1, "one connection, one session record");
+    let channels = sessions[0]["channels"].as_array().unwrap();
+    assert_eq!(channels.len(), 3, "{channels:?}");
+    for (i, c) in channels.iter().enumerate() {
+        assert!(c["kind"] == "exec" && c["allowed"] == true, "{c}");
+        assert_eq!(c["exit_status"], 40 + i as i64, "{c}");
+    }
+    let accepted = lab.sshd_log().matches("Accepted publickey").count();
+    assert_eq!(accepted, 1, "the target saw one login for all channels");
+}
