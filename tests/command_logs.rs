@@ -405,7 +405,10 @@ fn a_full_disk_ends_recorded_sessions_and_refuses_new_ones_losing_nothing() {
     );
     let received = out.stdout.len();
     assert!(received < 4_000_000, "{received} bytes reached the client");
-    // What was recorded decrypts, and holds at least what reached the client.
+    // What was recorded decrypts, and holds at least what reached the client. The log
+    // is finished when the channel's task ends, which can be after the client exits:
+    // the session's record is written after that.
+    lab.wait_sessions(1);
     let finished: Vec<PathBuf> = logs(&lab)
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "sshlog"))

@@ -62,6 +62,9 @@ struct RawServer {
     shutdown_grace: Duration,
     #[serde(with = "humantime_serde")]
     idle_timeout: Duration,
+    max_startups: String,
+    per_source_max_startups: usize,
+    max_connections_per_user: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,6 +127,9 @@ impl Default for RawConfig {
                 auth_timeout: Duration::from_secs(60),
                 shutdown_grace: Duration::from_secs(30),
                 idle_timeout: Duration::ZERO,
+                max_startups: "10:30:100".into(),
+                per_source_max_startups: 8,
+                max_connections_per_user: 64,
             },
             ca: RawCa {
                 dir: "ca".into(),
@@ -189,6 +195,81 @@ pub enum HostKeyCheck {
     Strict,
 }
 
+/// `MaxStartups START:RATE:FULL`: up to START unauthenticated connections are taken;
+/// from START on, a new one is refused with a probability that rises from RATE% to
+/// 100% at FULL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxStartups {
+    pub start: usize,
+    pub rate: u8,
+    pub full: usize,
+}
+
+impl Default for MaxStartups {
+    fn default() -> Self {
+        // OpenSSH's default.
+        MaxStartups {
+            start: 10,
+            rate: 30,
+            full: 100,
+        }
+    }
+}
+
+impl std::str::FromStr for MaxStartups {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not START:RATE:FULL (e.g. \"10:30:100\") or a number");
+        let parts: Vec<&str> = s.split(':').collect();
+        let number = |p: &str| p.trim().parse::<usize>().map_err(|_| bad());
+        let limits = match parts.as_slice() {
+            [n] => {
+                let n = number(n)?;
+                MaxStartups {
+                    start: n,
+                    rate: 100,
+                    full: n,
+                }
+            }
+            [start, rate, full] => MaxStartups {
+                start: number(start)?,
+                rate: u8::try_from(number(rate)?).map_err(|_| bad())?,
+                full: number(full)?,
+            },
+            _ => return Err(bad()),
+        };
+        if limits.start == 0 || limits.start > limits.full || limits.rate > 100 {
+            return Err(format!(
+                "{s:?}: START must be at least 1 and at most FULL, and RATE at most 100"
+            ));
+        }
+        Ok(limits)
+    }
+}
+
+/// Limits on connections, from `[server]` (see `server::admission`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmissionLimits {
+    pub max_startups: MaxStartups,
+    /// Unauthenticated connections from one address; `None`: no limit of its own.
+    pub per_source_max_startups: Option<usize>,
+    /// Authenticated connections of one user; `None`: no limit.
+    pub max_connections_per_user: Option<usize>,
+}
+
+impl Default for AdmissionLimits {
+    fn default() -> Self {
+        AdmissionLimits {
+            max_startups: MaxStartups::default(),
+            // Below MaxStartups' start, so that one address alone never makes the
+            // proxy drop others' connections at random.
+            per_source_max_startups: Some(8),
+            max_connections_per_user: Some(64),
+        }
+    }
+}
+
 /// How to check target host keys.
 #[derive(Debug, Clone)]
 pub struct HostKeyPolicy {
@@ -208,6 +289,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Sessions with no channel data either way for this long are disconnected.
     pub idle_timeout: Option<Duration>,
+    /// Limits on unauthenticated connections and on connections per user.
+    pub admission: AdmissionLimits,
     pub ca_dir: PathBuf,
     pub cert_validity: Duration,
     pub users_file: PathBuf,
@@ -321,6 +404,17 @@ impl RawConfig {
             }
             t => Some(t),
         };
+        let admission = AdmissionLimits {
+            max_startups: self
+                .server
+                .max_startups
+                .parse()
+                .map_err(|e| invalid("server.max_startups", e))?,
+            per_source_max_startups: (self.server.per_source_max_startups > 0)
+                .then_some(self.server.per_source_max_startups),
+            max_connections_per_user: (self.server.max_connections_per_user > 0)
+                .then_some(self.server.max_connections_per_user),
+        };
         let host_key_check = match self.upstream.host_key_check.as_str() {
             "tofu" => HostKeyCheck::Tofu,
             "strict" => HostKeyCheck::Strict,
@@ -339,6 +433,7 @@ impl RawConfig {
             auth_timeout: self.server.auth_timeout,
             shutdown_grace: self.server.shutdown_grace,
             idle_timeout,
+            admission,
             ca_dir: abs(&self.ca.dir),
             cert_validity,
             users_file: abs(&self.identity.users_file),
@@ -472,5 +567,28 @@ mod tests {
             err.contains("`server.listen`") && err.contains("0.0.0.0:2222"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn max_startups_reads_as_openssh_writes_it() {
+        assert_eq!(
+            "10:30:100".parse::<MaxStartups>(),
+            Ok(MaxStartups {
+                start: 10,
+                rate: 30,
+                full: 100
+            })
+        );
+        assert_eq!(
+            "5".parse::<MaxStartups>(),
+            Ok(MaxStartups {
+                start: 5,
+                rate: 100,
+                full: 5
+            })
+        );
+        for bad in ["", "a:b:c", "10:30", "0:30:100", "20:30:10", "10:101:100"] {
+            assert!(bad.parse::<MaxStartups>().is_err(), "{bad}");
+        }
     }
 }

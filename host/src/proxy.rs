@@ -8,6 +8,10 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::{Error, ca, identity, policy, recording, server};
 
+/// The first wait after a failed accept; it doubles up to [`ACCEPT_BACKOFF_MAX`].
+const ACCEPT_BACKOFF_FIRST: std::time::Duration = std::time::Duration::from_millis(50);
+const ACCEPT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Runs the proxy until `shutdown` completes, then stops accepting and waits up to the
 /// configured grace period for sessions to end.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
@@ -101,21 +105,41 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             source,
         })?;
     tokio::pin!(shutdown);
+    let mut accept_backoff = ACCEPT_BACKOFF_FIRST;
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             _ = hangups.recv() => crate::reload::on_hangup(&shared, &reload),
             accepted = listener.accept() => {
                 let (socket, peer) = match accepted {
-                    Ok(a) => a,
+                    Ok(a) => {
+                        accept_backoff = ACCEPT_BACKOFF_FIRST;
+                        a
+                    }
                     Err(e) => {
-                        tracing::warn!("accept failed: {e}");
+                        // Out of file descriptors (EMFILE) and the like: retrying at
+                        // once would spin a core; wait, longer each time, up to a second.
+                        shared.metrics.accept_error();
+                        tracing::warn!("accept failed: {e}; retrying in {accept_backoff:?}");
+                        tokio::time::sleep(accept_backoff).await;
+                        accept_backoff = (accept_backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                        continue;
+                    }
+                };
+                shared.metrics.connection();
+                // Admitted or refused before a byte is read.
+                let ticket = match shared.admission.admit(peer.ip()) {
+                    Ok(ticket) => ticket,
+                    Err(why) => {
+                        shared.metrics.not_admitted(why);
+                        tracing::debug!(%peer, ?why, "connection refused by the admission limits");
+                        drop(socket);
                         continue;
                     }
                 };
                 let _ = socket.set_nodelay(true);
-                shared.metrics.connection();
-                let handler = server::ConnHandler::new(Arc::clone(&shared), peer, None);
+                let handler = server::ConnHandler::new(Arc::clone(&shared), peer, None)
+                    .with_ticket(ticket);
                 sessions.spawn(handler.serve(Arc::clone(&server_config), socket));
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}

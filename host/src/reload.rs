@@ -12,7 +12,12 @@ pub(crate) fn on_hangup(shared: &Shared, policies: &ReloadHandle) {
     match identity::UsersFile::load(&shared.config.users_file) {
         Ok(users) => shared.reload_identities(Box::new(users)),
         Err(e) => {
-            tracing::error!("users file not reloaded; the previous one stays in force: {e}")
+            // Loud: keys the operator just removed stay valid until the file is fixed.
+            shared.metrics.users_reload_failed();
+            tracing::error!(
+                "USERS FILE NOT RELOADED: the previous one stays in force, with every key it \
+                 lists (removed keys too) until the file is fixed: {e}"
+            )
         }
     }
     match ca::Ca::open(&shared.config.ca_dir) {

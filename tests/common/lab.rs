@@ -135,6 +135,8 @@ pub struct Lab {
     proxy: Option<Child>,
     /// Appended to the target's sshd_config.
     pub sshd_extra: String,
+    /// When set, the proxy runs with this open-file limit (soft and hard).
+    pub proxy_file_limit: Option<u64>,
 }
 
 impl Lab {
@@ -165,6 +167,7 @@ impl Lab {
             sshd: None,
             proxy: None,
             sshd_extra: String::new(),
+            proxy_file_limit: None,
         };
         lab.portcullis(&["ca", "init"]).success_or_panic("ca init");
         keygen(&p.join("host_key"), "portcullis-host");
@@ -329,7 +332,17 @@ impl Lab {
     pub fn start_proxy(&mut self) {
         self.stop_proxy();
         let log = std::fs::File::create(self.path().join("proxy.log")).unwrap();
-        let mut child = portcullis()
+        let mut command = match self.proxy_file_limit {
+            None => portcullis(),
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(env!("CARGO_BIN_EXE_portcullis"));
+                c
+            }
+        };
+        let mut child = command
             .args(["serve", "--config"])
             .arg(self.path().join("portcullis.toml"))
             .env("RUST_LOG", "info")
@@ -360,6 +373,11 @@ impl Lab {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// The proxy's process id.
+    pub fn proxy_pid(&self) -> u32 {
+        self.proxy.as_ref().expect("proxy running").id()
     }
 
     /// The proxy's log so far.

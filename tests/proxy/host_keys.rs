@@ -168,3 +168,135 @@ fn targets_with_a_host_certificate_from_a_listed_ca_need_no_pinning() {
     .unwrap();
     refused_with(&lab, "its CA is revoked");
 }
+
+/// `ssh -p PROXY 'LOGIN%HOST:SSHD_PORT@127.0.0.1' COMMAND`: the username form with the
+/// target spelled as `host`.
+fn ssh_to(lab: &Lab, host: &str, command: &str) -> std::process::Output {
+    let dest = format!("jdoe%{host}:{}@127.0.0.1", lab.sshd_port);
+    lab.ssh("jdoe", &["-p", &lab.proxy_port.to_string(), &dest, command])
+}
+
+/// Replaces the target's host key with a new key of type `kind` and restarts sshd.
+fn new_target_key(lab: &mut Lab, kind: &str) {
+    let key = lab.path().join("target/ssh_host_ed25519_key");
+    std::fs::remove_file(&key).unwrap();
+    std::fs::remove_file(key.with_extension("pub")).unwrap();
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", kind, "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    lab.start_sshd();
+}
+
+#[test]
+fn a_key_of_another_type_is_a_changed_key_under_every_spelling_of_the_target() {
+    ensure_user("jdoe");
+    let mut lab = default_lab(&[("jdoe@example.com", &[])]);
+    // First use by name: the user is told, and the key is pinned under the name and
+    // the address it resolved to.
+    let first = ssh_to(&lab, "LocalHost", "echo first");
+    assert_eq!(first.stdout_text(), "first\n", "{}", first.stderr_text());
+    assert!(
+        first
+            .stderr_text()
+            .contains("learned the host key of localhost, 127.0.0.1"),
+        "{}",
+        first.stderr_text()
+    );
+    let pins = std::fs::read_to_string(lab.known_targets()).unwrap();
+    let port = lab.sshd_port;
+    assert!(
+        pins.starts_with(&format!(
+            "[localhost]:{port},[127.0.0.1]:{port} ssh-ed25519 "
+        )),
+        "{pins}"
+    );
+    // Known now: nothing is learned again, by the address either.
+    let again = ssh_to(&lab, "127.0.0.1", "echo again");
+    assert_eq!(again.stdout_text(), "again\n", "{}", again.stderr_text());
+    assert!(
+        !again.stderr_text().contains("learned"),
+        "{}",
+        again.stderr_text()
+    );
+
+    // A machine in the middle answers with an ECDSA key where Ed25519 is pinned.
+    new_target_key(&mut lab, "ecdsa");
+    for spelling in ["127.0.0.1", "localhost", "LOCALHOST", "[::ffff:127.0.0.1]"] {
+        let out = ssh_to(&lab, spelling, "echo should-not-run");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{spelling}: {}",
+            out.stderr_text()
+        );
+        assert!(
+            out.stderr_text().contains("HOST KEY CHANGED"),
+            "{spelling}: {}",
+            out.stderr_text()
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(lab.known_targets()).unwrap(),
+        pins,
+        "nothing was learned"
+    );
+}
+
+#[test]
+fn other_spellings_of_an_address_and_names_that_could_plant_lines_are_refused() {
+    ensure_user("jdoe");
+    let lab = default_lab(&[("jdoe@example.com", &[])]);
+    for (spelling, why) in [
+        ("127.1", "is not an IP address: write it in full"),
+        ("2130706433", "is not an IP address: write it in full"),
+        ("0x7f000001", "is not an IP address: write it in full"),
+        (
+            "127.0.0.1,evil.example",
+            "is not a host name or an IP address",
+        ),
+        ("db_1", "is not a host name or an IP address"),
+    ] {
+        let out = ssh_to(&lab, spelling, "echo should-not-run");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{spelling}: {}",
+            out.stderr_text()
+        );
+        assert!(
+            out.stderr_text().contains(why),
+            "{spelling}: {}",
+            out.stderr_text()
+        );
+    }
+    assert!(!lab.known_targets().exists(), "nothing was pinned");
+    assert!(!lab.sshd_log().contains("Accepted"), "{}", lab.sshd_log());
+}
+
+#[test]
+fn a_target_covered_by_a_host_ca_never_has_a_plain_key_learned() {
+    ensure_user("jdoe");
+    let lab = default_lab(&[("jdoe@example.com", &[])]);
+    // The operator lists a host CA for every target; this one has no certificate.
+    let p = lab.path();
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "hostca", "-f"])
+        .arg(p.join("hostca"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let ca_pub = std::fs::read_to_string(p.join("hostca.pub")).unwrap();
+    let line = format!("@cert-authority * {}\n", ca_pub.trim());
+    std::fs::write(lab.known_targets(), &line).unwrap();
+    let out = lab.ssh_jump("jdoe", "jdoe", "echo should-not-run");
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr_text());
+    assert_eq!(
+        std::fs::read_to_string(lab.known_targets()).unwrap(),
+        line,
+        "no plain key was learned"
+    );
+    assert!(!lab.sshd_log().contains("Accepted"), "{}", lab.sshd_log());
+}

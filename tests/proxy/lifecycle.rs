@@ -252,7 +252,7 @@ fn running_sessions_are_listed_and_logged_even_when_the_proxy_is_killed() {
 }
 
 /// Sends `request` to 127.0.0.1:`port` and returns the whole response.
-fn http(port: u16, request: &str) -> String {
+pub(crate) fn http(port: u16, request: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))

@@ -16,6 +16,7 @@
 mod common;
 
 mod forwarding;
+mod hardening;
 mod host_keys;
 mod lifecycle;
 mod sessions;

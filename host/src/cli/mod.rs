@@ -180,12 +180,23 @@ fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colours only on a terminal: not in files, pipes or the journal.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let log = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi);
     let _ = match format {
-        LogFormat::Text => log.try_init(),
-        LogFormat::Json => log.json().flatten_event(true).try_init(),
+        // Every line escaped: fields hold text that clients and targets chose.
+        LogFormat::Text => log
+            .with_writer(move || crate::text::EscapingWriter {
+                inner: std::io::stderr(),
+                keep_colours: ansi,
+            })
+            .try_init(),
+        // JSON escapes control characters in strings itself.
+        LogFormat::Json => log
+            .with_writer(std::io::stderr)
+            .json()
+            .flatten_event(true)
+            .try_init(),
     };
 }

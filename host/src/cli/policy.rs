@@ -172,6 +172,9 @@ struct ChannelReport {
 
 pub(super) fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let (host, port) = split_host_port(&args.target).map_err(anyhow::Error::msg)?;
+    // The same checks and canonical form as the proxy's.
+    let host = crate::server::target_name::canonical_host(&host)
+        .map_err(|e| anyhow::anyhow!("--target: {e}"))?;
     // Resolved as the proxy resolves it, so the address reported is the one it would use.
     let target_ip = match args.resolve {
         Some(ip) => Some(ip),

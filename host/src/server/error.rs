@@ -11,6 +11,12 @@ pub(crate) enum SessionError {
     /// The SSH user name could not be read as `LOGIN%HOST[:PORT]`.
     #[error("bad user name: {0}")]
     BadUserName(String),
+    /// The target's name is neither a valid host name nor an IP address.
+    #[error("bad target: {0}")]
+    BadTarget(#[from] super::target_name::BadName),
+    /// The user holds `server.max_connections_per_user` connections already.
+    #[error("too many connections of this user (server.max_connections_per_user = {limit})")]
+    TooManyConnections { limit: usize },
     /// A session channel on a connection that names no target.
     #[error("no target given: use `ssh -J USER@PROXY LOGIN@HOST` or `ssh 'LOGIN{sep}HOST@PROXY'`", sep = super::username_form::SEPARATOR)]
     NoTarget,

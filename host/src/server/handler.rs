@@ -52,6 +52,11 @@ pub(crate) struct ConnHandler {
     pub(super) stage: Stage,
     /// What the connection's watchdogs read (see [`ConnHandler::serve`]).
     pub(super) watch: Arc<Watch>,
+    /// The connection's place under the admission limits (none for the inner connection
+    /// of a ProxyJump, which runs inside an admitted one).
+    pub(super) ticket: Option<super::admission::Ticket>,
+    /// When the connection was accepted: authentication is due `auth_timeout` later.
+    pub(super) accepted: tokio::time::Instant,
     /// Per session channel, the target's answers to its requests, in order.
     pub(super) replies: HashMap<ChannelId, tokio::sync::mpsc::UnboundedReceiver<bool>>,
 }
@@ -73,8 +78,16 @@ impl ConnHandler {
             user: String::new(),
             stage: Stage::Connecting,
             watch: Arc::default(),
+            ticket: None,
+            accepted: tokio::time::Instant::now(),
             replies: HashMap::new(),
         }
+    }
+
+    /// Gives the connection its admission ticket (see `server::admission`).
+    pub(crate) fn with_ticket(mut self, ticket: super::admission::Ticket) -> Self {
+        self.ticket = Some(ticket);
+        self
     }
 
     /// Runs the connection to its end. It is disconnected if it does not authenticate
@@ -88,16 +101,27 @@ impl ConnHandler {
         let shared = Arc::clone(&self.shared);
         let switch = Arc::new(super::killable::KillSwitch::default());
         let stream = super::killable::Killable::new(stream, Arc::clone(&switch));
-        let session = match russh::server::run_stream(config, stream, self).await {
-            Ok(session) => session,
-            Err(e) => {
+        // russh reads the client's version line before it returns: a client that sends
+        // nothing is bounded by auth_timeout from the accept, like one that stalls later.
+        let auth_deadline = self.accepted + shared.config.auth_timeout;
+        let running = russh::server::run_stream(config, stream, self);
+        let session = match tokio::time::timeout_at(auth_deadline, running).await {
+            Ok(Ok(session)) => session,
+            Ok(Err(e)) => {
                 tracing::debug!(%peer, "handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%peer, "no SSH version line before the authentication timeout; disconnecting");
+                shared
+                    .metrics
+                    .disconnected(super::metrics::Disconnect::AuthTimeout);
                 return;
             }
         };
         let handle = session.handle();
         let watchdogs = async {
-            let why = watchdogs(&shared, &watch, peer).await;
+            let why = watchdogs(&shared, &watch, peer, auth_deadline).await;
             *lock(&watch.ended_by) = Some(why.clone());
             why
         };
@@ -190,6 +214,14 @@ impl ConnHandler {
             self.stage = Stage::Authenticated { identity, key };
             return;
         };
+        let host = match super::target_name::canonical_host(&host) {
+            Ok(host) => host,
+            Err(e) => {
+                tracing::info!(session_id = %self.conn.id, "refused: {e}");
+                self.stage = Stage::Refused(e.into());
+                return;
+            }
+        };
         let asked = Asked {
             login,
             host,
@@ -239,6 +271,22 @@ impl russh::server::Handler for ConnHandler {
         match self.identify(key.public_key) {
             Some(identity) => {
                 self.user = user.to_string();
+                if let Some(ticket) = &mut self.ticket
+                    && let Err(why) = self.shared.admission.authenticated(ticket, &identity.email)
+                {
+                    // Told on the session channel, rather than as a failed key.
+                    self.shared.metrics.not_admitted(why);
+                    tracing::warn!(peer = %self.conn.peer, user = %identity.email, "too many connections for this user");
+                    self.stage = Stage::Refused(SessionError::TooManyConnections {
+                        limit: self
+                            .shared
+                            .config
+                            .admission
+                            .max_connections_per_user
+                            .unwrap_or(0),
+                    });
+                    return Ok(Auth::Accept);
+                }
                 self.stage = Stage::Authenticated {
                     identity,
                     key: key.public_key.clone(),

@@ -37,6 +37,11 @@ pub(crate) struct Metrics {
     auth_timeouts: AtomicU64,
     idle: AtomicU64,
     revoked: AtomicU64,
+    refused_startups: AtomicU64,
+    refused_per_source: AtomicU64,
+    refused_per_user: AtomicU64,
+    accept_errors: AtomicU64,
+    users_reload_failures: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -91,6 +96,24 @@ impl Metrics {
             Disconnect::Idle => &self.idle,
             Disconnect::Revoked => &self.revoked,
         });
+    }
+
+    /// A connection the admission limits refused.
+    pub(crate) fn not_admitted(&self, why: super::admission::Refusal) {
+        use super::admission::Refusal;
+        bump(match why {
+            Refusal::Startups => &self.refused_startups,
+            Refusal::PerSource => &self.refused_per_source,
+            Refusal::PerUser => &self.refused_per_user,
+        });
+    }
+
+    pub(crate) fn accept_error(&self) {
+        bump(&self.accept_errors);
+    }
+
+    pub(crate) fn users_reload_failed(&self) {
+        bump(&self.users_reload_failures);
     }
 
     /// The text exposition format.
@@ -189,6 +212,37 @@ impl Metrics {
                 ("{reason=\"idle\"}", get(&self.idle).to_string()),
                 ("{reason=\"revoked\"}", get(&self.revoked).to_string()),
             ],
+        );
+        metric(
+            "portcullis_connections_refused_total",
+            "counter",
+            "Connections refused by the admission limits, by limit.",
+            &[
+                (
+                    "{limit=\"max_startups\"}",
+                    get(&self.refused_startups).to_string(),
+                ),
+                (
+                    "{limit=\"per_source_max_startups\"}",
+                    get(&self.refused_per_source).to_string(),
+                ),
+                (
+                    "{limit=\"max_connections_per_user\"}",
+                    get(&self.refused_per_user).to_string(),
+                ),
+            ],
+        );
+        metric(
+            "portcullis_accept_errors_total",
+            "counter",
+            "Failed accepts on the listening socket (e.g. out of file descriptors).",
+            &[("", get(&self.accept_errors).to_string())],
+        );
+        metric(
+            "portcullis_users_reload_failures_total",
+            "counter",
+            "Reloads of the users file refused (the previous one stayed in force).",
+            &[("", get(&self.users_reload_failures).to_string())],
         );
         let set = policy.current();
         metric(

@@ -4,6 +4,7 @@
 //! certificate and the target connection (`target_login`), the session's record
 //! (`session_record`) and its watchdogs (`watchdogs`). docs/architecture.md maps them.
 
+pub(crate) mod admission;
 mod decide;
 mod error;
 mod handler;
@@ -14,6 +15,7 @@ mod opens;
 mod session;
 mod session_record;
 mod target_login;
+pub(crate) mod target_name;
 pub mod username_form;
 mod watchdogs;
 
@@ -48,6 +50,8 @@ pub(crate) struct Shared {
     /// Changes whenever a new users file is put in force.
     pub(crate) users_swapped: tokio::sync::watch::Sender<u64>,
     pub metrics: Arc<metrics::Metrics>,
+    /// The admission limits' counts.
+    pub admission: admission::Admission,
 }
 
 impl Shared {
@@ -60,6 +64,7 @@ impl Shared {
         session_log: SessionLog,
         recording_key: Option<crate::recording::cmdlog::SealingKey>,
     ) -> Self {
+        let admission = admission::Admission::new(config.admission);
         Shared {
             config,
             ca: ArcSwap::from_pointee(ca),
@@ -71,6 +76,7 @@ impl Shared {
             host_certs: host_certs::HostCertCache::default(),
             users_swapped: tokio::sync::watch::Sender::new(0),
             metrics: Arc::default(),
+            admission,
         }
     }
 
@@ -131,14 +137,21 @@ impl Shared {
 
     /// The configuration of an inner (ProxyJump) connection to `host`: the proxy's host
     /// key with a host certificate for `host` signed by the host CA.
+    ///
+    /// `host` is the name as the client sent it, already checked; the certificate names
+    /// it (lower-cased) and its canonical form.
     pub(crate) fn inner_server_config(
         &self,
         host: &str,
+        canonical: &str,
     ) -> Result<Arc<russh::server::Config>, CaError> {
-        let cert = self.host_certs.get_or_issue(host, || {
+        let sent = host.to_ascii_lowercase();
+        let cert = self.host_certs.get_or_issue(&sent, || {
+            let mut principals = vec![sent.clone(), canonical.to_string()];
+            principals.dedup();
             self.ca.load().issue_host_cert(
                 self.host_key.public_key(),
-                &[host.to_string()],
+                &principals,
                 Duration::from_secs(24 * 3600),
             )
         })?;

@@ -32,10 +32,15 @@ impl ConnHandler {
         tokio::spawn(async move {
             let id = channel.id();
             let opened = match target.connect(&shared, &conn, &decided).await {
-                Ok(t) => t
-                    .channel_open_session()
-                    .await
-                    .map_err(SessionError::TargetChannel),
+                Ok((t, notice)) => {
+                    if let Some(notice) = notice {
+                        let text = format!("portcullis: {notice}\r\n");
+                        let _ = handle.extended_data(id, 1, text.into_bytes()).await;
+                    }
+                    t.channel_open_session()
+                        .await
+                        .map_err(SessionError::TargetChannel)
+                }
                 Err(e) => Err(e),
             };
             match opened {
@@ -71,6 +76,7 @@ impl ConnHandler {
             .await
             .inspect_err(|e| tracing::warn!(session_id = %self.conn.id, %kind, "forwarding: {e}"))
             .ok()
+            .map(|(target, _)| target)
     }
 
     /// `ssh -L`: a connection to `host:port` from the target's side, if allowed.
@@ -120,7 +126,19 @@ impl ConnHandler {
         port: u16,
         reply: ChannelOpenHandle,
     ) {
-        let config = match self.shared.inner_server_config(host) {
+        // The name is checked before anything is done with it (a certificate, a cache
+        // entry, a pin).
+        let canonical = match super::target_name::canonical_host(host) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(peer = %self.conn.peer, "ProxyJump refused: {e}");
+                reply
+                    .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                    .await;
+                return;
+            }
+        };
+        let config = match self.shared.inner_server_config(host, &canonical) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!("cannot issue a host certificate for {host}: {e}");

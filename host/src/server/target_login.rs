@@ -42,20 +42,21 @@ impl TargetLink {
         self.slot.lock().await.clone()
     }
 
-    /// The session's connection to the target, made on first use.
+    /// The session's connection to the target, made on first use, with what the user
+    /// should be told about it when it was made now (a host key learned).
     pub(crate) async fn connect(
         &self,
         shared: &Shared,
         conn: &Connection,
         decided: &Decided,
-    ) -> Result<Arc<Target>, SessionError> {
+    ) -> Result<(Arc<Target>, Option<String>), SessionError> {
         let mut slot = self.slot.lock().await;
         if let Some(t) = slot.as_ref() {
-            return Ok(Arc::clone(t));
+            return Ok((Arc::clone(t), None));
         }
         let login = issue_login(shared, conn, decided)?;
         let (opened_tx, opened_rx) = tokio::sync::mpsc::channel(OPENED_BACKLOG);
-        let target = upstream::connect(&login, &shared.config.host_keys, opened_tx)
+        let connected = upstream::connect(&login, &shared.config.host_keys, opened_tx)
             .await
             .inspect_err(|_| shared.metrics.target_failure())?;
         tokio::spawn(crate::channels::serve_opened(
@@ -64,9 +65,9 @@ impl TargetLink {
             login.host,
             login.addr.port(),
         ));
-        let target = Arc::new(target);
+        let target = Arc::new(connected.target);
         *slot = Some(Arc::clone(&target));
-        Ok(target)
+        Ok((target, connected.notice))
     }
 }
 

@@ -94,11 +94,16 @@ impl Watch {
 }
 
 /// Returns why the proxy must disconnect the connection, when it must.
-pub(crate) async fn watchdogs(shared: &Shared, watch: &Watch, peer: SocketAddr) -> String {
+pub(crate) async fn watchdogs(
+    shared: &Shared,
+    watch: &Watch,
+    peer: SocketAddr,
+    auth_deadline: tokio::time::Instant,
+) -> String {
     let auth_timeout = shared.config.auth_timeout;
     let idle_timeout = shared.config.idle_timeout;
     let authentication = async {
-        tokio::time::sleep(auth_timeout).await;
+        tokio::time::sleep_until(auth_deadline).await;
         if watch.authenticated.load(Ordering::Relaxed) {
             std::future::pending().await
         }

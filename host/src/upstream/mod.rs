@@ -4,7 +4,7 @@
 //! Channels the target opens back (for `-R`, `-A`, `-X`) are handed on as [`Opened`]
 //! events: what to do with them is the channel stage's business, not this one's.
 
-mod host_ca;
+mod known_targets;
 mod target_handler;
 
 pub use target_handler::TargetHandler;
@@ -112,6 +112,15 @@ pub enum HostKeyProblem {
         fingerprint: String,
         at: String,
     },
+    #[error(
+        "{host}:{port} presented a plain host key ({fingerprint}) although a @cert-authority \
+         line covers it: it must present a host certificate"
+    )]
+    NoCertificate {
+        host: String,
+        port: u16,
+        fingerprint: String,
+    },
     #[error("the host certificate of {host}:{port} is refused: {why}")]
     CertificateRefused {
         host: String,
@@ -160,7 +169,9 @@ impl HostKeyProblem {
                 fingerprint,
                 ..
             } => format!("the host key of {host}:{port} ({fingerprint}) is revoked"),
-            HostKeyProblem::CertificateRefused { .. } => self.to_string(),
+            HostKeyProblem::CertificateRefused { .. } | HostKeyProblem::NoCertificate { .. } => {
+                self.to_string()
+            }
             HostKeyProblem::CannotPin { host, port, .. }
             | HostKeyProblem::CannotCheck { host, port, .. } => format!(
                 "the proxy cannot check the host key of {host}:{port}; the operator's log says why"
@@ -234,26 +245,52 @@ fn client_config() -> client::Config {
     }
 }
 
+/// A logged-in target, and what the user should be told about it (a host key
+/// learned on first use).
+#[allow(missing_debug_implementations)] // russh's Handle has no Debug
+pub struct Connected {
+    pub target: Target,
+    pub notice: Option<String>,
+}
+
+/// The names a target is known by: its canonical name and the address it resolved
+/// to (once if they are the same).
+fn target_names(login: &Login) -> Vec<String> {
+    let address = login.addr.ip().to_string();
+    if login.host == address {
+        vec![address]
+    } else {
+        vec![login.host.clone(), address]
+    }
+}
+
 /// Connects and logs in. Channels the target opens later go to `opened`.
 pub async fn connect(
     login: &Login,
     policy: &HostKeyPolicy,
     opened: tokio::sync::mpsc::Sender<Opened>,
-) -> Result<Target, UpstreamError> {
-    let markers = host_ca::Markers::read(&policy.known_hosts, &login.host, login.addr.port())
+) -> Result<Connected, UpstreamError> {
+    let names = target_names(login);
+    let known = known_targets::KnownTarget::read(&policy.known_hosts, &names, login.addr.port())
         .map_err(UpstreamError::KnownTargets)?;
     let mut config = client_config();
-    if markers.has_ca() {
+    if known.has_ca() {
+        // Certificates only: a target covered by @cert-authority never gets to offer a
+        // plain key that could be taken for it.
         config.preferred.host_key_certificates =
             std::borrow::Cow::Borrowed(target_handler::CERT_ALGORITHMS);
+        config.preferred.key = std::borrow::Cow::Borrowed(&[]);
     }
     let problem = Arc::new(Mutex::new(None));
+    let learned = Arc::new(Mutex::new(None));
     let handler = TargetHandler {
         host: login.host.clone(),
         port: login.addr.port(),
+        names,
         policy: policy.clone(),
-        markers,
+        known,
         problem: Arc::clone(&problem),
+        learned: Arc::clone(&learned),
         opened,
     };
     let config = Arc::new(config);
@@ -288,5 +325,9 @@ pub async fn connect(
             login: login.login.clone(),
         });
     }
-    Ok(handle)
+    let notice = lock(&learned).take();
+    Ok(Connected {
+        target: handle,
+        notice,
+    })
 }

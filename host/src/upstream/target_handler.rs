@@ -8,7 +8,7 @@ use russh::client;
 use russh::keys::PublicKeyOrCertificate;
 use russh::keys::ssh_key::{Algorithm, EcdsaCurve, HashAlg, PublicKey};
 
-use super::host_ca;
+use super::known_targets::{self, KnownTarget, PinCheck};
 use super::{HostKeyProblem, Opened};
 use crate::config::{HostKeyCheck, HostKeyPolicy};
 use crate::sync::lock;
@@ -38,10 +38,14 @@ pub(super) const CERT_ALGORITHMS: &[Algorithm] = &[
 pub struct TargetHandler {
     pub(super) host: String,
     pub(super) port: u16,
+    /// The names the target is pinned under: its canonical name and its address.
+    pub(super) names: Vec<String>,
     pub(super) policy: HostKeyPolicy,
-    pub(super) markers: host_ca::Markers,
+    pub(super) known: KnownTarget,
     /// Why the host key was refused, for the error `connect` returns.
     pub(super) problem: Arc<Mutex<Option<HostKeyProblem>>>,
+    /// Set when a key was pinned on first use: what to tell the user.
+    pub(super) learned: Arc<Mutex<Option<String>>>,
     /// Where channels the target opens go (see [`Opened`]).
     pub(super) opened: tokio::sync::mpsc::Sender<Opened>,
 }
@@ -51,37 +55,43 @@ impl TargetHandler {
         let fp = key.fingerprint(HashAlg::Sha256).to_string();
         let path = &self.policy.known_hosts;
         let (host, port) = (self.host.clone(), self.port);
-        match russh::keys::check_known_hosts_path(&self.host, self.port, key, path) {
-            Ok(true) => Ok(()),
-            Ok(false) if self.policy.mode == HostKeyCheck::Tofu => {
-                if let Some(parent) = path.parent() {
-                    let _ = std::fs::create_dir_all(parent);
-                }
-                russh::keys::known_hosts::learn_known_hosts_path(&self.host, self.port, key, path)
-                    .map_err(|e| HostKeyProblem::CannotPin {
-                        host: host.clone(),
-                        port,
-                        cause: format!("{}: {e}", path.display()),
-                    })?;
-                tracing::info!(%host, port, %fp, "pinned target host key on first use");
-                Ok(())
-            }
-            Ok(false) => Err(HostKeyProblem::Unknown {
-                host,
-                port,
-                fingerprint: fp,
-                file: path.display().to_string(),
-            }),
-            Err(russh::keys::Error::KeyChanged { line }) => Err(HostKeyProblem::Changed {
+        match self.known.pin_check(key.key_data()) {
+            PinCheck::Pinned => Ok(()),
+            PinCheck::Changed { line } => Err(HostKeyProblem::Changed {
                 host,
                 port,
                 fingerprint: fp,
                 pinned_at: format!("{}:{line}", path.display()),
             }),
-            Err(e) => Err(HostKeyProblem::CannotCheck {
+            // A target covered by @cert-authority proves itself with a certificate;
+            // a plain key is never learned for it.
+            PinCheck::Unknown if self.known.has_ca() => Err(HostKeyProblem::NoCertificate {
                 host,
                 port,
-                cause: format!("{}: {e}", path.display()),
+                fingerprint: fp,
+            }),
+            PinCheck::Unknown if self.policy.mode == HostKeyCheck::Tofu => {
+                KnownTarget::learn(path, &self.names, port, key).map_err(|e| {
+                    HostKeyProblem::CannotPin {
+                        host: host.clone(),
+                        port,
+                        cause: format!("{}: {e}", path.display()),
+                    }
+                })?;
+                let names = self.names.join(", ");
+                tracing::info!(%host, port, %fp, %names, "pinned target host key on first use");
+                *lock(&self.learned) = Some(format!(
+                    "learned the host key of {} on first use: {} {fp}",
+                    names,
+                    key.algorithm()
+                ));
+                Ok(())
+            }
+            PinCheck::Unknown => Err(HostKeyProblem::Unknown {
+                host,
+                port,
+                fingerprint: fp,
+                file: path.display().to_string(),
             }),
         }
     }
@@ -107,23 +117,25 @@ impl client::Handler for TargetHandler {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs());
-                match self.markers.check(cert, &self.host, now) {
-                    host_ca::CertCheck::Trusted { line } => {
+                match self.known.check(cert, &self.host, now) {
+                    known_targets::CertCheck::Trusted { line } => {
                         tracing::debug!(host = %self.host, port = self.port, line, "host certificate trusted");
                         Ok(())
                     }
-                    host_ca::CertCheck::Refused(why) => Err(HostKeyProblem::CertificateRefused {
-                        host: self.host.clone(),
-                        port: self.port,
-                        why,
-                    }),
-                    host_ca::CertCheck::UnknownCa => {
+                    known_targets::CertCheck::Refused(why) => {
+                        Err(HostKeyProblem::CertificateRefused {
+                            host: self.host.clone(),
+                            port: self.port,
+                            why,
+                        })
+                    }
+                    known_targets::CertCheck::UnknownCa => {
                         self.check(&PublicKey::from(cert.public_key().clone()))
                     }
                 }
             }
             PublicKeyOrCertificate::PublicKey { key, .. } => {
-                match self.markers.revoked(key.key_data()) {
+                match self.known.revoked(key.key_data()) {
                     Some(line) => Err(HostKeyProblem::Revoked {
                         host: self.host.clone(),
                         port: self.port,

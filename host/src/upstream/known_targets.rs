@@ -1,5 +1,15 @@
-//! Target host certificates: the `@cert-authority` and `@revoked` lines of the
-//! known-targets file, read as OpenSSH reads them in `known_hosts`.
+//! The known-targets file, read as OpenSSH reads `known_hosts`: pinned host keys, and
+//! the `@cert-authority` and `@revoked` marker lines.
+//!
+//! Names: a target is looked up by its canonical name (lower case; an address in its
+//! canonical form) and by the address it resolved to, each as `host` on port 22 and
+//! `[host]:port` otherwise; a key learned on first use is pinned under both. So `DB1`,
+//! `db1` and `10.0.0.5` (what db1 resolves to) find the same pin.
+//!
+//! Pins: a key presented by a target is accepted when a line matching one of its names
+//! pins that very key. When lines match and none pins it, the key has changed, whatever
+//! its type: a machine in the middle cannot get past a pinned Ed25519 key by offering
+//! ECDSA. Hashed names (`|1|salt|hash`, `ssh-keygen -H`) are understood.
 //!
 //! A line is `@cert-authority PATTERNS KEYTYPE BASE64 [COMMENT]` (or `@revoked`).
 //! PATTERNS is a comma-separated list matched against the target's name as dialled,
@@ -11,20 +21,37 @@
 //! (pinning), as OpenSSH does. A malformed marker line refuses the connection: skipping
 //! an `@revoked` line would trust what it revokes.
 
+use std::io::Write;
 use std::path::Path;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use hmac::{Hmac, KeyInit, Mac};
 use russh::keys::ssh_key::certificate::CertType;
 use russh::keys::ssh_key::public::KeyData;
 use russh::keys::ssh_key::{Certificate, HashAlg, PublicKey};
 
-/// The marker lines of the known-targets file that apply to one target.
+/// What the known-targets file says about one target.
 #[derive(Debug, Default)]
-pub(crate) struct Markers {
+pub(crate) struct KnownTarget {
     /// (line number, CA key)
     cas: Vec<(usize, KeyData)>,
     /// (line number, revoked key)
     revoked: Vec<(usize, KeyData)>,
+    /// (line number, pinned key)
+    pins: Vec<(usize, KeyData)>,
     path: String,
+}
+
+/// What the pins say of a presented key.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum PinCheck {
+    /// A line for this target pins this key.
+    Pinned,
+    /// No line names this target.
+    Unknown,
+    /// Lines name this target, and none pins this key: the first of them.
+    Changed { line: usize },
 }
 
 /// What a presented certificate is worth.
@@ -61,10 +88,30 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
     }
 }
 
+/// A hashed name (`|1|BASE64 SALT|BASE64 HMAC-SHA1`): whether it is `name`'s.
+fn hashed_match(entry: &str, name: &str) -> bool {
+    let mut parts = entry.split('|').skip(2);
+    let (Some(salt), Some(hash)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    let (Ok(salt), Ok(hash)) = (B64.decode(salt), B64.decode(hash)) else {
+        return false;
+    };
+    Hmac::<sha1::Sha1>::new_from_slice(&salt).is_ok_and(|mac| {
+        mac.chain_update(name.as_bytes())
+            .verify_slice(&hash)
+            .is_ok()
+    })
+}
+
 /// OpenSSH's host pattern lists: an excluding match wins, then any match.
 fn matches(patterns: &str, name: &str) -> bool {
     let mut hit = false;
     for pattern in patterns.split(',') {
+        if pattern.starts_with("|1|") {
+            hit |= hashed_match(pattern, name);
+            continue;
+        }
         let pattern = pattern.to_ascii_lowercase();
         match pattern.strip_prefix('!') {
             Some(excluded) if glob(excluded.as_bytes(), name.as_bytes()) => return false,
@@ -75,36 +122,56 @@ fn matches(patterns: &str, name: &str) -> bool {
     hit
 }
 
-impl Markers {
-    /// Reads the marker lines of `path` that apply to `host:port`. A missing file has
-    /// none.
-    pub(crate) fn read(path: &Path, host: &str, port: u16) -> Result<Markers, String> {
+impl KnownTarget {
+    /// Reads what `path` says about the target called `names` (its canonical name and
+    /// the address it resolved to) on `port`. A missing file says nothing.
+    pub(crate) fn read(path: &Path, names: &[String], port: u16) -> Result<KnownTarget, String> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
-        Markers::parse(&text, &path.display().to_string(), host, port)
+        KnownTarget::parse(&text, &path.display().to_string(), names, port)
     }
 
-    fn parse(text: &str, path: &str, host: &str, port: u16) -> Result<Markers, String> {
-        let name = lookup_name(host, port);
-        let mut markers = Markers {
+    fn parse(text: &str, path: &str, names: &[String], port: u16) -> Result<KnownTarget, String> {
+        let names: Vec<String> = names.iter().map(|n| lookup_name(n, port)).collect();
+        let mut known = KnownTarget {
             path: path.to_string(),
-            ..Markers::default()
+            ..KnownTarget::default()
         };
         for (i, line) in text.lines().enumerate() {
             let line_no = i + 1;
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
             let mut fields = line.split_whitespace();
             let list = match fields.next() {
-                Some("@cert-authority") => &mut markers.cas,
-                Some("@revoked") => &mut markers.revoked,
+                Some("@cert-authority") => &mut known.cas,
+                Some("@revoked") => &mut known.revoked,
                 Some(other) if other.starts_with('@') => {
                     return Err(format!(
                         "{path}:{line_no}: unknown marker {other:?} (known: @cert-authority, @revoked)"
                     ));
                 }
-                _ => continue,
+                Some(patterns) => {
+                    if !names.iter().any(|n| matches(patterns, n)) {
+                        continue;
+                    }
+                    // A pin for this target that does not read could be the one that
+                    // pins its real key: refuse rather than guess.
+                    let (Some(kind), Some(base64)) = (fields.next(), fields.next()) else {
+                        return Err(format!(
+                            "{path}:{line_no}: a pin needs host patterns, a key type and a key"
+                        ));
+                    };
+                    let key = PublicKey::from_openssh(&format!("{kind} {base64}"))
+                        .map_err(|e| format!("{path}:{line_no}: the key does not parse: {e}"))?;
+                    known.pins.push((line_no, key.key_data().clone()));
+                    continue;
+                }
+                None => continue,
             };
             let (Some(patterns), Some(kind), Some(base64)) =
                 (fields.next(), fields.next(), fields.next())
@@ -115,11 +182,54 @@ impl Markers {
             };
             let key = PublicKey::from_openssh(&format!("{kind} {base64}"))
                 .map_err(|e| format!("{path}:{line_no}: the key does not parse: {e}"))?;
-            if matches(patterns, &name) {
+            if names.iter().any(|n| matches(patterns, n)) {
                 list.push((line_no, key.key_data().clone()));
             }
         }
-        Ok(markers)
+        Ok(known)
+    }
+
+    /// What the pins say of `key`.
+    pub(crate) fn pin_check(&self, key: &KeyData) -> PinCheck {
+        if self.pins.iter().any(|(_, k)| k == key) {
+            return PinCheck::Pinned;
+        }
+        match self.pins.first() {
+            Some((line, _)) => PinCheck::Changed { line: *line },
+            None => PinCheck::Unknown,
+        }
+    }
+
+    /// Pins `key` for the target called `names` on `port`: one line naming them all.
+    pub(crate) fn learn(
+        path: &Path,
+        names: &[String],
+        port: u16,
+        key: &PublicKey,
+    ) -> std::io::Result<()> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut patterns: Vec<String> = names.iter().map(|n| lookup_name(n, port)).collect();
+        patterns.dedup();
+        let key = key
+            .to_openssh()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        // A file that does not end its last line gets one first.
+        let ends_in_newline = std::fs::read(path)
+            .map(|b| b.last().is_none_or(|c| *c == b'\n'))
+            .unwrap_or(true);
+        let line = format!(
+            "{}{} {key}\n",
+            if ends_in_newline { "" } else { "\n" },
+            patterns.join(",")
+        );
+        file.write_all(line.as_bytes())?;
+        file.sync_data()
     }
 
     /// Whether any CA is listed for this target (then the proxy asks for certificates).
@@ -193,6 +303,10 @@ mod tests {
     use crate::ca::{Ca, KeyKind};
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+    fn names(host: &str) -> Vec<String> {
+        vec![host.to_string()]
+    }
+
     fn now() -> u64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -239,14 +353,14 @@ mod tests {
     fn a_certificate_from_a_listed_ca_for_this_host_is_trusted() {
         let (_d, ca, cert) = setup(&["db1.example.com"]);
         let text = format!("# pins\n{}", ca_line(&ca, "*.example.com"));
-        let m = Markers::parse(&text, "kt", "db1.example.com", 22).unwrap();
+        let m = KnownTarget::parse(&text, "kt", &names("db1.example.com"), 22).unwrap();
         assert!(m.has_ca());
         assert_eq!(
             m.check(&cert, "db1.example.com", now()),
             CertCheck::Trusted { line: 2 }
         );
         // Listed for other hosts only: the plain key decides.
-        let m = Markers::parse(&text, "kt", "db1.other.org", 22).unwrap();
+        let m = KnownTarget::parse(&text, "kt", &names("db1.other.org"), 22).unwrap();
         assert!(!m.has_ca());
         assert_eq!(m.check(&cert, "db1.other.org", now()), CertCheck::UnknownCa);
     }
@@ -254,7 +368,7 @@ mod tests {
     #[test]
     fn wrong_principal_expiry_and_revocation_are_refused_with_the_reason() {
         let (_d, ca, cert) = setup(&["db1"]);
-        let m = Markers::parse(&ca_line(&ca, "*"), "kt", "db2", 22).unwrap();
+        let m = KnownTarget::parse(&ca_line(&ca, "*"), "kt", &names("db2"), 22).unwrap();
         let CertCheck::Refused(why) = m.check(&cert, "db2", now()) else {
             panic!("a certificate for db1 presented by db2");
         };
@@ -262,7 +376,7 @@ mod tests {
             why.contains("db2 is not among its principals") && why.contains("kt:1"),
             "{why}"
         );
-        let m = Markers::parse(&ca_line(&ca, "*"), "kt", "db1", 22).unwrap();
+        let m = KnownTarget::parse(&ca_line(&ca, "*"), "kt", &names("db1"), 22).unwrap();
         let CertCheck::Refused(why) = m.check(&cert, "db1", now() + 7200) else {
             panic!("an expired certificate");
         };
@@ -274,7 +388,7 @@ mod tests {
                 .to_openssh()
                 .unwrap()
         );
-        let m = Markers::parse(&revoked, "kt", "db1", 22).unwrap();
+        let m = KnownTarget::parse(&revoked, "kt", &names("db1"), 22).unwrap();
         assert_eq!(
             m.check(&cert, "db1", now()),
             CertCheck::Refused("its key is revoked at kt:2".into())
@@ -294,13 +408,18 @@ mod tests {
                 &Default::default(),
             )
             .unwrap();
-        let m = Markers::parse(&ca_line(&ca, "*"), "kt", "db1", 22).unwrap();
+        let m = KnownTarget::parse(&ca_line(&ca, "*"), "kt", &names("db1"), 22).unwrap();
         // The user CA is not the host CA: list the user CA to reach the type check.
         let user_ca = PublicKey::from(cert.signature_key().clone())
             .to_openssh()
             .unwrap();
-        let m2 =
-            Markers::parse(&format!("@cert-authority * {user_ca}\n"), "kt", "db1", 22).unwrap();
+        let m2 = KnownTarget::parse(
+            &format!("@cert-authority * {user_ca}\n"),
+            "kt",
+            &names("db1"),
+            22,
+        )
+        .unwrap();
         assert_eq!(m.check(&cert, "db1", now()), CertCheck::UnknownCa);
         let CertCheck::Refused(why) = m2.check(&cert, "db1", now()) else {
             panic!("a user certificate");
@@ -318,8 +437,13 @@ mod tests {
             ),
             ("@trusted * ssh-ed25519 AAAA\n", "unknown marker"),
         ] {
-            let err = Markers::parse(&format!("db1 ssh-ed25519 AAAA\n{text}"), "kt", "db1", 22)
-                .unwrap_err();
+            let err = KnownTarget::parse(
+                &format!("db9 ssh-ed25519 AAAA\n{text}"),
+                "kt",
+                &names("db1"),
+                22,
+            )
+            .unwrap_err();
             assert!(err.starts_with("kt:2: ") && err.contains(needle), "{err}");
         }
     }
