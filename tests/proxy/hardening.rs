@@ -186,3 +186,38 @@ fn a_user_name_cannot_forge_lines_in_the_proxy_log() {
     );
     assert!(log.contains("x\\n2026-11-30"), "{log}");
 }
+
+#[test]
+fn one_connection_cannot_open_more_than_64_channels() {
+    ensure_user("jdoe");
+    let mut lab = Lab::new(&[("jdoe@example.com", &[])]);
+    lab.start();
+    let key = russh::keys::load_secret_key(lab.path().join("client/jdoe"), None).unwrap();
+    let (port, sshd_port) = (lab.proxy_port, lab.sshd_port);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (opened, refused) = runtime.block_on(async {
+        let config = Arc::new(russh::client::Config::default());
+        let mut handle = russh::client::connect(config, ("127.0.0.1", port), AnyServer)
+            .await
+            .unwrap();
+        let key = russh::keys::PrivateKeyWithHashAlg::new(Arc::new(key), None);
+        let auth = handle.authenticate_publickey("jdoe", key).await.unwrap();
+        assert!(auth.success());
+        // A ProxyJump outer connection: each direct-tcpip channel is an inner
+        // connection that holds its place until it ends.
+        let mut held = Vec::new();
+        let mut refused = 0;
+        for _ in 0..70 {
+            match handle
+                .channel_open_direct_tcpip("127.0.0.1", u32::from(sshd_port), "127.0.0.1", 0)
+                .await
+            {
+                Ok(channel) => held.push(channel),
+                Err(_) => refused += 1,
+            }
+        }
+        (held.len(), refused)
+    });
+    assert_eq!((opened, refused), (64, 6));
+    assert!(lab.proxy_log().contains("64 are open on this connection"));
+}

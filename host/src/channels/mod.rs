@@ -53,6 +53,11 @@ impl Traffic {
     }
 }
 
+/// Channel records one session keeps for the session log. Refused forwarding requests
+/// each make one, and a client can make them as fast as it likes: past this many, they
+/// are counted in the log line of the warning, not kept.
+pub const MAX_CHANNEL_RECORDS: usize = 1024;
+
 /// What a channel needs from its session: the decision it runs under, and where its
 /// bytes, records and command logs go.
 #[derive(Debug, Clone)]
@@ -70,4 +75,21 @@ pub struct ChannelContext {
     /// Where the client's connection is set when agent or X11 forwarding is allowed,
     /// for the channels the target then opens back.
     pub back: BackChannels,
+}
+
+impl ChannelContext {
+    /// Adds a channel record; returns its index, or `None` past
+    /// [`MAX_CHANNEL_RECORDS`].
+    pub(crate) fn push_record(&self, record: ChannelRecord) -> Option<usize> {
+        let mut channels = crate::sync::lock(&self.channels);
+        if channels.len() >= MAX_CHANNEL_RECORDS {
+            tracing::warn!(
+                kind = %record.kind,
+                "channel not recorded: the session has {MAX_CHANNEL_RECORDS} channel records"
+            );
+            return None;
+        }
+        channels.push(record);
+        Some(channels.len() - 1)
+    }
 }

@@ -34,23 +34,21 @@ impl ChannelContext {
         )
         .await;
         let denied_reason = (!verdict.allowed).then(|| verdict.reason.clone());
-        let mut channels = lock(&self.channels);
         match at {
-            RecordAt::New => channels.push(ChannelRecord {
-                kind: kind.to_string(),
-                allowed: verdict.allowed,
-                denied_reason,
-                ..Default::default()
-            }),
-            RecordAt::Channel(index) => {
-                if let Some(r) = channels.get_mut(index) {
-                    r.kind = kind.to_string();
-                    r.allowed = verdict.allowed;
-                    r.denied_reason = denied_reason;
-                }
+            RecordAt::New => {
+                self.push_record(ChannelRecord {
+                    kind: kind.to_string(),
+                    allowed: verdict.allowed,
+                    denied_reason,
+                    ..Default::default()
+                });
             }
+            RecordAt::Channel(index) => self.record(index, |r| {
+                r.kind = kind.to_string();
+                r.allowed = verdict.allowed;
+                r.denied_reason = denied_reason;
+            }),
         }
-        drop(channels);
         if !verdict.allowed {
             tracing::warn!(%kind, module = ?verdict.module, reason = %verdict.reason, "request refused");
         }

@@ -60,15 +60,15 @@ pub async fn bridge_session(
     ctx: ChannelContext,
     replies: RequestReplies,
 ) {
-    let index = {
-        let mut channels = lock(&ctx.channels);
-        channels.push(ChannelRecord {
+    // Past the record limit the channel still runs; its record is not kept (an
+    // index past the end updates nothing).
+    let index = ctx
+        .push_record(ChannelRecord {
             kind: "session".into(),
             allowed: true,
             ..Default::default()
-        });
-        channels.len() - 1
-    };
+        })
+        .unwrap_or(usize::MAX);
     let cid = client.id();
     let recorder = match Recorder::start(ctx.command_log.as_ref(), index) {
         Ok(r) => r,

@@ -14,19 +14,37 @@ use crate::channels::{BackChannels, Traffic};
 use crate::identity::Identity;
 use crate::policy::{DecisionRequest, Evaluation};
 
+/// How long a name may take to resolve: a user who controls a slow DNS server must not
+/// hold a decision (and a blocking-pool thread) for long.
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The address the proxy connects to for `host`: an IP literal as it is, a name
 /// through the system resolver, preferring IPv4 (the address family every target
-/// network has).
+/// network has). The unspecified addresses (`0.0.0.0`, `::`) reach the proxy's own
+/// machine, so they are loopback for policies and for the connection.
 pub(crate) async fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Some(SocketAddr::new(ip, port));
-    }
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await.ok()?.collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(addrs.first())
-        .copied()
+    let addr = match host.parse::<IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, port),
+        Err(_) => {
+            let lookup = tokio::net::lookup_host((host, port));
+            let addrs: Vec<SocketAddr> = tokio::time::timeout(RESOLVE_TIMEOUT, lookup)
+                .await
+                .ok()?
+                .ok()?
+                .collect();
+            addrs
+                .iter()
+                .find(|a| a.is_ipv4())
+                .or(addrs.first())
+                .copied()?
+        }
+    };
+    let ip = match super::target_name::canonical_ip(addr.ip()) {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    Some(SocketAddr::new(ip, port))
 }
 
 /// Why an evaluation does not let the request go ahead, in words for the user.
@@ -129,5 +147,28 @@ pub(crate) async fn decide(
         })),
         live: Arc::new(Live::default()),
         channel_tasks: Arc::new(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_unspecified_addresses_are_loopback_and_mapped_ones_ipv4() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            resolve("0.0.0.0", 22).await.map(|a| a.ip()),
+            Some(ip("127.0.0.1"))
+        );
+        assert_eq!(resolve("::", 22).await.map(|a| a.ip()), Some(ip("::1")));
+        assert_eq!(
+            resolve("::ffff:10.0.0.5", 2200).await,
+            Some("10.0.0.5:2200".parse().unwrap())
+        );
+        assert_eq!(
+            resolve("localhost", 22).await.map(|a| a.ip()),
+            Some(ip("127.0.0.1"))
+        );
     }
 }

@@ -24,6 +24,22 @@ use crate::sync::lock;
 /// How long a channel request waits for the target's answer before it is refused.
 const REPLY_WAIT: Duration = Duration::from_secs(60);
 
+/// Channels one connection may have open at once (session channels, `-L` forwards and
+/// ProxyJump connections together). OpenSSH's sshd allows 10 sessions per connection;
+/// this bound is looser, and there so that one authenticated client cannot make the
+/// proxy hold unbounded state (host certificates, target connections, records).
+pub(super) const MAX_CHANNELS: usize = 64;
+
+/// One open channel's place under [`MAX_CHANNELS`], given back when dropped.
+#[derive(Debug)]
+pub(super) struct ChannelPlace(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for ChannelPlace {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// How long a connection the proxy disconnects has to close before it is cut.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(5);
 
@@ -34,7 +50,13 @@ pub(super) enum Stage {
     Connecting,
     /// Authenticated and not decided: an outer ProxyJump connection stays here (it
     /// only carries direct-tcpip channels).
-    Authenticated { identity: Identity, key: PublicKey },
+    Authenticated {
+        identity: Identity,
+        key: PublicKey,
+        /// The users file in force when the key was identified (see
+        /// `watchdogs::Recheck`).
+        users_generation: u64,
+    },
     /// Refused before a decision (a user name that names no valid target).
     Refused(SessionError),
     /// Decided: allowed, or refused with the reason.
@@ -59,6 +81,10 @@ pub(crate) struct ConnHandler {
     pub(super) accepted: tokio::time::Instant,
     /// Per session channel, the target's answers to its requests, in order.
     pub(super) replies: HashMap<ChannelId, tokio::sync::mpsc::UnboundedReceiver<bool>>,
+    /// The channels open on this connection (see [`MAX_CHANNELS`]).
+    pub(super) open_channels: Arc<std::sync::atomic::AtomicUsize>,
+    /// The places session channels hold, given back when they close.
+    pub(super) channel_places: HashMap<ChannelId, ChannelPlace>,
 }
 
 impl ConnHandler {
@@ -81,6 +107,8 @@ impl ConnHandler {
             ticket: None,
             accepted: tokio::time::Instant::now(),
             replies: HashMap::new(),
+            open_channels: Arc::default(),
+            channel_places: HashMap::new(),
         }
     }
 
@@ -147,6 +175,17 @@ impl ConnHandler {
         }
     }
 
+    /// A place for a new channel, if the connection has fewer than [`MAX_CHANNELS`].
+    pub(super) fn channel_place(&self) -> Option<ChannelPlace> {
+        let before = self.open_channels.fetch_add(1, Ordering::Relaxed);
+        let place = ChannelPlace(Arc::clone(&self.open_channels));
+        if before >= MAX_CHANNELS {
+            tracing::warn!(session_id = %self.conn.id, "channel refused: {MAX_CHANNELS} are open on this connection");
+            return None;
+        }
+        Some(place)
+    }
+
     /// The allowed session, if this connection has one.
     fn allowed(&self) -> Option<&decided::Session> {
         match &self.stage {
@@ -194,8 +233,11 @@ impl ConnHandler {
 
     /// Decides the session once authentication succeeded.
     async fn decide(&mut self, client_version: String) {
-        let Stage::Authenticated { identity, key } =
-            std::mem::replace(&mut self.stage, Stage::Connecting)
+        let Stage::Authenticated {
+            identity,
+            key,
+            users_generation,
+        } = std::mem::replace(&mut self.stage, Stage::Connecting)
         else {
             return;
         };
@@ -211,7 +253,11 @@ impl ConnHandler {
         };
         let Some((host, port)) = target else {
             // An outer ProxyJump connection: it only carries direct-tcpip channels.
-            self.stage = Stage::Authenticated { identity, key };
+            self.stage = Stage::Authenticated {
+                identity,
+                key,
+                users_generation,
+            };
             return;
         };
         let host = match super::target_name::canonical_host(&host) {
@@ -236,7 +282,14 @@ impl ConnHandler {
             &self.watch.traffic,
         )
         .await;
-        super::session_record::start(&self.shared, &self.conn, &mut session, &self.watch, &key);
+        super::session_record::start(
+            &self.shared,
+            &self.conn,
+            &mut session,
+            &self.watch,
+            &key,
+            users_generation,
+        );
         self.stage = Stage::Decided(session);
     }
 }
@@ -268,6 +321,8 @@ impl russh::server::Handler for ConnHandler {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
+        // Taken before the lookup: a reload from here on is one the decision may miss.
+        let users_generation = *self.shared.users_swapped.borrow();
         match self.identify(key.public_key) {
             Some(identity) => {
                 self.user = user.to_string();
@@ -290,6 +345,7 @@ impl russh::server::Handler for ConnHandler {
                 self.stage = Stage::Authenticated {
                     identity,
                     key: key.public_key.clone(),
+                    users_generation,
                 };
                 Ok(Auth::Accept)
             }
@@ -317,6 +373,13 @@ impl russh::server::Handler for ConnHandler {
     ) -> Result<(), Self::Error> {
         let handle = session.handle();
         let id = channel.id();
+        let Some(place) = self.channel_place() else {
+            reply
+                .reject(russh::ChannelOpenFailure::ResourceShortage)
+                .await;
+            return Ok(());
+        };
+        self.channel_places.insert(id, place);
         reply.accept().await;
         let (replies, replies_rx) = tokio::sync::mpsc::unbounded_channel();
         self.replies.insert(id, replies_rx);
@@ -346,6 +409,7 @@ impl russh::server::Handler for ConnHandler {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.replies.remove(&channel);
+        self.channel_places.remove(&channel);
         Ok(())
     }
 
@@ -492,15 +556,22 @@ impl russh::server::Handler for ConnHandler {
             reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
             return Ok(());
         };
+        let Some(place) = self.channel_place() else {
+            reply
+                .reject(russh::ChannelOpenFailure::ResourceShortage)
+                .await;
+            return Ok(());
+        };
         match &self.stage {
             // Port forwarding (`-L`) on a decided session: to the target's side.
             Stage::Decided(_) => {
-                self.forward_local(channel, host_to_connect, port, reply)
+                self.forward_local(channel, host_to_connect, port, reply, place)
                     .await
             }
             // ProxyJump: the inner SSH connection is terminated here.
             Stage::Authenticated { .. } if self.forced_target.is_none() => {
-                self.jump(channel, host_to_connect, port, reply).await;
+                self.jump(channel, host_to_connect, port, reply, place)
+                    .await;
             }
             _ => {
                 reply

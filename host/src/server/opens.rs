@@ -86,6 +86,7 @@ impl ConnHandler {
         host: &str,
         port: u16,
         reply: ChannelOpenHandle,
+        place: super::handler::ChannelPlace,
     ) {
         let request = ChannelRequest::DirectTcpip {
             host: host.to_string(),
@@ -105,6 +106,7 @@ impl ConnHandler {
                 reply.accept().await;
                 let traffic = self.watch.traffic.clone();
                 tokio::spawn(async move {
+                    let _place = place;
                     crate::channels::join_forwarded(
                         channel.into_stream(),
                         tc.into_stream(),
@@ -125,6 +127,7 @@ impl ConnHandler {
         host: &str,
         port: u16,
         reply: ChannelOpenHandle,
+        place: super::handler::ChannelPlace,
     ) {
         // The name is checked before anything is done with it (a certificate, a cache
         // entry, a pin).
@@ -152,6 +155,9 @@ impl ConnHandler {
             self.conn.peer,
             Some((host.to_string(), port)),
         );
-        tokio::spawn(inner.serve(config, channel.into_stream()));
+        tokio::spawn(async move {
+            let _place = place;
+            inner.serve(config, channel.into_stream()).await;
+        });
     }
 }

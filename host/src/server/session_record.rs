@@ -69,6 +69,7 @@ pub(crate) fn start(
     session: &mut Session,
     watch: &Watch,
     key: &russh::keys::ssh_key::PublicKey,
+    users_generation: u64,
 ) {
     if session.refusal.is_some() {
         return;
@@ -86,7 +87,10 @@ pub(crate) fn start(
                 key: key.clone(),
                 request: Arc::clone(&session.decided.request),
                 command_logging: session.decided.evaluation.command_logging,
+                users_generation,
+                policy_generation: session.decided.policy.generation(),
             });
+            watch.allowed.notify_one();
         }
         Err(e) => {
             tracing::error!(session_id = %conn.id, "session refused: its record cannot be written: {e}");

@@ -32,6 +32,8 @@ pub(crate) struct Watch {
     pub ended_by: Mutex<Option<String>>,
     /// Set once a session is allowed: what to decide again after a reload.
     pub recheck: OnceLock<Recheck>,
+    /// Notified when `recheck` is set.
+    pub allowed: tokio::sync::Notify,
     /// Set once a session is allowed: its record so far, rewritten every minute.
     pub running: OnceLock<Running>,
     /// Set when the connection ends; held while the running record is written, so
@@ -47,12 +49,18 @@ pub(crate) struct Running {
 }
 
 /// What an allowed session is decided again with when the policies or the users file
-/// are reloaded, and the generations it was decided under.
+/// are reloaded, and the generations it was decided under: a reload that lands while
+/// the session is being decided (its DNS lookup can be slowed down by the user) is
+/// caught by comparing them with the generations in force once it is decided.
 #[derive(Debug)]
 pub(crate) struct Recheck {
     pub key: PublicKey,
     pub request: Arc<DecisionRequest>,
     pub command_logging: bool,
+    /// The users file in force when the key was identified.
+    pub users_generation: u64,
+    /// The policy set that decided.
+    pub policy_generation: u64,
 }
 
 impl Watch {
@@ -155,14 +163,23 @@ pub(crate) async fn watchdogs(
 async fn revoked(shared: &Shared, watch: &Watch) -> String {
     let mut policies = shared.policy.swaps();
     let mut users = shared.users_swapped.subscribe();
-    loop {
-        tokio::select! {
-            changed = policies.changed() => if changed.is_err() { std::future::pending::<()>().await },
-            changed = users.changed() => if changed.is_err() { std::future::pending::<()>().await },
+    let r = loop {
+        if let Some(r) = watch.recheck.get() {
+            break r;
         }
-        let Some(r) = watch.recheck.get() else {
+        watch.allowed.notified().await;
+    };
+    let mut seen = (r.users_generation, r.policy_generation);
+    loop {
+        let now = (*users.borrow_and_update(), *policies.borrow_and_update());
+        if now == seen {
+            tokio::select! {
+                changed = policies.changed() => if changed.is_err() { std::future::pending::<()>().await },
+                changed = users.changed() => if changed.is_err() { std::future::pending::<()>().await },
+            }
             continue;
-        };
+        }
+        seen = now;
         let Some(identity) = shared.identities.load().identify(&r.key) else {
             return "access revoked: the key is no longer in the users file".into();
         };
@@ -187,5 +204,92 @@ async fn revoked(shared: &Shared, watch: &Watch) -> String {
             return "access revoked: the policies now want this session recorded; connect again"
                 .into();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{Authentication, UsersFile};
+
+    /// What every connection shares, in a temporary directory, with one user.
+    fn shared(dir: &std::path::Path, key: &PublicKey) -> Shared {
+        let config = crate::config::Config::parse("", &dir.join("portcullis.toml")).unwrap();
+        std::fs::create_dir_all(&config.policy_dir).unwrap();
+        let users = dir.join("users.toml");
+        std::fs::write(
+            &users,
+            format!(
+                "[[user]]\nemail = \"jdoe@example.com\"\nkeys = [\"{}\"]\n",
+                key.to_openssh().unwrap()
+            ),
+        )
+        .unwrap();
+        let ca = crate::ca::init(&config.ca_dir, crate::ca::KeyKind::Ed25519).unwrap();
+        let host_key = crate::ca::generate(crate::ca::KeyKind::Ed25519, "host").unwrap();
+        let policy =
+            crate::policy::PolicyEngine::new(&config.policy_dir, crate::policy::Limits::default())
+                .unwrap();
+        let log = SessionLog::open(&config.session_log).unwrap();
+        Shared::new(
+            config,
+            ca,
+            host_key,
+            Box::new(UsersFile::load(&users).unwrap()),
+            Arc::new(policy),
+            log,
+            None,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_reload_that_lands_while_the_session_is_decided_is_not_missed() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = crate::ca::generate(crate::ca::KeyKind::Ed25519, "jdoe").unwrap();
+        let shared = Arc::new(shared(dir.path(), key.public_key()));
+        let watch = Arc::new(Watch::default());
+        // The watchdog starts with the connection, before the decision.
+        let revoked = {
+            let (shared, watch) = (Arc::clone(&shared), Arc::clone(&watch));
+            tokio::spawn(async move { revoked(&shared, &watch).await })
+        };
+        tokio::task::yield_now().await;
+        // The key was identified under users file 0; while the session is being
+        // decided, a reload takes the key away.
+        let users_generation = *shared.users_swapped.borrow();
+        let empty = dir.path().join("empty.toml");
+        std::fs::write(&empty, "").unwrap();
+        shared.reload_identities(Box::new(UsersFile::load(&empty).unwrap()));
+        tokio::task::yield_now().await;
+        // Then the decision ends, allowing the session.
+        let request = DecisionRequest {
+            session_id: "s".into(),
+            email: "jdoe@example.com".into(),
+            groups: vec![],
+            authentication: Authentication::PublicKey("SHA256:x".into()),
+            source: "127.0.0.1:50000".parse().unwrap(),
+            target_host: "db1".into(),
+            target_ip: None,
+            target_port: 22,
+            login: "jdoe".into(),
+            now: SystemTime::now(),
+            client_version: "SSH-2.0-test".into(),
+        };
+        let _ = watch.recheck.set(Recheck {
+            key: key.public_key().clone(),
+            request: Arc::new(request),
+            command_logging: false,
+            users_generation,
+            policy_generation: shared.policy.current().generation(),
+        });
+        watch.allowed.notify_one();
+        let why = tokio::time::timeout(Duration::from_secs(5), revoked)
+            .await
+            .expect("the reload was missed: the session was not decided again")
+            .unwrap();
+        assert_eq!(
+            why,
+            "access revoked: the key is no longer in the users file"
+        );
     }
 }
