@@ -396,7 +396,7 @@ fn policy_check_names_every_broken_file_and_why() {
         "{err}"
     );
     assert!(
-        line("13-other.wasm").contains("portcullis:policy@0.2.0"),
+        line("13-other.wasm").contains("portcullis:policy@0.3.0"),
         "{err}"
     );
     // Built against the previous interface: refused, with what to do about it.
@@ -427,6 +427,7 @@ fn request(email: &str) -> DecisionRequest {
         source: "127.0.0.1:50000".parse::<SocketAddr>().unwrap(),
         target_host: "10.0.0.5".into(),
         target_ip: Some("10.0.0.5".parse().unwrap()),
+        target_canonical: None,
         target_port: 22,
         login: email.split('@').next().unwrap().into(),
         now: SystemTime::now(),

@@ -36,6 +36,14 @@ pub enum ChannelRequest {
     AgentForwarding,
     /// X11 forwarding (`ssh -X`, `ssh -Y`).
     X11Forwarding,
+    /// An environment variable the client sends (`SendEnv`, `SetEnv`). Without an
+    /// opinion from any module it goes on to the target, whose `AcceptEnv` applies.
+    Env {
+        /// The variable's name, e.g. `LANG`.
+        name: String,
+        /// Its value.
+        value: String,
+    },
 }
 
 impl From<bindings::ChannelRequest> for ChannelRequest {
@@ -49,6 +57,7 @@ impl From<bindings::ChannelRequest> for ChannelRequest {
             W::TcpipForward((address, port)) => ChannelRequest::TcpipForward { address, port },
             W::AgentForwarding => ChannelRequest::AgentForwarding,
             W::X11Forwarding => ChannelRequest::X11Forwarding,
+            W::Env((name, value)) => ChannelRequest::Env { name, value },
         }
     }
 }

@@ -86,18 +86,21 @@ mod tests {
             host: "10.0.0.5",
             ip: None,
             port: 22,
+            canonical_name: None,
         };
         assert_eq!(t.ip_addr(), Some("10.0.0.5".parse().unwrap()));
         let t = Target {
             host: "db1",
             ip: None,
             port: 22,
+            canonical_name: None,
         };
         assert_eq!(t.ip_addr(), None);
         let t = Target {
             host: "db1",
             ip: Some("::ffff:10.1.2.3"),
             port: 22,
+            canonical_name: None,
         };
         assert_eq!(t.ip_addr(), Some("10.1.2.3".parse().unwrap()));
     }

@@ -55,7 +55,7 @@ pub use serde;
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;
 
-/// The generated bindings of the `portcullis:policy@0.2.0` world.
+/// The generated bindings of the `portcullis:policy@0.3.0` world.
 #[allow(missing_docs, missing_debug_implementations, clippy::all)]
 pub mod bindings {
     wit_bindgen::generate!({
@@ -79,7 +79,7 @@ pub use portcullis_wire::{
 /// Everything a policy usually needs, in one `use`.
 pub mod prelude {
     pub use crate::identity::EmailPattern;
-    pub use crate::net::{Destination, HostPattern, IpNet, IpRange, PortSet};
+    pub use crate::net::{Destination, HostPattern, IpNet, IpRange, PortSet, glob_match};
     pub use crate::time::{TimeWindow, Weekday};
     pub use crate::{
         Authentication, ChannelRequest, ChannelVerdict, ConnectionRequest, Datetime, Decision,

@@ -154,6 +154,12 @@ impl FromStr for HostPattern {
 
 /// Glob matching with `*` and `?`, iterative with single backtracking point (linear
 /// enough for host names, and never recursive).
+/// Whether `text` matches `pattern`, where `*` matches any run of characters and `?`
+/// one, case-sensitively: `"rsync *"` matches `rsync -av /srv`.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    glob(pattern.as_bytes(), text.as_bytes())
+}
+
 pub(crate) fn glob(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
@@ -237,7 +243,11 @@ enum HostSpec {
 /// `db1.internal:22`, `10.0.0.0/8:22,2222`, `[2001:db8::/32]:22`, `*:2222`.
 ///
 /// Addresses, networks and ranges match the target's resolved address (or the host
-/// itself when the user typed an address); name patterns match the host as typed.
+/// itself when the user typed an address). Name patterns match only names the proxy
+/// resolved: the host as typed if it is a name that resolved, and the resolver's
+/// canonical name for it (see [`Target::resolved_names`]). A user who types the
+/// address, or a name that does not resolve, matches no name pattern: rules that must
+/// hold however the target is spelled (audit, block) are written by address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Destination {
     host: HostSpec,
@@ -256,7 +266,7 @@ impl Destination {
             HostSpec::Any => true,
             HostSpec::Net(net) => target.ip_addr().is_some_and(|ip| net.contains(&ip)),
             HostSpec::Range(range) => target.ip_addr().is_some_and(|ip| range.contains(&ip)),
-            HostSpec::Name(pattern) => pattern.matches(target.host),
+            HostSpec::Name(pattern) => target.resolved_names().any(|n| pattern.matches(n)),
         }
     }
 }
@@ -341,7 +351,12 @@ mod tests {
     }
 
     fn target<'a>(host: &'a str, ip: Option<&'a str>, port: u16) -> Target<'a> {
-        Target { host, ip, port }
+        Target {
+            host,
+            ip,
+            port,
+            canonical_name: None,
+        }
     }
 
     #[test]
@@ -450,6 +465,21 @@ mod tests {
         assert!(d.matches(&target("h", Some("10.0.0.15"), 22)));
         let d: Destination = "*:2222".parse().unwrap();
         assert!(d.matches(&target("anything", None, 2222)) && !d.matches(&target("a", None, 22)));
+    }
+
+    #[test]
+    fn name_patterns_match_only_names_the_proxy_resolved() {
+        let d: Destination = "*.prod.example.com".parse().unwrap();
+        // A short name the search domain completed: matched by its canonical name.
+        let short = Target {
+            canonical_name: Some("db1.prod.example.com"),
+            ..target("db1", Some("192.0.2.1"), 22)
+        };
+        assert!(d.matches(&short));
+        // A name that did not resolve is not taken at its word.
+        assert!(!d.matches(&target("db1.prod.example.com", None, 22)));
+        // The address typed by the user has no name: only an address rule covers it.
+        assert!(!d.matches(&target("192.0.2.1", Some("192.0.2.1"), 22)));
     }
 
     #[test]

@@ -29,6 +29,7 @@ fn request() -> DecisionRequest {
         source: "10.1.2.3:50000".parse::<SocketAddr>().unwrap(),
         target_host: "web1.prod.example.com".into(),
         target_ip: Some("192.0.2.10".parse().unwrap()),
+        target_canonical: None,
         target_port: 22,
         login: "jdoe".into(),
         now: SystemTime::now(),

@@ -250,7 +250,35 @@ fn sftp_can_be_refused_by_a_channel_policy() {
     assert!(!out.status.success());
     lab.ssh_jump("jdoe", "jdoe", "true")
         .success_or_panic("exec still allowed");
-    let sessions = lab.wait_sessions(2);
+    // The same file transfer without the subsystem: sftp-server as a command, and
+    // scp's old protocol (scp -O runs `scp -f` on the target).
+    let by_command = lab.ssh_jump("jdoe", "jdoe", "/usr/lib/openssh/sftp-server");
+    assert_eq!(
+        by_command.status.code(),
+        Some(1),
+        "{}",
+        by_command.stderr_text()
+    );
+    assert!(
+        by_command
+            .stderr_text()
+            .contains("file transfer by command"),
+        "{}",
+        by_command.stderr_text()
+    );
+    let scp = lab.file_tool(
+        "scp",
+        "jdoe",
+        &[
+            "-O",
+            "jdoe@127.0.0.1:/etc/hostname",
+            &lab.path().join("copy").display().to_string(),
+        ],
+        None,
+    );
+    assert!(!scp.status.success(), "scp -O copied a file");
+    assert!(!lab.path().join("copy").exists());
+    let sessions = lab.wait_sessions(4);
     let sftp = sessions
         .iter()
         .map(|s| &s["channels"][0])
@@ -419,4 +447,38 @@ fn several_channels_share_one_session_and_one_target_connection() {
     }
     let accepted = lab.sshd_log().matches("Accepted publickey").count();
     assert_eq!(accepted, 1, "the target saw one login for all channels");
+}
+
+#[test]
+fn environment_variables_are_asked_of_the_policies() {
+    ensure_user("jdoe");
+    let mut lab = Lab::new(&[("jdoe@example.com", &[])]);
+    lab.policies
+        .module("10-conditions.wasm", "conditions")
+        .file("10-conditions.toml", b"deny_env = [\"SECRET_*\"]\n")
+        .module("90-default-principal.wasm", "default_principal");
+    lab.sshd_extra = "AcceptEnv LC_* SECRET_*\n".into();
+    lab.start();
+    let out = lab.ssh(
+        "jdoe",
+        &[
+            "-o",
+            "SetEnv=LC_PORTCULLIS=passed SECRET_TOKEN=leaked",
+            "-J",
+            "jdoe@portcullis",
+            "-p",
+            &lab.sshd_port.to_string(),
+            "jdoe@127.0.0.1",
+            "echo \"[$LC_PORTCULLIS][$SECRET_TOKEN]\"",
+        ],
+    );
+    assert_eq!(out.stdout_text(), "[passed][]\n", "{}", out.stderr_text());
+    let sessions = lab.wait_sessions(1);
+    let refused = sessions[0]["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "env:SECRET_TOKEN")
+        .unwrap_or_else(|| panic!("no record of the refusal: {sessions:#?}"));
+    assert_eq!(refused["allowed"], false);
 }

@@ -62,13 +62,18 @@ pub struct Endpoint<'a> {
 /// The server the user wants to reach.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target<'a> {
-    /// The host as the user typed it: a name (`db1.internal`) or an address.
+    /// The host as the user typed it, checked and made canonical by the proxy: a name
+    /// in lower case (`db1.internal`) or an address in its canonical form.
     pub host: &'a str,
     /// The address the proxy resolved `host` to and will connect to; `None` when the
     /// name did not resolve (a policy matching on addresses then does not match).
     pub ip: Option<&'a str>,
     /// The target's SSH port (22 unless the user asked for another).
     pub port: u16,
+    /// The name the resolver found for `host` (the end of a CNAME chain, or a short
+    /// name completed by the search domain), in lower case; `None` when the user typed
+    /// an address or the name did not resolve.
+    pub canonical_name: Option<&'a str>,
 }
 
 /// Everything a policy may base a connection decision on.
@@ -111,14 +116,9 @@ impl<'a> ConnectionRequest<'a> {
         put_str(&mut w, self.source.ip);
         put_varint(&mut w, u64::from(self.source.port));
         put_str(&mut w, self.target.host);
-        match self.target.ip {
-            None => w.push(0),
-            Some(ip) => {
-                w.push(1);
-                put_str(&mut w, ip);
-            }
-        }
+        put_option(&mut w, self.target.ip);
         put_varint(&mut w, u64::from(self.target.port));
+        put_option(&mut w, self.target.canonical_name);
         put_str(&mut w, self.login);
         put_varint(&mut w, self.now.seconds);
         put_varint(&mut w, u64::from(self.now.nanoseconds));
@@ -153,6 +153,16 @@ fn put_str(w: &mut Vec<u8>, s: &str) {
     w.extend_from_slice(s.as_bytes());
 }
 
+fn put_option(w: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        None => w.push(0),
+        Some(s) => {
+            w.push(1);
+            put_str(w, s);
+        }
+    }
+}
+
 /// Reads the encoding front to back; each error names the field it stopped at.
 struct Reader<'a> {
     rest: &'a [u8],
@@ -182,15 +192,13 @@ impl<'a> Reader<'a> {
             port: self.small("source.port")?,
         };
         let host = self.str("target.host")?;
-        let ip = match self.varint("target.ip")? {
-            0 => None,
-            1 => Some(self.str("target.ip")?),
-            n => return Err(format!("target.ip: option tag {n}")),
-        };
+        let ip = self.option("target.ip")?;
+        let port = self.small("target.port")?;
         let target = Target {
             host,
             ip,
-            port: self.small("target.port")?,
+            port,
+            canonical_name: self.option("target.canonical-name")?,
         };
         Ok(ConnectionRequest {
             session_id,
@@ -237,6 +245,14 @@ impl<'a> Reader<'a> {
             }
         }
         Err(format!("{field}: truncated or overlong number"))
+    }
+
+    fn option(&mut self, field: &str) -> Result<Option<&'a str>, String> {
+        match self.varint(field)? {
+            0 => Ok(None),
+            1 => Ok(Some(self.str(field)?)),
+            n => Err(format!("{field}: option tag {n}")),
+        }
     }
 
     fn small<T: TryFrom<u64>>(&mut self, field: &str) -> Result<T, String> {
@@ -315,11 +331,20 @@ impl Endpoint<'_> {
     }
 }
 
-impl Target<'_> {
+impl<'a> Target<'a> {
     /// The resolved address of the target, parsed; or the host itself when the user
     /// typed an address.
     pub fn ip_addr(&self) -> Option<IpAddr> {
         self.ip.and_then(parse_ip).or_else(|| parse_ip(self.host))
+    }
+
+    /// The names the proxy resolved for this target: the host as typed, if it is a
+    /// name that resolved, and the resolver's canonical name. An address typed by the
+    /// user has no name: a policy that matches names does not match it, so rules that
+    /// must hold whatever the user types (audit, block) are written by address.
+    pub fn resolved_names(&self) -> impl Iterator<Item = &'a str> {
+        let typed = (self.ip.is_some() && parse_ip(self.host).is_none()).then_some(self.host);
+        typed.into_iter().chain(self.canonical_name)
     }
 }
 
@@ -350,6 +375,7 @@ mod tests {
                 host: "db1.internal",
                 ip: Some("10.0.0.5"),
                 port: 2222,
+                canonical_name: Some("db1.corp.example"),
             },
             login: "jdoe",
             now: Datetime {
@@ -374,6 +400,7 @@ mod tests {
         let mut r = sample();
         r.identity.groups = vec!["g"];
         r.target.ip = None;
+        r.target.canonical_name = None;
         r.client_version = "v";
         let mut want = vec![2, b's', b'1', 16];
         want.extend_from_slice(b"jdoe@example.com");
@@ -384,7 +411,7 @@ mod tests {
         want.extend_from_slice(&[0xd0, 0x86, 0x03]); // 50000 as a varint
         want.push(12);
         want.extend_from_slice(b"db1.internal");
-        want.extend_from_slice(&[0, 0xae, 0x11, 4]); // no ip; 2222; "jdoe"
+        want.extend_from_slice(&[0, 0xae, 0x11, 0, 4]); // no ip; 2222; no name; "jdoe"
         want.extend_from_slice(b"jdoe");
         want.extend_from_slice(&[0x80, 0xe2, 0xcf, 0xaa, 0x06, 5, 1, b'v']);
         assert_eq!(r.encode(), want);

@@ -15,6 +15,9 @@ pub(super) enum RecordAt {
     New,
     /// The record of the session channel it was made on.
     Channel(usize),
+    /// A new record only when refused (requests a session makes many of, such as
+    /// environment variables).
+    IfRefused,
 }
 
 impl ChannelContext {
@@ -48,6 +51,15 @@ impl ChannelContext {
                 r.allowed = verdict.allowed;
                 r.denied_reason = denied_reason;
             }),
+            RecordAt::IfRefused if !verdict.allowed => {
+                self.push_record(ChannelRecord {
+                    kind: kind.to_string(),
+                    allowed: false,
+                    denied_reason,
+                    ..Default::default()
+                });
+            }
+            RecordAt::IfRefused => {}
         }
         if !verdict.allowed {
             tracing::warn!(%kind, module = ?verdict.module, reason = %verdict.reason, "request refused");

@@ -213,7 +213,24 @@ async fn client_to_target(
                 variable_name,
                 variable_value,
                 ..
-            } => to.set_env(true, variable_name, variable_value).await,
+            } => {
+                // Asked of the policies; refused ones never reach the target.
+                let request = ChannelRequest::Env {
+                    name: variable_name.clone(),
+                    value: variable_value.clone(),
+                };
+                let kind = format!("env:{}", crate::text::sanitize(&variable_name, 64));
+                if b.ctx
+                    .check(request, &kind, RecordAt::IfRefused)
+                    .await
+                    .allowed
+                {
+                    to.set_env(true, variable_name, variable_value).await
+                } else {
+                    let _ = b.replies.send(false);
+                    Ok(())
+                }
+            }
             ChannelMsg::WindowChange {
                 col_width,
                 row_height,

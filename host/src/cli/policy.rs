@@ -62,7 +62,8 @@ pub(super) struct EvalArgs {
     #[arg(long, value_name = "SHA256:...", default_value = "SHA256:policy-eval")]
     key_fingerprint: String,
     /// Also decide a channel request: shell, exec:COMMAND, subsystem:NAME,
-    /// direct-tcpip:HOST:PORT, tcpip-forward:ADDR:PORT, agent or x11 (repeatable).
+    /// direct-tcpip:HOST:PORT, tcpip-forward:ADDR:PORT, env:NAME=VALUE, agent or x11
+    /// (repeatable).
     #[arg(long = "channel", value_name = "REQUEST")]
     channels: Vec<String>,
 }
@@ -176,13 +177,18 @@ pub(super) fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let host = crate::server::target_name::canonical_host(&host)
         .map_err(|e| anyhow::anyhow!("--target: {e}"))?;
     // Resolved as the proxy resolves it, so the address reported is the one it would use.
-    let target_ip = match args.resolve {
-        Some(ip) => Some(ip),
-        None => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(crate::server::resolve(&host, port))
-            .map(|a| a.ip()),
+    let (target_ip, target_canonical) = match args.resolve {
+        Some(ip) => (Some(ip), None),
+        None => {
+            let resolved = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(crate::server::resolve(&host, port));
+            match resolved {
+                Some(r) => (Some(r.addr.ip()), r.canonical_name),
+                None => (None, None),
+            }
+        }
     };
     let source = match args.source.parse::<SocketAddr>() {
         Ok(sa) => sa,
@@ -210,6 +216,7 @@ pub(super) fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         source,
         target_host: host,
         target_ip,
+        target_canonical,
         target_port: port,
         login: args.login,
         now,
@@ -268,11 +275,20 @@ fn parse_channel(s: &str) -> anyhow::Result<ChannelRequest> {
             let (address, port) = host_port(arg)?;
             ChannelRequest::TcpipForward { address, port }
         }
+        "env" => {
+            let (name, value) = arg
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--channel {s:?}: expected env:NAME=VALUE"))?;
+            ChannelRequest::Env {
+                name: name.to_string(),
+                value: value.to_string(),
+            }
+        }
         "agent" => ChannelRequest::AgentForwarding,
         "x11" => ChannelRequest::X11Forwarding,
         _ => anyhow::bail!(
             "--channel {s:?}: expected shell, exec:COMMAND, subsystem:NAME, direct-tcpip:HOST:PORT, \
-             tcpip-forward:ADDR:PORT, agent or x11"
+             tcpip-forward:ADDR:PORT, env:NAME=VALUE, agent or x11"
         ),
     })
 }

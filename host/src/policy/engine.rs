@@ -187,7 +187,7 @@ impl PolicyEngine {
             .and_then(wit::PolicyPre::new)
             .map_err(|e| {
                 fail(format!(
-                    "does not implement the portcullis:policy@0.2.0 world (a module built \
+                    "does not implement the portcullis:policy@0.3.0 world (a module built \
                      with an older portcullis-policy SDK must be rebuilt): {}",
                     first_line(&e)
                 ))

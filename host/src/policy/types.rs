@@ -20,6 +20,9 @@ pub struct DecisionRequest {
     pub target_host: String,
     /// The address the proxy will connect to, when the name resolved.
     pub target_ip: Option<IpAddr>,
+    /// The name the resolver found for the target (end of a CNAME chain, or a short
+    /// name completed by the search domain); none for an address.
+    pub target_canonical: Option<String>,
     pub target_port: u16,
     /// The login the user asked for on the target.
     pub login: String,
@@ -118,12 +121,27 @@ impl Evaluation {
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum ChannelRequest {
     Shell,
-    Exec { command: String },
-    Subsystem { name: String },
-    DirectTcpip { host: String, port: u16 },
-    TcpipForward { address: String, port: u16 },
+    Exec {
+        command: String,
+    },
+    Subsystem {
+        name: String,
+    },
+    DirectTcpip {
+        host: String,
+        port: u16,
+    },
+    TcpipForward {
+        address: String,
+        port: u16,
+    },
     AgentForwarding,
     X11Forwarding,
+    /// An environment variable the client sends.
+    Env {
+        name: String,
+        value: String,
+    },
 }
 
 impl ChannelRequest {
@@ -137,7 +155,8 @@ impl ChannelRequest {
             ChannelRequest::X11Forwarding => Some((p.x11_forwarding, "X11 forwarding")),
             ChannelRequest::Shell
             | ChannelRequest::Exec { .. }
-            | ChannelRequest::Subsystem { .. } => None,
+            | ChannelRequest::Subsystem { .. }
+            | ChannelRequest::Env { .. } => None,
         }
     }
 }

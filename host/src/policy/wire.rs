@@ -48,6 +48,7 @@ pub(super) fn to_wire(r: &DecisionRequest) -> Vec<u8> {
             host: &r.target_host,
             ip: target_ip.as_deref(),
             port: r.target_port,
+            canonical_name: r.target_canonical.as_deref(),
         },
         login: &r.login,
         now: sdk::Datetime {
@@ -72,6 +73,9 @@ pub(super) fn channel_to_wire(c: &ChannelRequest) -> wit::ChannelRequest {
         }
         ChannelRequest::AgentForwarding => wit::ChannelRequest::AgentForwarding,
         ChannelRequest::X11Forwarding => wit::ChannelRequest::X11Forwarding,
+        ChannelRequest::Env { name, value } => {
+            wit::ChannelRequest::Env((name.clone(), value.clone()))
+        }
     }
 }
 

@@ -18,25 +18,28 @@ use crate::policy::{DecisionRequest, Evaluation};
 /// hold a decision (and a blocking-pool thread) for long.
 const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The address the proxy connects to for `host`: an IP literal as it is, a name
-/// through the system resolver, preferring IPv4 (the address family every target
-/// network has). The unspecified addresses (`0.0.0.0`, `::`) reach the proxy's own
-/// machine, so they are loopback for policies and for the connection.
-pub(crate) async fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
-    let addr = match host.parse::<IpAddr>() {
-        Ok(ip) => SocketAddr::new(ip, port),
+/// Where a target name leads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Resolved {
+    pub addr: SocketAddr,
+    /// The resolver's canonical name for a name (none for an address).
+    pub canonical_name: Option<String>,
+}
+
+/// What `host` resolves to: an IP literal as it is, a name through the system resolver
+/// (with its canonical name), preferring IPv4 (the address family every target network
+/// has). The unspecified addresses (`0.0.0.0`, `::`) reach the proxy's own machine, so
+/// they are loopback for policies and for the connection.
+pub(crate) async fn resolve(host: &str, port: u16) -> Option<Resolved> {
+    let (addr, canonical_name) = match host.parse::<IpAddr>() {
+        Ok(ip) => (SocketAddr::new(ip, port), None),
         Err(_) => {
-            let lookup = tokio::net::lookup_host((host, port));
-            let addrs: Vec<SocketAddr> = tokio::time::timeout(RESOLVE_TIMEOUT, lookup)
+            let name = host.to_string();
+            let lookup = tokio::task::spawn_blocking(move || lookup(&name, port));
+            tokio::time::timeout(RESOLVE_TIMEOUT, lookup)
                 .await
                 .ok()?
-                .ok()?
-                .collect();
-            addrs
-                .iter()
-                .find(|a| a.is_ipv4())
-                .or(addrs.first())
-                .copied()?
+                .ok()??
         }
     };
     let ip = match super::target_name::canonical_ip(addr.ip()) {
@@ -44,7 +47,38 @@ pub(crate) async fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
         IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
         ip => ip,
     };
-    Some(SocketAddr::new(ip, port))
+    Some(Resolved {
+        addr: SocketAddr::new(ip, port),
+        canonical_name,
+    })
+}
+
+/// `getaddrinfo` with `AI_CANONNAME`: the addresses of `host` (IPv4 first) and the
+/// name the resolver settled on, lower-cased.
+fn lookup(host: &str, port: u16) -> Option<(SocketAddr, Option<String>)> {
+    /// `AI_CANONNAME` in glibc, musl and the BSDs.
+    const AI_CANONNAME: i32 = 2;
+    let hints = dns_lookup::AddrInfoHints {
+        flags: AI_CANONNAME,
+        address: 0,
+        socktype: dns_lookup::SockType::Stream.into(),
+        protocol: 0,
+    };
+    let infos: Vec<dns_lookup::AddrInfo> = dns_lookup::getaddrinfo(Some(host), None, Some(hints))
+        .ok()?
+        .filter_map(Result::ok)
+        .collect();
+    // The canonical name comes with the first entry.
+    let canonical = infos
+        .iter()
+        .find_map(|i| i.canonname.clone())
+        .map(|n| n.trim_end_matches('.').to_ascii_lowercase());
+    let ip = infos
+        .iter()
+        .map(|i| i.sockaddr.ip())
+        .find(IpAddr::is_ipv4)
+        .or_else(|| infos.first().map(|i| i.sockaddr.ip()))?;
+    Some((SocketAddr::new(ip, port), canonical))
 }
 
 /// Why an evaluation does not let the request go ahead, in words for the user.
@@ -90,7 +124,8 @@ pub(crate) async fn decide(
         port,
         client_version,
     } = asked;
-    let addr = resolve(&host, port).await;
+    let resolved = resolve(&host, port).await;
+    let addr = resolved.as_ref().map(|r| r.addr);
     let request = Arc::new(DecisionRequest {
         session_id: conn.id.clone(),
         email: identity.email.clone(),
@@ -99,6 +134,7 @@ pub(crate) async fn decide(
         source: conn.peer,
         target_host: host.clone(),
         target_ip: addr.map(|a| a.ip()),
+        target_canonical: resolved.and_then(|r| r.canonical_name),
         target_port: port,
         login: login.clone(),
         now: SystemTime::now(),
@@ -157,18 +193,22 @@ mod tests {
     #[tokio::test]
     async fn the_unspecified_addresses_are_loopback_and_mapped_ones_ipv4() {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let addr = |r: Option<Resolved>| r.map(|r| r.addr);
         assert_eq!(
-            resolve("0.0.0.0", 22).await.map(|a| a.ip()),
+            addr(resolve("0.0.0.0", 22).await).map(|a| a.ip()),
             Some(ip("127.0.0.1"))
         );
-        assert_eq!(resolve("::", 22).await.map(|a| a.ip()), Some(ip("::1")));
         assert_eq!(
-            resolve("::ffff:10.0.0.5", 2200).await,
+            addr(resolve("::", 22).await).map(|a| a.ip()),
+            Some(ip("::1"))
+        );
+        assert_eq!(
+            addr(resolve("::ffff:10.0.0.5", 2200).await),
             Some("10.0.0.5:2200".parse().unwrap())
         );
-        assert_eq!(
-            resolve("localhost", 22).await.map(|a| a.ip()),
-            Some(ip("127.0.0.1"))
-        );
+        let local = resolve("localhost", 22).await.unwrap();
+        assert_eq!(local.addr.ip(), ip("127.0.0.1"));
+        assert_eq!(local.canonical_name.as_deref(), Some("localhost"));
+        assert_eq!(resolve("127.0.0.1", 22).await.unwrap().canonical_name, None);
     }
 }

@@ -270,6 +270,7 @@ mod tests {
             source: "127.0.0.1:50000".parse().unwrap(),
             target_host: "db1".into(),
             target_ip: None,
+            target_canonical: None,
             target_port: 22,
             login: "jdoe".into(),
             now: SystemTime::now(),

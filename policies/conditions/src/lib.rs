@@ -1,13 +1,20 @@
 //! Conditions: block connections from outside chosen source networks, or outside a
 //! time window (office hours), with a reason the user sees; refuse chosen subsystems
-//! (such as sftp) on every session. A connection that meets the conditions is left to
-//! the next module (no match), so this module goes first (`10-conditions.wasm`).
+//! (such as sftp) and commands on every session. A connection that meets the conditions
+//! is left to the next module (no match), so this module goes first
+//! (`10-conditions.wasm`).
+//!
+//! Refusing the `sftp` subsystem also refuses the commands that move files the same
+//! way without it: `sftp-server` run as a command, and `scp -O` (which runs `scp -t`
+//! or `scp -f` on the target). `deny_commands` refuses other commands by glob.
 //!
 //! ```toml
 //! # 10-conditions.toml
 //! allowed_sources = ["10.0.0.0/8", "192.168.0.0/16"]  # default: any source
 //! exempt_groups = ["oncall"]                           # never blocked by these conditions
 //! deny_subsystems = ["sftp"]                           # default: none
+//! deny_commands = ["rsync *", "* | nc *"]               # globs over the command line
+//! deny_env = ["LD_*", "BASH_ENV"]                       # environment variables (globs)
 //!
 //! [office_hours]                                       # default: any time
 //! days = ["mon", "tue", "wed", "thu", "fri"]
@@ -29,6 +36,29 @@ struct Conditions {
     exempt_groups: Vec<String>,
     #[serde(default)]
     deny_subsystems: Vec<String>,
+    #[serde(default)]
+    deny_commands: Vec<String>,
+    #[serde(default)]
+    deny_env: Vec<String>,
+}
+
+/// The program a command line runs, without its directory: `sftp-server` for
+/// `/usr/lib/openssh/sftp-server -l INFO`.
+fn program(command: &str) -> &str {
+    let first = command.split_whitespace().next().unwrap_or_default();
+    first.rsplit('/').next().unwrap_or(first)
+}
+
+/// Whether a command moves files as the sftp subsystem would.
+fn is_file_transfer(command: &str) -> bool {
+    match program(command) {
+        "sftp-server" | "internal-sftp" => true,
+        // scp -O runs `scp -t` (upload) or `scp -f` (download) on the target.
+        "scp" => command
+            .split_whitespace()
+            .any(|a| a.starts_with('-') && (a.contains('t') || a.contains('f'))),
+        _ => false,
+    }
 }
 
 #[policy]
@@ -61,6 +91,22 @@ impl Policy for Conditions {
         match channel {
             ChannelRequest::Subsystem { name } if self.deny_subsystems.iter().any(|s| s == name) => {
                 ChannelVerdict::deny(format!("the {name} subsystem is not allowed"))
+            }
+            ChannelRequest::Exec { command }
+                if self.deny_subsystems.iter().any(|s| s == "sftp") && is_file_transfer(command) =>
+            {
+                ChannelVerdict::deny(format!(
+                    "file transfer by command ({}) is not allowed: the sftp subsystem is refused",
+                    program(command)
+                ))
+            }
+            ChannelRequest::Exec { command }
+                if self.deny_commands.iter().any(|p| glob_match(p, command)) =>
+            {
+                ChannelVerdict::deny("this command is not allowed")
+            }
+            ChannelRequest::Env { name, .. } if self.deny_env.iter().any(|p| glob_match(p, name)) => {
+                ChannelVerdict::deny(format!("the environment variable {name} is not allowed"))
             }
             _ => ChannelVerdict::NoOpinion,
         }

@@ -5,14 +5,16 @@
 //! ```toml
 //! # 20-network-audit.toml
 //! [[rule]]
-//! destinations = ["10.0.0.0/8", "db-*.prod.internal:22"]  # IPs, CIDRs, ranges, globs, :ports
+//! destinations = ["10.0.0.0/8", "10.20.0.5:22"]  # IPs, CIDRs, ranges, name globs, :ports
 //! groups = ["contractors"]        # optional: only users in one of these groups
 //! command_logging = true          # record the session, sealed to the auditor's key
 //! principals = ["deploy"]         # optional: logins allowed; default the email local part
 //! reason = "production network"   # recorded in the session log
 //! ```
 //!
-//! Rules are tried in order; the first that matches decides.
+//! Rules are tried in order; the first that matches decides. Audit rules are written by
+//! address: a name pattern matches only names the proxy resolved, and a user who types
+//! an address (or another name for the same host) matches none.
 
 use portcullis_policy::prelude::*;
 
