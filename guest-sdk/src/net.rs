@@ -152,41 +152,14 @@ impl FromStr for HostPattern {
     }
 }
 
-/// Glob matching with `*` and `?`, iterative with single backtracking point (linear
-/// enough for host names, and never recursive).
 /// Whether `text` matches `pattern`, where `*` matches any run of characters and `?`
-/// one, case-sensitively: `"rsync *"` matches `rsync -av /srv`.
+/// one, case-sensitively: `"rsync *"` matches `rsync -av /srv`. Linear in the lengths
+/// (no backtracking blow-up, whatever the pattern).
 pub fn glob_match(pattern: &str, text: &str) -> bool {
     glob(pattern.as_bytes(), text.as_bytes())
 }
 
-pub(crate) fn glob(pattern: &[u8], text: &[u8]) -> bool {
-    let (mut p, mut t) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        match pattern.get(p) {
-            Some(b'*') => {
-                star = Some((p, t));
-                p += 1;
-            }
-            Some(&c) if c == b'?' || Some(&c) == text.get(t) => {
-                p += 1;
-                t += 1;
-            }
-            _ => match star {
-                Some((sp, st)) => {
-                    p = sp + 1;
-                    t = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern
-        .get(p..)
-        .is_some_and(|rest| rest.iter().all(|&c| c == b'*'))
-}
+pub(crate) use portcullis_wire::glob;
 
 /// A set of TCP ports: `22`, `22,2222`, `8000-8100`, or any mix.
 #[derive(Debug, Clone, PartialEq, Eq)]

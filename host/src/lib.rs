@@ -11,6 +11,8 @@ pub mod ca;
 pub mod channels;
 pub mod cli;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod policy;
 mod proxy;

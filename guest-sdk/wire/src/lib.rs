@@ -271,6 +271,88 @@ impl<'a> Reader<'a> {
     }
 }
 
+// ------------------------------------------------------------- channel requests
+
+/// A request made on an allowed connection: what the user wants to run or forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "kebab-case", tag = "kind"))]
+pub enum ChannelRequest {
+    /// An interactive shell.
+    Shell,
+    /// A command (`ssh host COMMAND`; also how `scp -O` and rsync run).
+    Exec {
+        /// The command line as the client sent it.
+        command: String,
+    },
+    /// A subsystem such as `sftp` (which `scp` uses by default).
+    Subsystem {
+        /// The subsystem's name.
+        name: String,
+    },
+    /// Local port forwarding (`ssh -L`): a connection from the target's side to
+    /// `host:port`.
+    DirectTcpip {
+        /// The host to connect to, as the client named it.
+        host: String,
+        /// The port to connect to.
+        port: u16,
+    },
+    /// Remote port forwarding (`ssh -R`): the target listens on `address:port`.
+    TcpipForward {
+        /// The address to listen on, as the client named it.
+        address: String,
+        /// The port (0: the target picks one).
+        port: u16,
+    },
+    /// Agent forwarding (`ssh -A`).
+    AgentForwarding,
+    /// X11 forwarding (`ssh -X`, `ssh -Y`).
+    X11Forwarding,
+    /// An environment variable the client sends (`SendEnv`, `SetEnv`). Without an
+    /// opinion from any module it goes on to the target, whose `AcceptEnv` applies.
+    Env {
+        /// The variable's name, e.g. `LANG`.
+        name: String,
+        /// Its value.
+        value: String,
+    },
+}
+
+// ------------------------------------------------------------------------ globs
+
+/// Glob matching of bytes with `*` (any run) and `?` (any one byte), as OpenSSH's host
+/// patterns and policies' patterns use it. Iterative with a single backtracking point:
+/// O(pattern x text) at worst, never exponential, whatever the pattern (a recursive
+/// matcher takes exponential time on `*a*a*a*...b`, which the fuzzer found).
+pub fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || Some(&c) == text.get(t) => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern
+        .get(p..)
+        .is_some_and(|rest| rest.iter().all(|&c| c == b'*'))
+}
+
 // ---------------------------------------------------------- helpers on the request
 
 /// The local part of an email address: `jdoe` for `jdoe@example.com`. An address
@@ -384,6 +466,17 @@ mod tests {
             },
             client_version: "SSH-2.0-OpenSSH_9.2p1",
         }
+    }
+
+    #[test]
+    fn globs_match_and_take_linear_time_on_hostile_patterns() {
+        assert!(glob(b"*.example.com", b"db1.example.com"));
+        assert!(glob(b"db?", b"db1") && !glob(b"db?", b"db12"));
+        assert!(glob(b"*", b"") && glob(b"a*", b"a") && !glob(b"a*b", b"ab-c"));
+        // Exponential for a recursive matcher; instant here.
+        let pattern = "*a".repeat(40) + "b";
+        let text = "a".repeat(200);
+        assert!(!glob(pattern.as_bytes(), text.as_bytes()));
     }
 
     #[test]

@@ -86,7 +86,8 @@ impl UsersFile {
         Self::parse(&text, path)
     }
 
-    fn parse(text: &str, path: &Path) -> Result<UsersFile, IdentityError> {
+    /// Parses and checks the text of a users file; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<UsersFile, IdentityError> {
         let invalid = |message: String| IdentityError::Invalid {
             path: path.to_path_buf(),
             message,

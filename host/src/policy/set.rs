@@ -96,7 +96,9 @@ impl PolicySet {
         if !decision.is_allowed() {
             return deny(None, "the connection is not allowed".into());
         }
-        if let Some((false, what)) = channel.required_permission(&decision.permissions) {
+        if let Some((false, what)) =
+            super::types::required_permission(channel, &decision.permissions)
+        {
             return deny(
                 decision.module.clone(),
                 format!("{what} is not permitted by policy"),

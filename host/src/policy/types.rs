@@ -116,48 +116,25 @@ impl Evaluation {
     }
 }
 
-/// A request made on an allowed connection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case", tag = "kind")]
-pub enum ChannelRequest {
-    Shell,
-    Exec {
-        command: String,
-    },
-    Subsystem {
-        name: String,
-    },
-    DirectTcpip {
-        host: String,
-        port: u16,
-    },
-    TcpipForward {
-        address: String,
-        port: u16,
-    },
-    AgentForwarding,
-    X11Forwarding,
-    /// An environment variable the client sends.
-    Env {
-        name: String,
-        value: String,
-    },
-}
+/// A request made on an allowed connection: the wire crate's type, which policy modules
+/// see too.
+pub use portcullis_wire::ChannelRequest;
 
-impl ChannelRequest {
-    /// The permission this request needs besides the modules' consent, if any.
-    pub fn required_permission(&self, p: &Permissions) -> Option<(bool, &'static str)> {
-        match self {
-            ChannelRequest::DirectTcpip { .. } | ChannelRequest::TcpipForward { .. } => {
-                Some((p.port_forwarding, "port forwarding"))
-            }
-            ChannelRequest::AgentForwarding => Some((p.agent_forwarding, "agent forwarding")),
-            ChannelRequest::X11Forwarding => Some((p.x11_forwarding, "X11 forwarding")),
-            ChannelRequest::Shell
-            | ChannelRequest::Exec { .. }
-            | ChannelRequest::Subsystem { .. }
-            | ChannelRequest::Env { .. } => None,
+/// The permission `request` needs besides the modules' consent, if any.
+pub fn required_permission(
+    request: &ChannelRequest,
+    p: &Permissions,
+) -> Option<(bool, &'static str)> {
+    match request {
+        ChannelRequest::DirectTcpip { .. } | ChannelRequest::TcpipForward { .. } => {
+            Some((p.port_forwarding, "port forwarding"))
         }
+        ChannelRequest::AgentForwarding => Some((p.agent_forwarding, "agent forwarding")),
+        ChannelRequest::X11Forwarding => Some((p.x11_forwarding, "X11 forwarding")),
+        ChannelRequest::Shell
+        | ChannelRequest::Exec { .. }
+        | ChannelRequest::Subsystem { .. }
+        | ChannelRequest::Env { .. } => None,
     }
 }
 

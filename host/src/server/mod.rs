@@ -15,7 +15,7 @@ mod opens;
 mod session;
 mod session_record;
 mod target_login;
-pub(crate) mod target_name;
+pub mod target_name;
 pub mod username_form;
 mod watchdogs;
 

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 
 /// Why a target name is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum BadName {
+pub enum BadName {
     #[error("the target name is empty")]
     Empty,
     #[error("the target name is longer than 253 bytes")]
@@ -29,7 +29,7 @@ pub(crate) enum BadName {
 }
 
 /// The canonical form of a target name, or why it is refused.
-pub(crate) fn canonical_host(name: &str) -> Result<String, BadName> {
+pub fn canonical_host(name: &str) -> Result<String, BadName> {
     let bare = name
         .strip_prefix('[')
         .and_then(|n| n.strip_suffix(']'))
@@ -78,7 +78,7 @@ fn is_number(label: &str) -> bool {
 }
 
 /// An address as policies and pins see it: IPv4-mapped IPv6 addresses as IPv4.
-pub(crate) fn canonical_ip(ip: IpAddr) -> IpAddr {
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,

@@ -27,6 +27,8 @@ use std::path::Path;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{Hmac, KeyInit, Mac};
+// `*` and `?` wildcards, in linear time whatever the pattern.
+use portcullis_wire::glob;
 use russh::keys::ssh_key::certificate::CertType;
 use russh::keys::ssh_key::public::KeyData;
 use russh::keys::ssh_key::{Certificate, HashAlg, PublicKey};
@@ -72,19 +74,6 @@ fn lookup_name(host: &str, port: u16) -> String {
         host
     } else {
         format!("[{host}]:{port}")
-    }
-}
-
-/// `*` and `?` wildcards.
-fn glob(pattern: &[u8], text: &[u8]) -> bool {
-    match (pattern.split_first(), text.split_first()) {
-        (None, None) => true,
-        (Some((b'*', rest)), _) => {
-            glob(rest, text) || text.split_first().is_some_and(|(_, t)| glob(pattern, t))
-        }
-        (Some((b'?', rest)), Some((_, t))) => glob(rest, t),
-        (Some((p, rest)), Some((c, t))) if p == c => glob(rest, t),
-        _ => false,
     }
 }
 
@@ -134,7 +123,12 @@ impl KnownTarget {
         KnownTarget::parse(&text, &path.display().to_string(), names, port)
     }
 
-    fn parse(text: &str, path: &str, names: &[String], port: u16) -> Result<KnownTarget, String> {
+    pub(crate) fn parse(
+        text: &str,
+        path: &str,
+        names: &[String],
+        port: u16,
+    ) -> Result<KnownTarget, String> {
         let names: Vec<String> = names.iter().map(|n| lookup_name(n, port)).collect();
         let mut known = KnownTarget {
             path: path.to_string(),

@@ -4,7 +4,7 @@
 //! Channels the target opens back (for `-R`, `-A`, `-X`) are handed on as [`Opened`]
 //! events: what to do with them is the channel stage's business, not this one's.
 
-mod known_targets;
+pub(crate) mod known_targets;
 mod target_handler;
 
 pub use target_handler::TargetHandler;

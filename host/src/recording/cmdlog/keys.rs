@@ -33,6 +33,13 @@ fn decode_key(text: &str, path: &Path, what: &str) -> Result<Vec<u8>, CmdLogErro
     Ok(bytes)
 }
 
+/// The public key (standard base64) of a private key given the same way.
+pub fn public_key_of(private: &str) -> Option<String> {
+    let bytes = B64.decode(private.trim()).ok()?;
+    let private = PrivateKey::from_bytes(&bytes).ok()?;
+    Some(B64.encode(Kem::sk_to_pk(&private).to_bytes()))
+}
+
 /// The auditor's public key, from `sshkey.pub`.
 #[derive(Clone)]
 pub struct SealingKey(pub(super) PublicKey);
@@ -48,7 +55,12 @@ impl std::fmt::Debug for SealingKey {
 impl SealingKey {
     pub fn read(path: &Path) -> Result<SealingKey, CmdLogError> {
         let text = fs::read_to_string(path).map_err(|e| file_err(path, e))?;
-        let bytes = decode_key(&text, path, "public key")?;
+        SealingKey::parse(&text, path)
+    }
+
+    /// The key from the text of a `sshkey.pub` file; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<SealingKey, CmdLogError> {
+        let bytes = decode_key(text, path, "public key")?;
         PublicKey::from_bytes(&bytes)
             .map(SealingKey)
             .map_err(|e| file_err(path, format!("{e:?}")))
@@ -67,7 +79,12 @@ impl std::fmt::Debug for OpeningKey {
 impl OpeningKey {
     pub fn read(path: &Path) -> Result<OpeningKey, CmdLogError> {
         let text = fs::read_to_string(path).map_err(|e| file_err(path, e))?;
-        let bytes = decode_key(&text, path, "private key")?;
+        OpeningKey::parse(&text, path)
+    }
+
+    /// The key from the text of a `sshkey` file; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<OpeningKey, CmdLogError> {
+        let bytes = decode_key(text, path, "private key")?;
         PrivateKey::from_bytes(&bytes)
             .map(OpeningKey)
             .map_err(|e| file_err(path, format!("{e:?}")))

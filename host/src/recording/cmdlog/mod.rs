@@ -29,9 +29,9 @@ pub use format::{
     CODE_DATA, CODE_EXTENDED_DATA, CODE_REQUEST, CmdLogError, ExitData, Metadata, PtyMeta,
     SOURCE_CLIENT, SOURCE_SERVER, encode_packet,
 };
-pub use keys::{OpeningKey, SealingKey, generate_keypair, keygen};
+pub use keys::{OpeningKey, SealingKey, generate_keypair, keygen, public_key_of};
 pub use reader::{LogReader, Packet};
-pub use writer::{Writer, recover};
+pub use writer::{Writer, recover, sealed_in_memory};
 
 #[cfg(test)]
 mod tests;

@@ -317,3 +317,33 @@ pub fn recover(dir: &Path) -> Result<Vec<PathBuf>, CmdLogError> {
     }
     Ok(done)
 }
+
+/// A whole log in memory: the header, then each of `blocks` sealed as one block, in
+/// order, to `key`. For tests and fuzzing: it can seal plaintext that is not a valid
+/// packet stream, which the writer never does.
+pub fn sealed_in_memory(key: &SealingKey, blocks: &[&[u8]]) -> Result<Vec<u8>, CmdLogError> {
+    let (enc, mut ctx) =
+        hpke::setup_sender::<ChaCha20Poly1305, HkdfSha256, Kem>(&OpModeS::Base, &key.0, &[])
+            .map_err(|e| CmdLogError::Crypto(format!("{e:?}")))?;
+    let mut body = Vec::new();
+    for block in blocks {
+        let sealed = ctx
+            .seal(block, &[])
+            .map_err(|e| CmdLogError::Crypto(format!("{e:?}")))?;
+        body.extend_from_slice(&(sealed.len() as u32).to_be_bytes());
+        body.extend_from_slice(&sealed);
+    }
+    let meta = Metadata {
+        started_at: 1_700_000_000,
+        data_size: blocks.iter().map(|b| b.len() as u64).sum(),
+        encapsulated_key: hex::encode(enc.to_bytes()),
+        pty: None,
+        exit_data: None,
+    };
+    let json = serde_json::to_vec(&meta).map_err(|e| CmdLogError::Format(e.to_string()))?;
+    let header = B64.encode(&json);
+    let mut file = (header.len() as u32).to_be_bytes().to_vec();
+    file.extend_from_slice(header.as_bytes());
+    file.extend_from_slice(&body);
+    Ok(file)
+}
