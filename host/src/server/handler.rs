@@ -16,7 +16,7 @@ use super::decide::{self, Asked};
 use super::error::SessionError;
 use super::session::{self as decided, Connection, Via};
 use super::username_form::parse_user;
-use super::watchdogs::{Watch, watchdogs};
+use super::watchdogs::Watch;
 use crate::identity::Identity;
 use crate::policy::ChannelRequest;
 use crate::sync::lock;
@@ -24,24 +24,8 @@ use crate::sync::lock;
 /// How long a channel request waits for the target's answer before it is refused.
 const REPLY_WAIT: Duration = Duration::from_secs(60);
 
-/// Channels one connection may have open at once (session channels, `-L` forwards and
-/// ProxyJump connections together). OpenSSH's sshd allows 10 sessions per connection;
-/// this bound is looser, and there so that one authenticated client cannot make the
-/// proxy hold unbounded state (host certificates, target connections, records).
-pub(super) const MAX_CHANNELS: usize = 64;
-
-/// One open channel's place under [`MAX_CHANNELS`], given back when dropped.
-#[derive(Debug)]
-pub(super) struct ChannelPlace(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Drop for ChannelPlace {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// How long a connection the proxy disconnects has to close before it is cut.
-const DISCONNECT_GRACE: Duration = Duration::from_secs(5);
+pub(super) const DISCONNECT_GRACE: Duration = Duration::from_secs(5);
 
 /// Where a connection stands.
 #[derive(Debug)]
@@ -81,10 +65,10 @@ pub(crate) struct ConnHandler {
     pub(super) accepted: tokio::time::Instant,
     /// Per session channel, the target's answers to its requests, in order.
     pub(super) replies: HashMap<ChannelId, tokio::sync::mpsc::UnboundedReceiver<bool>>,
-    /// The channels open on this connection (see [`MAX_CHANNELS`]).
+    /// The channels open on this connection (see `opens::MAX_CHANNELS`).
     pub(super) open_channels: Arc<std::sync::atomic::AtomicUsize>,
     /// The places session channels hold, given back when they close.
-    pub(super) channel_places: HashMap<ChannelId, ChannelPlace>,
+    pub(super) channel_places: HashMap<ChannelId, super::opens::ChannelPlace>,
 }
 
 impl ConnHandler {
@@ -116,74 +100,6 @@ impl ConnHandler {
     pub(crate) fn with_ticket(mut self, ticket: super::admission::Ticket) -> Self {
         self.ticket = Some(ticket);
         self
-    }
-
-    /// Runs the connection to its end. It is disconnected if it does not authenticate
-    /// within `server.auth_timeout`, and, once a session is decided, when no channel
-    /// data has passed either way for `server.idle_timeout` (if set).
-    pub(crate) async fn serve<S>(self, config: Arc<russh::server::Config>, stream: S)
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let (peer, watch) = (self.conn.peer, Arc::clone(&self.watch));
-        let shared = Arc::clone(&self.shared);
-        let switch = Arc::new(super::killable::KillSwitch::default());
-        let stream = super::killable::Killable::new(stream, Arc::clone(&switch));
-        // russh reads the client's version line before it returns: a client that sends
-        // nothing is bounded by auth_timeout from the accept, like one that stalls later.
-        let auth_deadline = self.accepted + shared.config.auth_timeout;
-        let running = russh::server::run_stream(config, stream, self);
-        let session = match tokio::time::timeout_at(auth_deadline, running).await {
-            Ok(Ok(session)) => session,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, "handshake failed: {e}");
-                return;
-            }
-            Err(_) => {
-                tracing::info!(%peer, "no SSH version line before the authentication timeout; disconnecting");
-                shared
-                    .metrics
-                    .disconnected(super::metrics::Disconnect::AuthTimeout);
-                return;
-            }
-        };
-        let handle = session.handle();
-        let watchdogs = async {
-            let why = watchdogs(&shared, &watch, peer, auth_deadline).await;
-            *lock(&watch.ended_by) = Some(why.clone());
-            why
-        };
-        tokio::pin!(session);
-        let ended = tokio::select! {
-            ended = &mut session => ended,
-            why = watchdogs => {
-                // The session runs on to send the message and close. russh holds the
-                // message back during a key exchange: a client stalled there is cut.
-                let disconnect = handle.disconnect(russh::Disconnect::ByApplication, why, "en".into());
-                let _ = tokio::time::timeout(DISCONNECT_GRACE, disconnect).await;
-                match tokio::time::timeout(DISCONNECT_GRACE, &mut session).await {
-                    Ok(ended) => ended,
-                    Err(_) => {
-                        switch.kill();
-                        session.await
-                    }
-                }
-            }
-        };
-        if let Err(e) = ended {
-            tracing::debug!(%peer, "connection ended: {e}");
-        }
-    }
-
-    /// A place for a new channel, if the connection has fewer than [`MAX_CHANNELS`].
-    pub(super) fn channel_place(&self) -> Option<ChannelPlace> {
-        let before = self.open_channels.fetch_add(1, Ordering::Relaxed);
-        let place = ChannelPlace(Arc::clone(&self.open_channels));
-        if before >= MAX_CHANNELS {
-            tracing::warn!(session_id = %self.conn.id, "channel refused: {MAX_CHANNELS} are open on this connection");
-            return None;
-        }
-        Some(place)
     }
 
     /// The allowed session, if this connection has one.

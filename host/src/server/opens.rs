@@ -3,6 +3,7 @@
 //! the policies, and the inner connection of a ProxyJump.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use russh::Channel;
 use russh::server::{ChannelOpenHandle, Msg};
@@ -14,7 +15,34 @@ use crate::policy::ChannelRequest;
 use crate::sync::lock;
 use crate::upstream::Target;
 
+/// Channels one connection may have open at once (session channels, `-L` forwards and
+/// ProxyJump connections together). OpenSSH's sshd allows 10 sessions per connection;
+/// this bound is looser, and there so that one authenticated client cannot make the
+/// proxy hold unbounded state (host certificates, target connections, records).
+pub(super) const MAX_CHANNELS: usize = 64;
+
+/// One open channel's place under [`MAX_CHANNELS`], given back when dropped.
+#[derive(Debug)]
+pub(super) struct ChannelPlace(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for ChannelPlace {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl ConnHandler {
+    /// A place for a new channel, if the connection has fewer than [`MAX_CHANNELS`].
+    pub(super) fn channel_place(&self) -> Option<ChannelPlace> {
+        let before = self.open_channels.fetch_add(1, Ordering::Relaxed);
+        let place = ChannelPlace(Arc::clone(&self.open_channels));
+        if before >= MAX_CHANNELS {
+            tracing::warn!(session_id = %self.conn.id, "channel refused: {MAX_CHANNELS} are open on this connection");
+            return None;
+        }
+        Some(place)
+    }
+
     /// Opens the session channel's counterpart on the target and bridges the two, or
     /// tells the user why not.
     pub(super) fn start_session_channel(
@@ -86,7 +114,7 @@ impl ConnHandler {
         host: &str,
         port: u16,
         reply: ChannelOpenHandle,
-        place: super::handler::ChannelPlace,
+        place: ChannelPlace,
     ) {
         let request = ChannelRequest::DirectTcpip {
             host: host.to_string(),
@@ -127,7 +155,7 @@ impl ConnHandler {
         host: &str,
         port: u16,
         reply: ChannelOpenHandle,
-        place: super::handler::ChannelPlace,
+        place: ChannelPlace,
     ) {
         // The name is checked before anything is done with it (a certificate, a cache
         // entry, a pin).

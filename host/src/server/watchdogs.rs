@@ -101,6 +101,65 @@ impl Watch {
     }
 }
 
+impl super::handler::ConnHandler {
+    /// Runs the connection to its end. It is disconnected if it does not authenticate
+    /// within `server.auth_timeout`, and, once a session is decided, when no channel
+    /// data has passed either way for `server.idle_timeout` (if set).
+    pub(crate) async fn serve<S>(self, config: Arc<russh::server::Config>, stream: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (peer, watch) = (self.conn.peer, Arc::clone(&self.watch));
+        let shared = Arc::clone(&self.shared);
+        let switch = Arc::new(super::killable::KillSwitch::default());
+        let stream = super::killable::Killable::new(stream, Arc::clone(&switch));
+        // russh reads the client's version line before it returns: a client that sends
+        // nothing is bounded by auth_timeout from the accept, like one that stalls later.
+        let auth_deadline = self.accepted + shared.config.auth_timeout;
+        let running = russh::server::run_stream(config, stream, self);
+        let session = match tokio::time::timeout_at(auth_deadline, running).await {
+            Ok(Ok(session)) => session,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, "handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%peer, "no SSH version line before the authentication timeout; disconnecting");
+                shared
+                    .metrics
+                    .disconnected(super::metrics::Disconnect::AuthTimeout);
+                return;
+            }
+        };
+        let handle = session.handle();
+        let watchdogs = async {
+            let why = watchdogs(&shared, &watch, peer, auth_deadline).await;
+            *lock(&watch.ended_by) = Some(why.clone());
+            why
+        };
+        tokio::pin!(session);
+        let ended = tokio::select! {
+            ended = &mut session => ended,
+            why = watchdogs => {
+                // The session runs on to send the message and close. russh holds the
+                // message back during a key exchange: a client stalled there is cut.
+                let disconnect = handle.disconnect(russh::Disconnect::ByApplication, why, "en".into());
+                let _ = tokio::time::timeout(super::handler::DISCONNECT_GRACE, disconnect).await;
+                match tokio::time::timeout(super::handler::DISCONNECT_GRACE, &mut session).await {
+                    Ok(ended) => ended,
+                    Err(_) => {
+                        switch.kill();
+                        session.await
+                    }
+                }
+            }
+        };
+        if let Err(e) = ended {
+            tracing::debug!(%peer, "connection ended: {e}");
+        }
+    }
+}
+
 /// Returns why the proxy must disconnect the connection, when it must.
 pub(crate) async fn watchdogs(
     shared: &Shared,
