@@ -42,7 +42,7 @@ pub(crate) async fn resolve(host: &str, port: u16) -> Option<Resolved> {
                 .ok()??
         }
     };
-    let ip = match super::target_name::canonical_ip(addr.ip()) {
+    let ip = match portcullis_wire::canonical(addr.ip()) {
         IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
         IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
         ip => ip,

@@ -63,12 +63,19 @@ pub(crate) struct ConnHandler {
     pub(super) ticket: Option<super::admission::Ticket>,
     /// When the connection was accepted: authentication is due `auth_timeout` later.
     pub(super) accepted: tokio::time::Instant,
-    /// Per session channel, the target's answers to its requests, in order.
-    pub(super) replies: HashMap<ChannelId, tokio::sync::mpsc::UnboundedReceiver<bool>>,
+    /// The session channels open on this connection.
+    pub(super) session_channels: HashMap<ChannelId, SessionChannel>,
     /// The channels open on this connection (see `opens::MAX_CHANNELS`).
     pub(super) open_channels: Arc<std::sync::atomic::AtomicUsize>,
-    /// The places session channels hold, given back when they close.
-    pub(super) channel_places: HashMap<ChannelId, super::opens::ChannelPlace>,
+}
+
+/// What the handler keeps of an open session channel until it closes.
+#[derive(Debug)]
+pub(super) struct SessionChannel {
+    /// The target's answers to its requests, in order.
+    replies: tokio::sync::mpsc::UnboundedReceiver<bool>,
+    /// Its place among the connection's channels, given back when it closes.
+    _place: super::opens::ChannelPlace,
 }
 
 impl ConnHandler {
@@ -90,9 +97,8 @@ impl ConnHandler {
             watch: Arc::default(),
             ticket: None,
             accepted: tokio::time::Instant::now(),
-            replies: HashMap::new(),
+            session_channels: HashMap::new(),
             open_channels: Arc::default(),
-            channel_places: HashMap::new(),
         }
     }
 
@@ -134,8 +140,8 @@ impl ConnHandler {
 
     /// The bridge's answer to the channel's next request (see [`Self::relay_reply`]).
     async fn next_reply(&mut self, channel: ChannelId) -> bool {
-        match self.replies.get_mut(&channel) {
-            Some(rx) => match tokio::time::timeout(REPLY_WAIT, rx.recv()).await {
+        match self.session_channels.get_mut(&channel) {
+            Some(c) => match tokio::time::timeout(REPLY_WAIT, c.replies.recv()).await {
                 Ok(answer) => answer.unwrap_or(true),
                 Err(_) => false,
             },
@@ -295,10 +301,15 @@ impl russh::server::Handler for ConnHandler {
                 .await;
             return Ok(());
         };
-        self.channel_places.insert(id, place);
         reply.accept().await;
         let (replies, replies_rx) = tokio::sync::mpsc::unbounded_channel();
-        self.replies.insert(id, replies_rx);
+        self.session_channels.insert(
+            id,
+            SessionChannel {
+                replies: replies_rx,
+                _place: place,
+            },
+        );
         let refused = match &self.stage {
             Stage::Decided(s) => match &s.refusal {
                 None => {
@@ -306,7 +317,7 @@ impl russh::server::Handler for ConnHandler {
                     return Ok(());
                 }
                 Some(why) => {
-                    s.closed_because(why);
+                    s.live.closed_because(why);
                     why.user_message()
                 }
             },
@@ -324,8 +335,7 @@ impl russh::server::Handler for ConnHandler {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.replies.remove(&channel);
-        self.channel_places.remove(&channel);
+        self.session_channels.remove(&channel);
         Ok(())
     }
 

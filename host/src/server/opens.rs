@@ -12,7 +12,6 @@ use super::error::SessionError;
 use super::handler::{ConnHandler, Stage};
 use super::session as decided;
 use crate::policy::ChannelRequest;
-use crate::sync::lock;
 use crate::upstream::Target;
 
 /// Channels one connection may have open at once (session channels, `-L` forwards and
@@ -77,7 +76,7 @@ impl ConnHandler {
                     drop(running);
                 }
                 Err(why) => {
-                    *lock(&live.close_reason) = Some(why.to_string());
+                    live.closed_because(&why);
                     crate::channels::refuse(&handle, id, &why.user_message()).await;
                 }
             }

@@ -78,6 +78,13 @@ pub(crate) struct Live {
     pub close_reason: Mutex<Option<String>>,
 }
 
+impl Live {
+    /// Notes why a channel was refused, for the session log.
+    pub(crate) fn closed_because(&self, why: &SessionError) {
+        *crate::sync::lock(&self.close_reason) = Some(why.to_string());
+    }
+}
+
 /// A decided connection.
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -118,10 +125,5 @@ impl Session {
             command_logs: Arc::clone(&self.live.command_logs),
             back: self.target.back.clone(),
         }
-    }
-
-    /// Notes why a channel was refused, for the session log.
-    pub(crate) fn closed_because(&self, why: &SessionError) {
-        *crate::sync::lock(&self.live.close_reason) = Some(why.to_string());
     }
 }

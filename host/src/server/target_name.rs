@@ -35,7 +35,7 @@ pub fn canonical_host(name: &str) -> Result<String, BadName> {
         .and_then(|n| n.strip_suffix(']'))
         .unwrap_or(name);
     if let Ok(ip) = bare.parse::<IpAddr>() {
-        return Ok(canonical_ip(ip).to_string());
+        return Ok(portcullis_wire::canonical(ip).to_string());
     }
     if name.is_empty() {
         return Err(BadName::Empty);
@@ -74,14 +74,6 @@ fn is_number(label: &str) -> bool {
     {
         Some(hex) => hex.bytes().all(|b| b.is_ascii_hexdigit()),
         None => label.bytes().all(|b| b.is_ascii_digit()),
-    }
-}
-
-/// An address as policies and pins see it: IPv4-mapped IPv6 addresses as IPv4.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
     }
 }
 

@@ -21,7 +21,7 @@
 //! (pinning), as OpenSSH does. A malformed marker line refuses the connection: skipping
 //! an `@revoked` line would trust what it revokes.
 
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::path::Path;
 
 use base64::Engine;
@@ -63,8 +63,19 @@ pub(crate) enum CertCheck {
     Trusted { line: usize },
     /// No CA listed for this target signed it: check the plain key instead.
     UnknownCa,
-    /// Refused, and why.
-    Refused(String),
+    /// Refused: why (for the user), and where in the file (for the operator).
+    Refused { why: String, at: String },
+}
+
+impl CertCheck {
+    /// A refusal's whole text, with where it was decided.
+    #[cfg(test)]
+    fn text(&self) -> String {
+        match self {
+            CertCheck::Refused { why, at } => format!("{why}{at}"),
+            other => format!("{other:?}"),
+        }
+    }
 }
 
 /// The name a target is looked up by: `host`, or `[host]:port` off port 22.
@@ -211,12 +222,16 @@ impl KnownTarget {
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let mut file = std::fs::OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(path)?;
-        // A file that does not end its last line gets one first.
-        let ends_in_newline = std::fs::read(path)
-            .map(|b| b.last().is_none_or(|c| *c == b'\n'))
-            .unwrap_or(true);
+        // A file that does not end its last line gets one first (its last byte is all
+        // that needs reading).
+        let mut last = [b'\n'];
+        if file.seek(std::io::SeekFrom::End(-1)).is_ok() {
+            std::io::Read::read_exact(&mut file, &mut last)?;
+        }
+        let ends_in_newline = last == [b'\n'];
         let line = format!(
             "{}{} {key}\n",
             if ends_in_newline { "" } else { "\n" },
@@ -247,7 +262,10 @@ impl KnownTarget {
             ("its CA", cert.signature_key()),
         ] {
             if let Some(line) = self.revoked(key) {
-                return CertCheck::Refused(format!("{what} is revoked at {path}:{line}"));
+                return CertCheck::Refused {
+                    why: format!("{what} is revoked"),
+                    at: format!(" at {path}:{line}"),
+                };
             }
         }
         let Some(line) = self
@@ -259,7 +277,10 @@ impl KnownTarget {
             return CertCheck::UnknownCa;
         };
         let ca = cert.signature_key().fingerprint(HashAlg::Sha256);
-        let refused = |why: String| CertCheck::Refused(format!("{why} (CA {ca}, {path}:{line})"));
+        let refused = |why: String| CertCheck::Refused {
+            why,
+            at: format!(" (CA {ca}, {path}:{line})"),
+        };
         if cert.cert_type() != CertType::Host {
             return refused("it is not a host certificate".into());
         }
@@ -363,17 +384,21 @@ mod tests {
     fn wrong_principal_expiry_and_revocation_are_refused_with_the_reason() {
         let (_d, ca, cert) = setup(&["db1"]);
         let m = KnownTarget::parse(&ca_line(&ca, "*"), "kt", &names("db2"), 22).unwrap();
-        let CertCheck::Refused(why) = m.check(&cert, "db2", now()) else {
+        let check = m.check(&cert, "db2", now());
+        let CertCheck::Refused { .. } = check else {
             panic!("a certificate for db1 presented by db2");
         };
+        let why = check.text();
         assert!(
             why.contains("db2 is not among its principals") && why.contains("kt:1"),
             "{why}"
         );
         let m = KnownTarget::parse(&ca_line(&ca, "*"), "kt", &names("db1"), 22).unwrap();
-        let CertCheck::Refused(why) = m.check(&cert, "db1", now() + 7200) else {
+        let check = m.check(&cert, "db1", now() + 7200);
+        let CertCheck::Refused { .. } = check else {
             panic!("an expired certificate");
         };
+        let why = check.text();
         assert!(why.contains("valid only from"), "{why}");
         let revoked = format!(
             "{}@revoked * {}\n",
@@ -384,8 +409,8 @@ mod tests {
         );
         let m = KnownTarget::parse(&revoked, "kt", &names("db1"), 22).unwrap();
         assert_eq!(
-            m.check(&cert, "db1", now()),
-            CertCheck::Refused("its key is revoked at kt:2".into())
+            m.check(&cert, "db1", now()).text(),
+            "its key is revoked at kt:2"
         );
     }
 
@@ -415,9 +440,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.check(&cert, "db1", now()), CertCheck::UnknownCa);
-        let CertCheck::Refused(why) = m2.check(&cert, "db1", now()) else {
+        let check = m2.check(&cert, "db1", now());
+        let CertCheck::Refused { .. } = check else {
             panic!("a user certificate");
         };
+        let why = check.text();
         assert!(why.contains("not a host certificate"), "{why}");
     }
 

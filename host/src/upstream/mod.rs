@@ -121,11 +121,13 @@ pub enum HostKeyProblem {
         port: u16,
         fingerprint: String,
     },
-    #[error("the host certificate of {host}:{port} is refused: {why}")]
+    #[error("the host certificate of {host}:{port} is refused: {why}{at}")]
     CertificateRefused {
         host: String,
         port: u16,
         why: String,
+        /// Where in known_targets: for the operator only.
+        at: String,
     },
     #[error("cannot pin the host key of {host}:{port}: {cause}")]
     CannotPin {
@@ -169,9 +171,12 @@ impl HostKeyProblem {
                 fingerprint,
                 ..
             } => format!("the host key of {host}:{port} ({fingerprint}) is revoked"),
-            HostKeyProblem::CertificateRefused { .. } | HostKeyProblem::NoCertificate { .. } => {
-                self.to_string()
+            HostKeyProblem::CertificateRefused {
+                host, port, why, ..
+            } => {
+                format!("the host certificate of {host}:{port} is refused: {why}")
             }
+            HostKeyProblem::NoCertificate { .. } => self.to_string(),
             HostKeyProblem::CannotPin { host, port, .. }
             | HostKeyProblem::CannotCheck { host, port, .. } => format!(
                 "the proxy cannot check the host key of {host}:{port}; the operator's log says why"

@@ -122,11 +122,12 @@ impl client::Handler for TargetHandler {
                         tracing::debug!(host = %self.host, port = self.port, line, "host certificate trusted");
                         Ok(())
                     }
-                    known_targets::CertCheck::Refused(why) => {
+                    known_targets::CertCheck::Refused { why, at } => {
                         Err(HostKeyProblem::CertificateRefused {
                             host: self.host.clone(),
                             port: self.port,
                             why,
+                            at,
                         })
                     }
                     known_targets::CertCheck::UnknownCa => {
