@@ -19,7 +19,7 @@ mod session;
 pub use back_channels::{BackChannels, serve_opened};
 pub use forwarded::join_forwarded;
 pub use recorder::CommandLogTarget;
-pub use refuse::refuse;
+pub use refuse::{refuse, tell};
 pub use requests::check_and_record;
 pub use session::{RequestReplies, bridge_session};
 

@@ -61,8 +61,7 @@ impl ConnHandler {
             let opened = match target.connect(&shared, &conn, &decided).await {
                 Ok((t, notice)) => {
                     if let Some(notice) = notice {
-                        let text = format!("portcullis: {notice}\r\n");
-                        let _ = handle.extended_data(id, 1, text.into_bytes()).await;
+                        crate::channels::tell(&handle, id, &notice).await;
                     }
                     t.channel_open_session()
                         .await
