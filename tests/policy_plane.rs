@@ -443,6 +443,7 @@ fn hostile_engine() -> (PolicyDir, PolicyEngine) {
         timeout: Duration::from_millis(100),
         memory_bytes: 64 << 20,
         idle_instances: 4,
+        ..Limits::default()
     };
     let engine = PolicyEngine::new(dir.path(), limits).unwrap();
     (dir, engine)
@@ -459,6 +460,10 @@ fn hostile_guests_block_with_a_reason_naming_the_module() {
         ("files@example.com", "which policies may not use"),
         ("badlogin@example.com", "invalid login"),
         ("nologin@example.com", "granted no login"),
+        ("bigreason@example.com", "more than 64 KiB at once"),
+        ("manylogins@example.com", "more than 64 KiB at once"),
+        ("biglog@example.com", "more than 64 KiB at once"),
+        ("toomany@example.com", "300 logins (at most 256)"),
     ];
     for (email, expected) in cases {
         let e = set.decide(&request(email));

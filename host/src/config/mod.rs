@@ -371,6 +371,7 @@ impl RawConfig {
                 timeout: p.timeout,
                 memory_bytes: p.memory_limit_mib << 20,
                 idle_instances: p.idle_instances,
+                ..Limits::default()
             },
             reload_debounce: p.reload_debounce,
             recheck_sessions: p.recheck_sessions,

@@ -11,6 +11,11 @@ pub struct Limits {
     pub memory_bytes: u64,
     /// Idle instances kept per module for reuse.
     pub idle_instances: usize,
+    /// Bytes a guest may hand the host in one crossing: the strings and lists of a
+    /// call's result (a reason, the principals), or of one `log` call. Checked by the
+    /// runtime from the lengths in guest memory before anything is copied, so a module
+    /// cannot make the host allocate more than this however large its memory.
+    pub output_bytes: usize,
 }
 
 impl Default for Limits {
@@ -19,6 +24,7 @@ impl Default for Limits {
             timeout: Duration::from_millis(100),
             memory_bytes: 64 * 1024 * 1024,
             idle_instances: 16,
+            output_bytes: 64 * 1024,
         }
     }
 }

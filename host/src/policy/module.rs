@@ -49,6 +49,7 @@ impl LoadedModule {
         );
         store.limiter(|state| state);
         store.set_epoch_deadline(self.limits.deadline_ticks());
+        store.set_hostcall_fuel(self.limits.output_bytes);
         let bindings = self
             .pre
             .instantiate(&mut store)
@@ -116,6 +117,13 @@ fn describe_failure(
         return format!("{what} failed: {logged}");
     }
     let text = format!("{e:#}");
+    if text.contains("fuel allocated for hostcalls has been exhausted") {
+        return format!(
+            "{what} handed the host more than {} KiB at once (a reason, logins or a log \
+             message); nothing of it was copied",
+            limits.output_bytes / 1024
+        );
+    }
     if let Some(rest) = text.split("unknown import: `").nth(1) {
         let name = rest.split('`').next().unwrap_or(rest);
         return format!(

@@ -79,6 +79,9 @@ pub(super) fn channel_to_wire(c: &ChannelRequest) -> wit::ChannelRequest {
     }
 }
 
+/// Logins one decision may grant (the target certificate's principals).
+const MAX_PRINCIPALS: usize = 256;
+
 /// Checks a module's answer and turns it into the host's evaluation. A malformed
 /// answer blocks, naming the module.
 pub(super) fn evaluation_from(
@@ -104,6 +107,15 @@ pub(super) fn evaluation_from(
         return Evaluation::blocked(
             Some(module.to_string()),
             format!("policy module {module} allowed the connection but granted no login"),
+        );
+    }
+    if e.principals.len() > MAX_PRINCIPALS {
+        return Evaluation::blocked(
+            Some(module.to_string()),
+            format!(
+                "policy module {module} returned {} logins (at most {MAX_PRINCIPALS})",
+                e.principals.len()
+            ),
         );
     }
     if let Some(bad) = e.principals.iter().find(|p| !valid_principal(p)) {

@@ -2,7 +2,9 @@
 //! `loop@`: runs forever; `alloc@`: allocates 1 GiB; `trap@`: panics (a trap);
 //! `files@`: reads /etc/passwd (a WASI call it is not granted); `badlogin@`: allows
 //! with a malformed principal; `nologin@`: allows with no principal;
-//! `escape@`: blocks with terminal escape sequences in its reason.
+//! `escape@`: blocks with terminal escape sequences in its reason; `bigreason@`: blocks
+//! with a 1 MiB reason; `manylogins@`: allows with 20,000 principals; `biglog@`: logs a
+//! 1 MiB message; `toomany@`: allows with 300 valid principals.
 
 use portcullis_policy::prelude::*;
 
@@ -27,6 +29,13 @@ fn decide(request: &ConnectionRequest) -> Decision {
         "badlogin" => Decision::allow(["root,admin"]),
         "nologin" => Decision::allow(Vec::<String>::new()),
         "escape" => Decision::block("\x1b[2J\x1b[31mgotcha\x07"),
+        "bigreason" => Decision::block("x".repeat(1 << 20)),
+        "manylogins" => Decision::allow((0..20_000).map(|i| format!("u{i}"))),
+        "biglog" => {
+            portcullis_policy::log::info(&"y".repeat(1 << 20));
+            Decision::allow(["biglog"])
+        }
+        "toomany" => Decision::allow((0..300).map(|i| format!("u{i}"))),
         _ => Decision::no_match(),
     }
 }
