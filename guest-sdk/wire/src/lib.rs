@@ -35,8 +35,48 @@ pub enum Authentication<'a> {
     /// An OpenSSH user certificate; the payload is the fingerprint of the certificate's
     /// signing CA.
     Certificate(&'a str),
-    /// Any other identity source (for example single sign-on); the payload names it.
+    /// Any other identity source; the payload names it.
     Other(&'a str),
+    /// Single sign-on at an OpenID provider.
+    ///
+    /// On the wire this is the `other` case (so that modules built before it existed
+    /// read it as `Other`), its payload `oidc`, the issuer, the `amr` values joined by
+    /// commas, and the `acr`, separated by tabs:
+    /// `"oidc\thttps://idp.example.com\tpwd,otp\t"`. None of the parts holds a tab or a
+    /// comma (the host strips control characters and drops such `amr` values).
+    SingleSignOn {
+        /// The provider that vouched for the user (the ID token's `iss`).
+        issuer: &'a str,
+        /// How the user authenticated there (`amr`, RFC 8176: `pwd`, `otp`, `mfa`,
+        /// `hwk`...), as the provider reports it; empty when it does not.
+        amr: Vec<&'a str>,
+        /// The authentication context class (`acr`), when the provider reports one.
+        acr: Option<&'a str>,
+    },
+}
+
+/// The `other` payload that marks single sign-on (see [`Authentication::SingleSignOn`]).
+const SSO_TAG: &str = "oidc";
+
+impl<'a> Authentication<'a> {
+    /// Reads an `other` payload: single sign-on, or another source.
+    fn from_other(payload: &'a str) -> Self {
+        let mut parts = payload.split('\t');
+        if let (Some(SSO_TAG), Some(issuer), Some(amr), Some(acr), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) {
+            return Authentication::SingleSignOn {
+                issuer,
+                amr: amr.split(',').filter(|a| !a.is_empty()).collect(),
+                acr: (!acr.is_empty()).then_some(acr),
+            };
+        }
+        Authentication::Other(payload)
+    }
 }
 
 /// Who is connecting, as the proxy's identity source established it.
@@ -106,10 +146,19 @@ impl<'a> ConnectionRequest<'a> {
         for g in &id.groups {
             put_str(&mut w, g);
         }
-        let (case, payload) = match id.authentication {
-            Authentication::PublicKey(f) => (0, f),
-            Authentication::Certificate(f) => (1, f),
-            Authentication::Other(n) => (2, n),
+        let sso;
+        let (case, payload) = match &id.authentication {
+            Authentication::PublicKey(f) => (0, *f),
+            Authentication::Certificate(f) => (1, *f),
+            Authentication::Other(n) => (2, *n),
+            Authentication::SingleSignOn { issuer, amr, acr } => {
+                sso = format!(
+                    "{SSO_TAG}\t{issuer}\t{}\t{}",
+                    amr.join(","),
+                    acr.unwrap_or_default()
+                );
+                (2, sso.as_str())
+            }
         };
         put_varint(&mut w, case);
         put_str(&mut w, payload);
@@ -184,7 +233,7 @@ impl<'a> Reader<'a> {
         let authentication = match self.varint("identity.authentication")? {
             0 => Authentication::PublicKey(self.str("identity.authentication")?),
             1 => Authentication::Certificate(self.str("identity.authentication")?),
-            2 => Authentication::Other(self.str("identity.authentication")?),
+            2 => Authentication::from_other(self.str("identity.authentication")?),
             n => return Err(format!("identity.authentication: unknown case {n}")),
         };
         let source = Endpoint {
@@ -404,6 +453,19 @@ impl<'a> Identity<'a> {
     pub fn in_any_group<S: AsRef<str>>(&self, groups: &[S]) -> bool {
         groups.iter().any(|g| self.in_group(g.as_ref()))
     }
+
+    /// Whether the user came through single sign-on and the provider reports one of
+    /// `methods` among how they authenticated (`amr`), e.g. `["mfa", "otp", "hwk"]`.
+    /// False for every other kind of authentication, and when the provider reports no
+    /// `amr`: a rule that requires MFA then blocks.
+    pub fn authenticated_with_any<S: AsRef<str>>(&self, methods: &[S]) -> bool {
+        match &self.authentication {
+            Authentication::SingleSignOn { amr, .. } => methods
+                .iter()
+                .any(|m| amr.iter().any(|a| a.eq_ignore_ascii_case(m.as_ref()))),
+            _ => false,
+        }
+    }
 }
 
 impl Endpoint<'_> {
@@ -508,6 +570,43 @@ mod tests {
         want.extend_from_slice(b"jdoe");
         want.extend_from_slice(&[0x80, 0xe2, 0xcf, 0xaa, 0x06, 5, 1, b'v']);
         assert_eq!(r.encode(), want);
+    }
+
+    #[test]
+    fn single_sign_on_travels_as_other_and_reads_back() {
+        let mut r = sample();
+        r.identity.authentication = Authentication::SingleSignOn {
+            issuer: "https://idp.example.com",
+            amr: vec!["pwd", "otp"],
+            acr: None,
+        };
+        let bytes = r.encode();
+        assert_eq!(ConnectionRequest::decode(&bytes), Ok(r.clone()));
+        // What an SDK from before single sign-on reads: the `other` case.
+        let at = 1 + r.session_id.len() + 1 + r.identity.email.len() + 1;
+        let at = at + r.identity.groups.iter().map(|g| 1 + g.len()).sum::<usize>();
+        assert_eq!(bytes.get(at), Some(&2));
+        let payload = "oidc\thttps://idp.example.com\tpwd,otp\t";
+        assert_eq!(bytes.get(at + 1), Some(&(payload.len() as u8)));
+        assert_eq!(
+            bytes.get(at + 2..at + 2 + payload.len()),
+            Some(payload.as_bytes())
+        );
+        // Another source named `oidc` alone, or with other parts, stays `Other`.
+        for other in ["oidc", "oidc\tx", "sso", "oidc\ta\tb\tc\td"] {
+            assert_eq!(
+                Authentication::from_other(other),
+                Authentication::Other(other)
+            );
+        }
+        assert_eq!(
+            Authentication::from_other("oidc\thttps://i\t\turn:acr:mfa"),
+            Authentication::SingleSignOn {
+                issuer: "https://i",
+                amr: vec![],
+                acr: Some("urn:acr:mfa")
+            }
+        );
     }
 
     #[test]
