@@ -38,6 +38,8 @@ pub enum Error {
     Policy(#[from] policy::PolicyError),
     #[error(transparent)]
     Recording(#[from] recording::cmdlog::CmdLogError),
+    #[error("single sign-on: {0}")]
+    SignOn(String),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,

@@ -69,7 +69,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         "portcullis is serving"
     );
     let grace = config.shutdown_grace;
-    let shared = Arc::new(server::Shared::new(
+    let sso = match &config.oidc {
+        Some(oidc) => Some(Arc::new(
+            identity::sso::Sso::new(oidc.clone()).map_err(Error::SignOn)?,
+        )),
+        None => None,
+    };
+    let shared = server::Shared::new(
         config,
         ca,
         host_key,
@@ -77,7 +83,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         Arc::clone(&policy),
         session_log,
         recording_key,
-    ));
+    );
+    let shared = Arc::new(match sso {
+        Some(sso) => shared.with_sso(sso),
+        None => shared,
+    });
+    let _logins_watch = match &shared.sso {
+        Some(sso) => {
+            // A provider that is down or misconfigured is worth knowing at start; the
+            // proxy serves the users file meanwhile and asks the provider again later.
+            let check = Arc::clone(sso);
+            tokio::spawn(async move {
+                match check.check_provider().await {
+                    Ok(()) => {
+                        tracing::info!(issuer = %check.config().issuer, "single sign-on ready")
+                    }
+                    Err(e) => tracing::error!("single sign-on: {e}"),
+                }
+            });
+            Some(crate::reload::watch_logins(Arc::clone(&shared)).map_err(Error::SignOn)?)
+        }
+        None => None,
+    };
     let metrics = match shared.config.metrics_listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)

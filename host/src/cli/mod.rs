@@ -3,6 +3,7 @@
 //! `recording` (the session table, the auditor's keys, decrypt and replay).
 
 mod ca;
+mod logins;
 mod policy;
 mod recording;
 
@@ -65,6 +66,13 @@ enum Command {
         #[arg(long)]
         running: bool,
     },
+    /// List single sign-on logins, or revoke them (`logins revoke EMAIL|FINGERPRINT`).
+    Logins {
+        #[arg(long, short, global = true, default_value = "portcullis.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: Option<logins::LoginsCommand>,
+    },
     /// Work with policy modules.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -120,6 +128,7 @@ pub fn main() -> ExitCode {
             since,
             limit,
         ),
+        Command::Logins { config, command } => logins::run(&config, command),
         Command::Keygen { output } => recording::keygen(&output),
         Command::Decrypt {
             input,

@@ -5,8 +5,10 @@
 //! directory of the configuration file.
 
 mod admission;
+mod oidc;
 
 pub use admission::{AdmissionLimits, MaxStartups};
+pub use oidc::OidcConfig;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -83,6 +85,8 @@ struct RawCa {
 #[serde(deny_unknown_fields, default)]
 struct RawIdentity {
     users_file: PathBuf,
+    /// Single sign-on; off when the section is absent.
+    oidc: Option<oidc::RawOidc>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +145,7 @@ impl Default for RawConfig {
             },
             identity: RawIdentity {
                 users_file: "users.toml".into(),
+                oidc: None,
             },
             policy: RawPolicy {
                 dir: "policies".into(),
@@ -223,6 +228,8 @@ pub struct Config {
     pub ca_dir: PathBuf,
     pub cert_validity: Duration,
     pub users_file: PathBuf,
+    /// Single sign-on with an OpenID Connect provider, if configured.
+    pub oidc: Option<OidcConfig>,
     pub policy_dir: PathBuf,
     pub policy_limits: Limits,
     pub reload_debounce: Duration,
@@ -356,6 +363,13 @@ impl RawConfig {
                 ));
             }
         };
+        let oidc = match self.identity.oidc {
+            None => None,
+            Some(raw) => Some(
+                raw.validate(abs)
+                    .map_err(|(key, message)| invalid(key, message))?,
+            ),
+        };
         Ok(Config {
             listen,
             host_key: abs(&self.server.host_key),
@@ -366,6 +380,7 @@ impl RawConfig {
             ca_dir: abs(&self.ca.dir),
             cert_validity,
             users_file: abs(&self.identity.users_file),
+            oidc,
             policy_dir: abs(&p.dir),
             policy_limits: Limits {
                 timeout: p.timeout,

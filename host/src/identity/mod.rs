@@ -1,6 +1,8 @@
-//! Who is connecting. The session asks an [`IdentitySource`] to turn an authenticated
-//! public key into an identity; other sources (an external user CA, single sign-on) can
-//! be added by implementing the trait, without touching the session code.
+//! Who is connecting. The session asks an [`IdentitySource`] (the users file) to turn
+//! an authenticated public key into an identity, then single sign-on ([`sso`]) for a
+//! key bound to a live login; a key neither knows may log in through the provider.
+
+pub mod sso;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +20,46 @@ pub enum Authentication {
     Certificate(String),
     /// Another identity source, by name.
     Other(String),
+    /// Single sign-on at an OpenID provider.
+    SingleSignOn(SingleSignOn),
+}
+
+impl std::fmt::Display for Authentication {
+    /// One line for the session log: `publickey SHA256:...`,
+    /// `sso https://idp.example.com amr=pwd,otp key=SHA256:...`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Authentication::PublicKey(fp) => write!(f, "publickey {fp}"),
+            Authentication::Certificate(ca) => write!(f, "certificate {ca}"),
+            Authentication::Other(name) => write!(f, "other {name}"),
+            Authentication::SingleSignOn(s) => {
+                write!(f, "sso {}", s.issuer)?;
+                if !s.amr.is_empty() {
+                    write!(f, " amr={}", s.amr.join(","))?;
+                }
+                if let Some(acr) = &s.acr {
+                    write!(f, " acr={acr}")?;
+                }
+                match &s.key_fingerprint {
+                    Some(fp) => write!(f, " key={fp}"),
+                    None => write!(f, " key=none"),
+                }
+            }
+        }
+    }
+}
+
+/// How a single sign-on user authenticated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SingleSignOn {
+    /// The provider (the ID token's `iss`).
+    pub issuer: String,
+    /// Authentication methods the provider reports (`amr`: `pwd`, `otp`, `mfa`, `hwk`...).
+    pub amr: Vec<String>,
+    /// The authentication context class (`acr`), when the provider reports one.
+    pub acr: Option<String>,
+    /// The key the login is bound to (none for a client that had no key).
+    pub key_fingerprint: Option<String>,
 }
 
 /// An authenticated user.

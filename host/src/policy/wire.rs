@@ -38,6 +38,11 @@ pub(super) fn to_wire(r: &DecisionRequest) -> Vec<u8> {
                 Authentication::PublicKey(f) => sdk::Authentication::PublicKey(f),
                 Authentication::Certificate(f) => sdk::Authentication::Certificate(f),
                 Authentication::Other(n) => sdk::Authentication::Other(n),
+                Authentication::SingleSignOn(s) => sdk::Authentication::SingleSignOn {
+                    issuer: &s.issuer,
+                    amr: s.amr.iter().map(String::as_str).collect(),
+                    acr: s.acr.as_deref(),
+                },
             },
         },
         source: sdk::Endpoint {

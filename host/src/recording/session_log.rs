@@ -34,6 +34,10 @@ pub struct SessionRecord {
     pub id: String,
     pub email: String,
     pub groups: Vec<String>,
+    /// How the user authenticated: `publickey SHA256:...`, `certificate SHA256:...`,
+    /// `sso ISSUER amr=... key=SHA256:...`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub authentication: String,
     pub source: String,
     /// `proxyjump` or `username`.
     pub via: String,

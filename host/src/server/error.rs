@@ -17,6 +17,9 @@ pub(crate) enum SessionError {
     /// The user holds `server.max_connections_per_user` connections already.
     #[error("too many connections of this user (server.max_connections_per_user = {limit})")]
     TooManyConnections { limit: usize },
+    /// Single sign-on did not give an identity; the text is meant for the user.
+    #[error("{0}")]
+    SignOn(String),
     /// A session channel on a connection that names no target.
     #[error("no target given: use `ssh -J USER@PROXY LOGIN@HOST` or `ssh 'LOGIN{sep}HOST@PROXY'`", sep = super::username_form::SEPARATOR)]
     NoTarget,

@@ -8,7 +8,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use russh::keys::ssh_key::PublicKey;
-use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::server::{
+    Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Response, Session, VerifiedPublicKey,
+};
 use russh::{Channel, ChannelId};
 
 use super::Shared;
@@ -16,7 +18,7 @@ use super::decide::{self, Asked};
 use super::error::SessionError;
 use super::session::{self as decided, Connection, Via};
 use super::username_form::parse_user;
-use super::watchdogs::Watch;
+use super::watchdogs::{Credential, Watch};
 use crate::identity::Identity;
 use crate::policy::ChannelRequest;
 use crate::sync::lock;
@@ -36,7 +38,8 @@ pub(super) enum Stage {
     /// only carries direct-tcpip channels).
     Authenticated {
         identity: Identity,
-        key: PublicKey,
+        /// What let the user in: a listed key, or a single sign-on login.
+        credential: Credential,
         /// The users file in force when the key was identified (see
         /// `watchdogs::Recheck`).
         users_generation: u64,
@@ -67,6 +70,8 @@ pub(crate) struct ConnHandler {
     pub(super) session_channels: HashMap<ChannelId, SessionChannel>,
     /// The channels open on this connection (see `opens::MAX_CHANNELS`).
     pub(super) open_channels: Arc<std::sync::atomic::AtomicUsize>,
+    /// Single sign-on in progress (see `sign_on`).
+    pub(super) sign_on: super::sign_on::SignOn,
 }
 
 /// What the handler keeps of an open session channel until it closes.
@@ -99,6 +104,7 @@ impl ConnHandler {
             accepted: tokio::time::Instant::now(),
             session_channels: HashMap::new(),
             open_channels: Arc::default(),
+            sign_on: Default::default(),
         }
     }
 
@@ -149,15 +155,58 @@ impl ConnHandler {
         }
     }
 
-    fn identify(&self, key: &PublicKey) -> Option<Identity> {
-        self.shared.identities.load().identify(key)
+    /// Who a key belongs to: the users file first, then a live single sign-on login.
+    fn identify(&self, key: &PublicKey) -> Option<(Identity, Credential)> {
+        if let Some(identity) = self.shared.identities.load().identify(key) {
+            return Some((identity, Credential::Key(key.clone())));
+        }
+        let (identity, login) = self.shared.sso.as_ref()?.identify(key)?;
+        Some((identity, Credential::Login(login)))
+    }
+
+    /// The user is who `identity` says: the connection moves on to the decision,
+    /// unless the user holds too many connections already (told on the session
+    /// channel, rather than as a failed authentication).
+    pub(super) fn authenticated(
+        &mut self,
+        user: &str,
+        identity: Identity,
+        credential: Credential,
+        users_generation: u64,
+    ) {
+        self.user = user.to_string();
+        if let Some(ticket) = &mut self.ticket
+            && let Err(why) = self.shared.admission.authenticated(ticket, &identity.email)
+        {
+            self.shared.metrics.not_admitted(why);
+            tracing::warn!(peer = %self.conn.peer, user = %identity.email, "too many connections for this user");
+            self.stage = Stage::Refused(SessionError::TooManyConnections {
+                limit: self
+                    .shared
+                    .config
+                    .admission
+                    .max_connections_per_user
+                    .unwrap_or(0),
+            });
+            return;
+        }
+        self.stage = Stage::Authenticated {
+            identity,
+            credential,
+            users_generation,
+        };
     }
 
     /// Decides the session once authentication succeeded.
     async fn decide(&mut self, client_version: String) {
+        // A connection refused at authentication (too many connections, a failed
+        // single sign-on) keeps its refusal.
+        if !matches!(self.stage, Stage::Authenticated { .. }) {
+            return;
+        }
         let Stage::Authenticated {
             identity,
-            key,
+            credential,
             users_generation,
         } = std::mem::replace(&mut self.stage, Stage::Connecting)
         else {
@@ -177,7 +226,7 @@ impl ConnHandler {
             // An outer ProxyJump connection: it only carries direct-tcpip channels.
             self.stage = Stage::Authenticated {
                 identity,
-                key,
+                credential,
                 users_generation,
             };
             return;
@@ -209,7 +258,7 @@ impl ConnHandler {
             &self.conn,
             &mut session,
             &self.watch,
-            &key,
+            credential,
             users_generation,
         );
         self.stage = Stage::Decided(session);
@@ -224,18 +273,17 @@ impl russh::server::Handler for ConnHandler {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(match self.identify(offer.public_key) {
-            Some(_) => Auth::Accept,
-            None => {
-                let fp = offer
-                    .public_key
-                    .fingerprint(russh::keys::ssh_key::HashAlg::Sha256);
-                let user = crate::text::escape(user);
-                tracing::info!(peer = %self.conn.peer, %user, %fp, "unknown key offered; refused");
-                self.shared.metrics.unknown_key();
-                Auth::reject()
-            }
-        })
+        // With single sign-on, any key is worth proving: the login binds to it.
+        if self.identify(offer.public_key).is_some() || self.signs_on() {
+            return Ok(Auth::Accept);
+        }
+        let fp = offer
+            .public_key
+            .fingerprint(russh::keys::ssh_key::HashAlg::Sha256);
+        let user = crate::text::escape(user);
+        tracing::info!(peer = %self.conn.peer, %user, %fp, "unknown key offered; refused");
+        self.shared.metrics.unknown_key();
+        Ok(Auth::reject())
     }
 
     async fn auth_publickey(
@@ -246,30 +294,13 @@ impl russh::server::Handler for ConnHandler {
         // Taken before the lookup: a reload from here on is one the decision may miss.
         let users_generation = *self.shared.users_swapped.borrow();
         match self.identify(key.public_key) {
-            Some(identity) => {
-                self.user = user.to_string();
-                if let Some(ticket) = &mut self.ticket
-                    && let Err(why) = self.shared.admission.authenticated(ticket, &identity.email)
-                {
-                    // Told on the session channel, rather than as a failed key.
-                    self.shared.metrics.not_admitted(why);
-                    tracing::warn!(peer = %self.conn.peer, user = %identity.email, "too many connections for this user");
-                    self.stage = Stage::Refused(SessionError::TooManyConnections {
-                        limit: self
-                            .shared
-                            .config
-                            .admission
-                            .max_connections_per_user
-                            .unwrap_or(0),
-                    });
-                    return Ok(Auth::Accept);
-                }
-                self.stage = Stage::Authenticated {
-                    identity,
-                    key: key.public_key.clone(),
-                    users_generation,
-                };
+            Some((identity, credential)) => {
+                self.authenticated(user, identity, credential, users_generation);
                 Ok(Auth::Accept)
+            }
+            None if self.signs_on() => {
+                self.shared.metrics.unknown_key();
+                Ok(self.key_for_sign_on(key.public_key))
             }
             None => {
                 let user = crate::text::escape(user);
@@ -280,8 +311,21 @@ impl russh::server::Handler for ConnHandler {
         }
     }
 
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        response: Option<Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(self.sign_on(user, response).await)
+    }
+
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
-        self.watch.authenticated.store(true, Ordering::Relaxed);
+        // A failed single sign-on is accepted only to say why on the session channel.
+        let refused_sign_on = matches!(self.stage, Stage::Refused(SessionError::SignOn(_)));
+        self.watch
+            .authenticated
+            .store(!refused_sign_on, Ordering::Relaxed);
         let version = String::from_utf8_lossy(session.remote_sshid()).into_owned();
         self.decide(version).await;
         Ok(())
@@ -476,7 +520,7 @@ impl russh::server::Handler for ConnHandler {
         _originator_address: &str,
         _originator_port: u32,
         reply: ChannelOpenHandle,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
         let Ok(port) = u16::try_from(port_to_connect) else {
             reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
@@ -498,6 +542,15 @@ impl russh::server::Handler for ConnHandler {
             Stage::Authenticated { .. } if self.forced_target.is_none() => {
                 self.jump(channel, host_to_connect, port, reply, place)
                     .await;
+            }
+            // The outer connection of a ProxyJump refused at authentication: a channel
+            // refusal carries no text, a disconnection does (OpenSSH shows it).
+            Stage::Refused(why) => {
+                let message = format!("portcullis: {}", why.user_message());
+                reply
+                    .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                    .await;
+                session.disconnect(russh::Disconnect::ByApplication, &message, "en")?;
             }
             _ => {
                 reply

@@ -42,6 +42,8 @@ pub(crate) struct Metrics {
     refused_per_user: AtomicU64,
     accept_errors: AtomicU64,
     users_reload_failures: AtomicU64,
+    /// Single sign-on, whose own counters are rendered after these.
+    pub(crate) sso: std::sync::OnceLock<Arc<crate::identity::sso::Sso>>,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -263,6 +265,9 @@ impl Metrics {
             "Policy reloads refused (the previous set stayed in force).",
             &[("", policy.failed_reloads().to_string())],
         );
+        if let Some(sso) = self.sso.get() {
+            sso.render_metrics(&mut out);
+        }
         out
     }
 }

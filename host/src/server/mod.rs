@@ -14,6 +14,7 @@ pub(crate) mod metrics;
 mod opens;
 mod session;
 mod session_record;
+mod sign_on;
 mod target_login;
 pub mod target_name;
 pub mod username_form;
@@ -42,6 +43,8 @@ pub(crate) struct Shared {
     pub ca: ArcSwap<Ca>,
     pub host_key: PrivateKey,
     pub identities: ArcSwap<Box<dyn IdentitySource>>,
+    /// Single sign-on, if configured.
+    pub sso: Option<Arc<crate::identity::sso::Sso>>,
     pub policy: Arc<PolicyEngine>,
     pub session_log: SessionLog,
     /// The auditor's key for sealed command logs, if configured.
@@ -70,6 +73,7 @@ impl Shared {
             ca: ArcSwap::from_pointee(ca),
             host_key,
             identities: ArcSwap::from_pointee(identities),
+            sso: None,
             policy,
             session_log,
             recording_key,
@@ -80,11 +84,35 @@ impl Shared {
         }
     }
 
+    /// Adds single sign-on (before the first connection).
+    pub(crate) fn with_sso(mut self, sso: Arc<crate::identity::sso::Sso>) -> Self {
+        let _ = self.metrics.sso.set(Arc::clone(&sso));
+        self.sso = Some(sso);
+        self
+    }
+
     /// Puts a freshly read users file in force. Running sessions are decided again
     /// (`policy.recheck_sessions`).
     pub(crate) fn reload_identities(&self, identities: Box<dyn IdentitySource>) {
         self.identities.store(Arc::new(identities));
         self.users_swapped.send_modify(|g| *g += 1);
+    }
+
+    /// Reads the single sign-on logins again (another process revoked some, or
+    /// SIGHUP); if a login is gone, running sessions are decided again, and those it
+    /// let in end.
+    pub(crate) fn refresh_logins(&self) {
+        let Some(sso) = &self.sso else { return };
+        match sso.logins().refresh() {
+            Ok(true) => {
+                tracing::info!(
+                    "single sign-on logins were revoked; deciding running sessions again"
+                );
+                self.users_swapped.send_modify(|g| *g += 1);
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!("single sign-on logins not reloaded: {e}"),
+        }
     }
 
     /// Puts a freshly read CA in force (SIGHUP after `ca rotate` or `ca retire`):
@@ -108,7 +136,12 @@ impl Shared {
             server_id: russh::SshId::Standard(
                 format!("SSH-2.0-Portcullis_{}", env!("CARGO_PKG_VERSION")).into(),
             ),
-            methods: russh::MethodSet::from(&[MethodKind::PublicKey][..]),
+            methods: match self.sso {
+                None => russh::MethodSet::from(&[MethodKind::PublicKey][..]),
+                Some(_) => russh::MethodSet::from(
+                    &[MethodKind::PublicKey, MethodKind::KeyboardInteractive][..],
+                ),
+            },
             auth_rejection_time: Duration::from_millis(300),
             auth_rejection_time_initial: Some(Duration::ZERO),
             keys: vec![self.host_key.clone()],

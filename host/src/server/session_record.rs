@@ -34,6 +34,7 @@ fn record(session: &Session, conn: &Connection, watch: &Watch, end: SystemTime) 
         id: conn.id.clone(),
         email: d.identity.email.clone(),
         groups: d.identity.groups.clone(),
+        authentication: d.identity.authentication.to_string(),
         source: conn.peer.to_string(),
         via: conn.via.as_str().to_string(),
         target_host: d.host.clone(),
@@ -68,7 +69,7 @@ pub(crate) fn start(
     conn: &Connection,
     session: &mut Session,
     watch: &Watch,
-    key: &russh::keys::ssh_key::PublicKey,
+    credential: super::watchdogs::Credential,
     users_generation: u64,
 ) {
     if session.refusal.is_some() {
@@ -84,7 +85,7 @@ pub(crate) fn start(
                 live: Arc::clone(&session.live),
             });
             let _ = watch.recheck.set(Recheck {
-                key: key.clone(),
+                credential,
                 request: Arc::clone(&session.decided.request),
                 command_logging: session.decided.evaluation.command_logging,
                 users_generation,

@@ -26,6 +26,9 @@ const RUNNING_RECORD_EVERY: Duration = Duration::from_secs(60);
 #[derive(Debug, Default)]
 pub(crate) struct Watch {
     pub authenticated: AtomicBool,
+    /// A single sign-on waiting for the user (or telling them why it failed) holds
+    /// the authentication timeout off until then.
+    pub sign_on_until: Mutex<Option<tokio::time::Instant>>,
     /// Channel data either way (session and forwarded channels).
     pub traffic: Traffic,
     /// Why the proxy ended the session, for the session log.
@@ -48,13 +51,22 @@ pub(crate) struct Running {
     pub live: Arc<Live>,
 }
 
+/// What let a user in, checked again on reload.
+#[derive(Debug, Clone)]
+pub(crate) enum Credential {
+    /// A key listed in the users file.
+    Key(PublicKey),
+    /// A single sign-on login, by id (the key it is bound to, if any, is in it).
+    Login(String),
+}
+
 /// What an allowed session is decided again with when the policies or the users file
 /// are reloaded, and the generations it was decided under: a reload that lands while
 /// the session is being decided (its DNS lookup can be slowed down by the user) is
 /// caught by comparing them with the generations in force once it is decided.
 #[derive(Debug)]
 pub(crate) struct Recheck {
-    pub key: PublicKey,
+    pub credential: Credential,
     pub request: Arc<DecisionRequest>,
     pub command_logging: bool,
     /// The users file in force when the key was identified.
@@ -170,9 +182,16 @@ pub(crate) async fn watchdogs(
     let auth_timeout = shared.config.auth_timeout;
     let idle_timeout = shared.config.idle_timeout;
     let authentication = async {
-        tokio::time::sleep_until(auth_deadline).await;
-        if watch.authenticated.load(Ordering::Relaxed) {
-            std::future::pending().await
+        let mut deadline = auth_deadline;
+        loop {
+            tokio::time::sleep_until(deadline).await;
+            if watch.authenticated.load(Ordering::Relaxed) {
+                std::future::pending::<()>().await
+            }
+            match *lock(&watch.sign_on_until) {
+                Some(later) if later > deadline => deadline = later,
+                _ => break,
+            }
         }
         tracing::info!(%peer, "no authentication within {auth_timeout:?}; disconnecting");
         shared.metrics.disconnected(Disconnect::AuthTimeout);
@@ -239,8 +258,17 @@ async fn revoked(shared: &Shared, watch: &Watch) -> String {
             continue;
         }
         seen = now;
-        let Some(identity) = shared.identities.load().identify(&r.key) else {
-            return "access revoked: the key is no longer in the users file".into();
+        let identity = match &r.credential {
+            Credential::Key(key) => match shared.identities.load().identify(key) {
+                Some(identity) => identity,
+                None => return "access revoked: the key is no longer in the users file".into(),
+            },
+            // An expired login lets no new connection in, but ends none: only a
+            // revoked one does.
+            Credential::Login(id) => match shared.sso.as_ref().and_then(|s| s.logins().get(id)) {
+                Some(login) => crate::identity::sso::identity_of(&login),
+                None => return "access revoked: the single sign-on login was revoked".into(),
+            },
         };
         let mut request = (*r.request).clone();
         request.email = identity.email;
@@ -336,7 +364,7 @@ mod tests {
             client_version: "SSH-2.0-test".into(),
         };
         let _ = watch.recheck.set(Recheck {
-            key: key.public_key().clone(),
+            credential: Credential::Key(key.public_key().clone()),
             request: Arc::new(request),
             command_logging: false,
             users_generation,
