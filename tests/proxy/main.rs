@@ -20,6 +20,7 @@ mod hardening;
 mod host_keys;
 mod lifecycle;
 mod sessions;
+mod sso;
 
 use common::lab::{Lab, OutputExt, ensure_user};
 
