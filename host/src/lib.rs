@@ -21,6 +21,7 @@ mod reload;
 pub mod server;
 mod sync;
 mod text;
+mod transparent;
 pub mod upstream;
 
 pub use proxy::run;

@@ -124,6 +124,30 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         None => None,
     };
     let server_config = shared.server_config();
+    // Transparent listeners accept on their own tasks and hand connections over here.
+    let transparent =
+        crate::transparent::bind(&shared.config.transparent_listen).map_err(|source| {
+            Error::Io {
+                what: "cannot listen for redirected connections on",
+                path: "server.transparent_listen".into(),
+                source,
+            }
+        })?;
+    let own_addresses: Vec<std::net::SocketAddr> = std::iter::once(local)
+        .chain(transparent.iter().map(|(a, _)| *a))
+        .chain(shared.config.metrics_listen)
+        .collect();
+    let (redirected_tx, mut redirected) = tokio::sync::mpsc::channel(64);
+    let mut transparent_tasks = tokio::task::JoinSet::new();
+    for (addr, listener) in transparent {
+        tracing::info!(listen = %addr, "accepting redirected connections (transparent mode)");
+        transparent_tasks.spawn(accept_redirected(
+            listener,
+            redirected_tx.clone(),
+            Arc::clone(&shared),
+        ));
+    }
+    drop(redirected_tx);
     let mut sessions = tokio::task::JoinSet::new();
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|source| Error::Io {
@@ -165,15 +189,56 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     }
                 };
                 let _ = socket.set_nodelay(true);
-                let handler = server::ConnHandler::new(Arc::clone(&shared), peer, None)
-                    .with_ticket(ticket);
+                let handler =
+                    server::ConnHandler::new(Arc::clone(&shared), peer, None, server::Via::Username)
+                        .with_ticket(ticket);
                 sessions.spawn(handler.serve(Arc::clone(&server_config), socket));
+            }
+            Some(r) = redirected.recv() => {
+                let crate::transparent::Redirected { stream, peer, destination } = r;
+                shared.metrics.connection();
+                if let Some(why) = crate::transparent::refusal(peer, destination, &own_addresses) {
+                    tracing::warn!(%peer, %destination, "redirected connection refused: {why}");
+                    continue;
+                }
+                let ticket = match shared.admission.admit(peer.ip()) {
+                    Ok(ticket) => ticket,
+                    Err(why) => {
+                        shared.metrics.not_admitted(why);
+                        tracing::debug!(%peer, ?why, "connection refused by the admission limits");
+                        continue;
+                    }
+                };
+                let shared = Arc::clone(&shared);
+                sessions.spawn(async move {
+                    let ip = destination.ip().to_string();
+                    // The host certificate names the address, and the name it has in
+                    // the reverse DNS when that name resolves back to it.
+                    let name = crate::transparent::reverse_name(destination.ip()).await;
+                    let config = match shared.inner_server_config(name.as_deref().unwrap_or(&ip), &ip) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::error!("cannot issue a host certificate for {ip}: {e}");
+                            return;
+                        }
+                    };
+                    let handler = server::ConnHandler::new(
+                        Arc::clone(&shared),
+                        peer,
+                        Some((ip, destination.port())),
+                        server::Via::Transparent,
+                    )
+                    .with_ticket(ticket);
+                    handler.serve(config, stream).await;
+                });
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
         }
     }
     // Stop accepting at once: new connections are refused while sessions drain.
     drop(listener);
+    transparent_tasks.shutdown().await;
+    drop(redirected);
     tracing::info!(
         open = sessions.len(),
         "shutting down; draining sessions for up to {grace:?}"
@@ -193,6 +258,47 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         metrics.abort();
     }
     Ok(())
+}
+
+/// Accepts on a transparent listener and hands each connection, with its original
+/// destination, to the accept loop.
+async fn accept_redirected(
+    listener: tokio::net::TcpListener,
+    to: tokio::sync::mpsc::Sender<crate::transparent::Redirected>,
+    shared: Arc<server::Shared>,
+) {
+    let mut backoff = ACCEPT_BACKOFF_FIRST;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(a) => {
+                backoff = ACCEPT_BACKOFF_FIRST;
+                a
+            }
+            Err(e) => {
+                shared.metrics.accept_error();
+                tracing::warn!("accept failed: {e}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                continue;
+            }
+        };
+        let destination = match crate::transparent::destination(&stream) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(%peer, "cannot tell where a redirected connection was going: {e}");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let redirected = crate::transparent::Redirected {
+            stream,
+            peer,
+            destination,
+        };
+        if to.send(redirected).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Each session holds two sockets (client and target) and, when audited, a log file;

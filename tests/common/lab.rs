@@ -137,6 +137,44 @@ pub struct Lab {
     pub sshd_extra: String,
     /// When set, the proxy runs with this open-file limit (soft and hard).
     pub proxy_file_limit: Option<u64>,
+    /// Network namespaces (`ip netns`) the target's sshd, the proxy and the clients
+    /// run in, when set.
+    pub ns_target: Option<String>,
+    pub ns_proxy: Option<String>,
+    pub ns_client: Option<String>,
+}
+
+/// Runs `cmd` to its end, writing `input` (if any) to its stdin.
+pub fn output_with_input(mut cmd: Command, input: Option<&str>) -> Output {
+    use std::io::Write;
+    let Some(input) = input else {
+        return cmd.stdin(Stdio::null()).output().unwrap();
+    };
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// `program`, run in network namespace `ns` when given.
+pub fn command_in(ns: &Option<String>, program: &str) -> Command {
+    match ns {
+        None => Command::new(program),
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, program]);
+            c
+        }
+    }
 }
 
 impl Lab {
@@ -168,6 +206,9 @@ impl Lab {
             proxy: None,
             sshd_extra: String::new(),
             proxy_file_limit: None,
+            ns_target: None,
+            ns_proxy: None,
+            ns_client: None,
         };
         lab.portcullis(&["ca", "init"]).success_or_panic("ca init");
         keygen(&p.join("host_key"), "portcullis-host");
@@ -299,7 +340,7 @@ impl Lab {
         )
         .unwrap();
         let log = std::fs::File::create(p.join("target/sshd.log")).unwrap();
-        let mut child = Command::new("/usr/sbin/sshd")
+        let mut child = command_in(&self.ns_target, "/usr/sbin/sshd")
             .args(["-D", "-e", "-f"])
             .arg(&config)
             .args(["-p", &self.sshd_port.to_string()])
@@ -333,9 +374,9 @@ impl Lab {
         self.stop_proxy();
         let log = std::fs::File::create(self.path().join("proxy.log")).unwrap();
         let mut command = match self.proxy_file_limit {
-            None => portcullis(),
+            None => command_in(&self.ns_proxy, env!("CARGO_BIN_EXE_portcullis")),
             Some(n) => {
-                let mut c = Command::new("prlimit");
+                let mut c = command_in(&self.ns_proxy, "prlimit");
                 c.arg(format!("--nofile={n}:{n}"))
                     .arg("--")
                     .arg(env!("CARGO_BIN_EXE_portcullis"));
@@ -426,7 +467,7 @@ impl Lab {
 
     /// Runs `ssh` with the lab's client configuration as `user` and extra arguments.
     pub fn ssh(&self, user: &str, args: &[&str]) -> Output {
-        Command::new("ssh")
+        command_in(&self.ns_client, "ssh")
             .args(self.client_args(user))
             .args(args)
             .stdin(Stdio::null())
@@ -446,7 +487,7 @@ impl Lab {
         marker: &str,
     ) -> (Child, Vec<u8>) {
         use std::io::Read;
-        let mut child = Command::new("ssh")
+        let mut child = command_in(&self.ns_client, "ssh")
             .args(self.client_args(user))
             .args([
                 "-J",
@@ -481,7 +522,7 @@ impl Lab {
     /// [`Lab::ssh_pty`] with extra `ssh` options.
     pub fn ssh_pty_with(&self, user: &str, login: &str, extra: &[&str], input: &str) -> Output {
         use std::io::Write;
-        let mut child = Command::new("ssh")
+        let mut child = command_in(&self.ns_client, "ssh")
             .args(self.client_args(user))
             .args(extra)
             .args([
@@ -508,7 +549,7 @@ impl Lab {
 
     /// Runs `scp` or `sftp` (`tool`) through the proxy by ProxyJump as `user`.
     pub fn file_tool(&self, tool: &str, user: &str, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut cmd = Command::new(tool);
+        let mut cmd = command_in(&self.ns_client, tool);
         cmd.args(self.client_args(user))
             .args([
                 "-J",
@@ -517,25 +558,7 @@ impl Lab {
                 &self.sshd_port.to_string(),
             ])
             .args(args);
-        match stdin {
-            None => cmd.stdin(Stdio::null()).output().unwrap(),
-            Some(input) => {
-                use std::io::Write;
-                let mut child = cmd
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap();
-                child
-                    .stdin
-                    .take()
-                    .unwrap()
-                    .write_all(input.as_bytes())
-                    .unwrap();
-                child.wait_with_output().unwrap()
-            }
-        }
+        output_with_input(cmd, stdin)
     }
 
     /// The session log records so far.

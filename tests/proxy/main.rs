@@ -21,6 +21,7 @@ mod host_keys;
 mod lifecycle;
 mod sessions;
 mod sso;
+mod transparent;
 
 use common::lab::{Lab, OutputExt, ensure_user};
 

@@ -61,6 +61,9 @@ struct RawMetrics {
 #[serde(deny_unknown_fields, default)]
 struct RawServer {
     listen: String,
+    /// Listeners for connections the kernel redirected (docs/transparent.md).
+    #[serde(deserialize_with = "one_or_many")]
+    transparent_listen: Vec<String>,
     host_key: PathBuf,
     #[serde(with = "humantime_serde")]
     auth_timeout: Duration,
@@ -109,6 +112,9 @@ struct RawUpstream {
     known_hosts: PathBuf,
     #[serde(with = "humantime_serde")]
     connect_timeout: Duration,
+    /// A firewall mark (SO_MARK) set on connections to targets, so that a redirect
+    /// rule can exempt them (docs/transparent.md).
+    socket_mark: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,6 +137,7 @@ impl Default for RawConfig {
         RawConfig {
             server: RawServer {
                 listen: "0.0.0.0:2222".into(),
+                transparent_listen: Vec::new(),
                 host_key: "host_key".into(),
                 auth_timeout: Duration::from_secs(60),
                 shutdown_grace: Duration::from_secs(30),
@@ -159,6 +166,7 @@ impl Default for RawConfig {
                 host_key_check: "tofu".into(),
                 known_hosts: "known_targets".into(),
                 connect_timeout: Duration::from_secs(10),
+                socket_mark: None,
             },
             session_log: RawSessionLog {
                 path: "sessions.jsonl".into(),
@@ -170,6 +178,20 @@ impl Default for RawConfig {
             metrics: RawMetrics { listen: None },
         }
     }
+}
+
+/// A string or a list of strings.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 // Each section's default is its part of the one `RawConfig::default()`, so that a
@@ -211,12 +233,16 @@ pub struct HostKeyPolicy {
     /// The OpenSSH known_hosts file of pins and `@cert-authority` lines.
     pub known_hosts: PathBuf,
     pub connect_timeout: Duration,
+    /// The firewall mark set on connections to targets, if any.
+    pub socket_mark: Option<u32>,
 }
 
 /// The checked configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Where connections redirected by the kernel (REDIRECT, TPROXY) arrive.
+    pub transparent_listen: Vec<SocketAddr>,
     /// The proxy's own SSH host key (created on first start).
     pub host_key: PathBuf,
     pub auth_timeout: Duration,
@@ -300,6 +326,24 @@ impl RawConfig {
                 ),
             )
         })?;
+        let mut transparent_listen = Vec::new();
+        for text in &self.server.transparent_listen {
+            let addr = text.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "server.transparent_listen",
+                    format!(
+                        "must be addresses and ports such as \"0.0.0.0:2223\" or \"[::]:2223\", not {text:?}"
+                    ),
+                )
+            })?;
+            if addr == listen || transparent_listen.contains(&addr) {
+                return Err(invalid(
+                    "server.transparent_listen",
+                    format!("{addr} is listed twice (or is server.listen)"),
+                ));
+            }
+            transparent_listen.push(addr);
+        }
         let p = &self.policy;
         if p.timeout < Duration::from_millis(1) || p.timeout > Duration::from_secs(10) {
             return Err(invalid(
@@ -372,6 +416,7 @@ impl RawConfig {
         };
         Ok(Config {
             listen,
+            transparent_listen,
             host_key: abs(&self.server.host_key),
             auth_timeout: self.server.auth_timeout,
             shutdown_grace: self.server.shutdown_grace,
@@ -394,6 +439,7 @@ impl RawConfig {
                 mode: host_key_check,
                 known_hosts: abs(&self.upstream.known_hosts),
                 connect_timeout: self.upstream.connect_timeout,
+                socket_mark: self.upstream.socket_mark,
             },
             session_log: abs(&self.session_log.path),
             recording_key: self.recording.public_key.as_deref().map(abs),
@@ -501,6 +547,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("always checked"), "{err}");
+    }
+
+    #[test]
+    fn transparent_listeners_are_one_address_or_a_list() {
+        assert!(parse("").unwrap().transparent_listen.is_empty());
+        let one = parse("[server]\ntransparent_listen = \"0.0.0.0:2223\"\n").unwrap();
+        assert_eq!(one.transparent_listen, ["0.0.0.0:2223".parse().unwrap()]);
+        let two =
+            parse("[server]\ntransparent_listen = [\"0.0.0.0:2223\", \"[::]:2223\"]\n[upstream]\nsocket_mark = 1234\n")
+                .unwrap();
+        assert_eq!(two.transparent_listen.len(), 2);
+        assert_eq!(two.host_keys.socket_mark, Some(1234));
+        let err = parse("[server]\ntransparent_listen = \"2223\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.transparent_listen"), "{err}");
+        let err =
+            parse("[server]\nlisten = \"0.0.0.0:2222\"\ntransparent_listen = \"0.0.0.0:2222\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("twice"), "{err}");
     }
 
     #[test]

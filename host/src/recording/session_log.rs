@@ -39,7 +39,7 @@ pub struct SessionRecord {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub authentication: String,
     pub source: String,
-    /// `proxyjump` or `username`.
+    /// `proxyjump`, `username` or `transparent`.
     pub via: String,
     pub target_host: String,
     pub target_ip: Option<String>,

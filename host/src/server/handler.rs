@@ -84,15 +84,14 @@ pub(super) struct SessionChannel {
 }
 
 impl ConnHandler {
+    /// A connection that came `via` a way in; `forced_target` is the target when the
+    /// way in names it (ProxyJump's channel, a redirected connection's destination).
     pub(crate) fn new(
         shared: Arc<Shared>,
         peer: std::net::SocketAddr,
         forced_target: Option<(String, u16)>,
+        via: Via,
     ) -> Self {
-        let via = match forced_target {
-            Some(_) => Via::ProxyJump,
-            None => Via::Username,
-        };
         ConnHandler {
             shared,
             conn: Connection::new(peer, via),

@@ -35,6 +35,7 @@ use crate::recording::SessionLog;
 
 pub(crate) use decide::resolve;
 pub(crate) use handler::ConnHandler;
+pub(crate) use session::Via;
 
 /// What every connection shares. Immutable but for the identity source, the CA and the
 /// policy engine's current set, which are swapped atomically on reload.

@@ -180,6 +180,7 @@ impl ConnHandler {
             Arc::clone(&self.shared),
             self.conn.peer,
             Some((host.to_string(), port)),
+            super::session::Via::ProxyJump,
         );
         tokio::spawn(async move {
             let _place = place;

@@ -22,6 +22,8 @@ pub(crate) enum Via {
     ProxyJump,
     /// `ssh LOGIN%HOST@PROXY`.
     Username,
+    /// `ssh LOGIN@HOST`, redirected to the proxy by the kernel.
+    Transparent,
 }
 
 impl Via {
@@ -30,6 +32,7 @@ impl Via {
         match self {
             Via::ProxyJump => "proxyjump",
             Via::Username => "username",
+            Via::Transparent => "transparent",
         }
     }
 }

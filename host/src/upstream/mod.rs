@@ -5,6 +5,7 @@
 //! events: what to do with them is the channel stage's business, not this one's.
 
 pub(crate) mod known_targets;
+pub(crate) mod socket;
 mod target_handler;
 
 pub use target_handler::TargetHandler;
@@ -299,20 +300,28 @@ pub async fn connect(
         opened,
     };
     let config = Arc::new(config);
-    let connecting = client::connect(config, login.addr, handler);
-    let mut handle = match tokio::time::timeout(policy.connect_timeout, connecting).await {
-        Err(_) => return Err(UpstreamError::Timeout(login.addr)),
-        Ok(Err(source)) => {
-            return Err(match lock(&problem).take() {
-                Some(p) => p.into(),
-                None => UpstreamError::Connect {
-                    addr: login.addr,
-                    source,
-                },
-            });
-        }
-        Ok(Ok(h)) => h,
+    let connecting = async {
+        let (stream, outgoing) = socket::connect(login.addr, policy.socket_mark)
+            .await
+            .map_err(russh::Error::from)?;
+        let handle = client::connect_stream(config, stream, handler).await?;
+        Ok::<_, russh::Error>((handle, outgoing))
     };
+    // The outgoing connection stays known until the login is over (see `socket`).
+    let (mut handle, outgoing) =
+        match tokio::time::timeout(policy.connect_timeout, connecting).await {
+            Err(_) => return Err(UpstreamError::Timeout(login.addr)),
+            Ok(Err(source)) => {
+                return Err(match lock(&problem).take() {
+                    Some(p) => p.into(),
+                    None => UpstreamError::Connect {
+                        addr: login.addr,
+                        source,
+                    },
+                });
+            }
+            Ok(Ok(h)) => h,
+        };
     let auth = handle
         .authenticate_openssh_cert(
             login.login.clone(),
@@ -330,6 +339,7 @@ pub async fn connect(
             login: login.login.clone(),
         });
     }
+    drop(outgoing);
     let notice = lock(&learned).take();
     Ok(Connected {
         target: handle,

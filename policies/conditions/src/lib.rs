@@ -1,5 +1,5 @@
-//! Conditions: block connections from outside chosen source networks, or outside a
-//! time window (office hours), with a reason the user sees; refuse chosen subsystems
+//! Conditions: block connections from outside chosen source networks, to chosen
+//! destinations, or outside a time window (office hours), with a reason the user sees; refuse chosen subsystems
 //! (such as sftp) and commands on every session. A connection that meets the conditions
 //! is left to the next module (no match), so this module goes first
 //! (`10-conditions.wasm`).
@@ -11,6 +11,7 @@
 //! ```toml
 //! # 10-conditions.toml
 //! allowed_sources = ["10.0.0.0/8", "192.168.0.0/16"]  # default: any source
+//! blocked_destinations = ["10.9.0.0/16", "10.0.0.5:22"] # by address, as audit rules are
 //! exempt_groups = ["oncall"]                           # never blocked by these conditions
 //! deny_subsystems = ["sftp"]                           # default: none
 //! deny_commands = ["rsync *", "* | nc *"]               # globs over the command line
@@ -30,6 +31,8 @@ use portcullis_policy::prelude::*;
 struct Conditions {
     #[serde(default)]
     allowed_sources: Vec<IpNet>,
+    #[serde(default)]
+    blocked_destinations: Vec<Destination>,
     #[serde(default)]
     office_hours: Option<TimeWindow>,
     #[serde(default)]
@@ -78,6 +81,12 @@ impl Policy for Conditions {
                     self.allowed_sources.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
                 ));
             }
+        }
+        if self.blocked_destinations.iter().any(|d| d.matches(&request.target)) {
+            return Decision::block(format!(
+                "connections to {}:{} are not allowed",
+                request.target.host, request.target.port
+            ));
         }
         if let Some(window) = &self.office_hours
             && !window.contains(&request.now)

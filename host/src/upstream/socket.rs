@@ -1,0 +1,99 @@
+//! The TCP connection to a target. With transparent listeners configured, the proxy's
+//! own connections could be redirected back to it by a rule that does not exempt them
+//! (docs/transparent.md): such a connection is bound to a source port first and that
+//! port is remembered until the target login is over, so that the transparent listener
+//! recognises it ([`is_own_connection`]) and refuses it instead of looping. A firewall
+//! mark (`[upstream] socket_mark`) lets the rule exempt the connections in the first
+//! place.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::sync::lock;
+
+/// Source ports of target connections being made, with how many use each.
+static CONNECTING: Mutex<Option<HashMap<u16, usize>>> = Mutex::new(None);
+
+/// Whether target connections are bound and remembered (transparent listeners exist).
+static WATCH_LOOPS: AtomicBool = AtomicBool::new(false);
+
+/// Called once transparent listeners are open: from then on target connections are
+/// remembered while they are made.
+pub(crate) fn watch_for_loops() {
+    WATCH_LOOPS.store(true, Ordering::Relaxed);
+}
+
+/// Whether a connection from `peer` is one of the proxy's own target connections.
+pub(crate) fn is_own_connection(peer: SocketAddr) -> bool {
+    let known = lock(&CONNECTING)
+        .as_ref()
+        .is_some_and(|ports| ports.contains_key(&peer.port()));
+    known && is_local(peer.ip())
+}
+
+/// Whether `ip` is an address of this machine (of this network namespace).
+pub(crate) fn is_local(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind((ip, 0)).is_ok()
+}
+
+/// A remembered source port, forgotten on drop.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    port: Option<u16>,
+}
+
+impl Drop for Outgoing {
+    fn drop(&mut self) {
+        let Some(port) = self.port else { return };
+        let mut guard = lock(&CONNECTING);
+        if let Some(ports) = guard.as_mut()
+            && let Some(n) = ports.get_mut(&port)
+        {
+            *n -= 1;
+            if *n == 0 {
+                ports.remove(&port);
+            }
+        }
+    }
+}
+
+/// Connects to `addr`, marked with `mark` when set; keep the [`Outgoing`] until the
+/// login on the connection is over.
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    mark: Option<u32>,
+) -> io::Result<(tokio::net::TcpStream, Outgoing)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if let Some(mark) = mark {
+        socket.set_mark(mark).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot set the socket mark {mark} (it needs CAP_NET_ADMIN): {e}"),
+            )
+        })?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.set_tcp_nodelay(true)?;
+    let mut outgoing = Outgoing { port: None };
+    if WATCH_LOOPS.load(Ordering::Relaxed) {
+        let any: SocketAddr = match addr {
+            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        socket.bind(&any.into())?;
+        if let Some(port) = socket.local_addr()?.as_socket().map(|a| a.port()) {
+            *lock(&CONNECTING)
+                .get_or_insert_with(HashMap::new)
+                .entry(port)
+                .or_default() += 1;
+            outgoing.port = Some(port);
+        }
+    }
+    let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
+    let stream = socket.connect(addr).await?;
+    Ok((stream, outgoing))
+}
