@@ -178,6 +178,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     }
                 };
                 shared.metrics.connection();
+                let _ = socket.set_nodelay(true);
+                let balancers = &shared.config.proxy_protocol_from;
+                if balancers.iter().any(|n| n.contains(peer.ip())) {
+                    // Admitted once its header names the client.
+                    sessions.spawn(serve_balanced(
+                        Arc::clone(&shared),
+                        Arc::clone(&server_config),
+                        socket,
+                        peer,
+                    ));
+                    continue;
+                }
                 // Admitted or refused before a byte is read.
                 let ticket = match shared.admission.admit(peer.ip()) {
                     Ok(ticket) => ticket,
@@ -188,11 +200,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                         continue;
                     }
                 };
-                let _ = socket.set_nodelay(true);
+                let check_header = !balancers.is_empty();
                 let handler =
                     server::ConnHandler::new(Arc::clone(&shared), peer, None, server::Via::Username)
                         .with_ticket(ticket);
-                sessions.spawn(handler.serve(Arc::clone(&server_config), socket));
+                let config = Arc::clone(&server_config);
+                sessions.spawn(async move {
+                    // Only a trusted balancer may say where a connection comes from.
+                    if check_header
+                        && server::proxy_protocol::starts_with_header(&socket, std::time::Duration::from_secs(5)).await
+                    {
+                        tracing::warn!(%peer, "refused: a PROXY protocol header from an address not in server.proxy_protocol_from");
+                        return;
+                    }
+                    handler.serve(config, socket).await;
+                });
             }
             Some(r) = redirected.recv() => {
                 let crate::transparent::Redirected { stream, peer, destination } = r;
@@ -258,6 +280,42 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         metrics.abort();
     }
     Ok(())
+}
+
+/// Serves a connection from a trusted load balancer: its PROXY protocol header names
+/// the client, whose address the decisions, the logs and the per-source limits see.
+async fn serve_balanced(
+    shared: Arc<server::Shared>,
+    config: Arc<russh::server::Config>,
+    mut socket: tokio::net::TcpStream,
+    balancer: std::net::SocketAddr,
+) {
+    let header = server::proxy_protocol::read_header(&mut socket);
+    let client = match tokio::time::timeout(shared.config.auth_timeout, header).await {
+        Ok(Ok(Some(client))) => client,
+        // The balancer's own check (v2 LOCAL, v1 UNKNOWN): served as coming from it.
+        Ok(Ok(None)) => balancer,
+        Ok(Err(e)) => {
+            tracing::warn!(%balancer, "connection from a balancer refused: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%balancer, "connection from a balancer refused: no PROXY protocol header in time");
+            return;
+        }
+    };
+    let ticket = match shared.admission.admit(client.ip()) {
+        Ok(ticket) => ticket,
+        Err(why) => {
+            shared.metrics.not_admitted(why);
+            tracing::debug!(peer = %client, %balancer, ?why, "connection refused by the admission limits");
+            return;
+        }
+    };
+    server::ConnHandler::new(Arc::clone(&shared), client, None, server::Via::Username)
+        .with_ticket(ticket)
+        .serve(config, socket)
+        .await;
 }
 
 /// Accepts on a transparent listener and hands each connection, with its original

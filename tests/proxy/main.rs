@@ -15,6 +15,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod balancer;
 mod forwarding;
 mod hardening;
 mod host_keys;

@@ -5,9 +5,11 @@
 //! directory of the configuration file.
 
 mod admission;
+mod cidr;
 mod oidc;
 
 pub use admission::{AdmissionLimits, MaxStartups};
+pub use cidr::Cidr;
 pub use oidc::OidcConfig;
 
 use std::net::SocketAddr;
@@ -64,6 +66,8 @@ struct RawServer {
     /// Listeners for connections the kernel redirected (docs/transparent.md).
     #[serde(deserialize_with = "one_or_many")]
     transparent_listen: Vec<String>,
+    /// Load balancers whose connections start with a PROXY protocol header.
+    proxy_protocol_from: Vec<String>,
     host_key: PathBuf,
     #[serde(with = "humantime_serde")]
     auth_timeout: Duration,
@@ -138,6 +142,7 @@ impl Default for RawConfig {
             server: RawServer {
                 listen: "0.0.0.0:2222".into(),
                 transparent_listen: Vec::new(),
+                proxy_protocol_from: Vec::new(),
                 host_key: "host_key".into(),
                 auth_timeout: Duration::from_secs(60),
                 shutdown_grace: Duration::from_secs(30),
@@ -243,6 +248,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where connections redirected by the kernel (REDIRECT, TPROXY) arrive.
     pub transparent_listen: Vec<SocketAddr>,
+    /// Load balancers whose connections start with a PROXY protocol header.
+    pub proxy_protocol_from: Vec<Cidr>,
     /// The proxy's own SSH host key (created on first start).
     pub host_key: PathBuf,
     pub auth_timeout: Duration,
@@ -344,6 +351,13 @@ impl RawConfig {
             }
             transparent_listen.push(addr);
         }
+        let proxy_protocol_from = self
+            .server
+            .proxy_protocol_from
+            .iter()
+            .map(|n| n.parse::<Cidr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid("server.proxy_protocol_from", e))?;
         let p = &self.policy;
         if p.timeout < Duration::from_millis(1) || p.timeout > Duration::from_secs(10) {
             return Err(invalid(
@@ -417,6 +431,7 @@ impl RawConfig {
         Ok(Config {
             listen,
             transparent_listen,
+            proxy_protocol_from,
             host_key: abs(&self.server.host_key),
             auth_timeout: self.server.auth_timeout,
             shutdown_grace: self.server.shutdown_grace,

@@ -12,6 +12,7 @@ mod host_certs;
 mod killable;
 pub(crate) mod metrics;
 mod opens;
+pub(crate) mod proxy_protocol;
 mod session;
 mod session_record;
 mod sign_on;
