@@ -16,6 +16,7 @@
 mod common;
 
 mod balancer;
+mod container;
 mod forwarding;
 mod hardening;
 mod host_keys;
