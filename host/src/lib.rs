@@ -19,6 +19,7 @@ mod proxy;
 pub mod recording;
 mod reload;
 pub mod server;
+pub mod state;
 mod sync;
 mod text;
 mod transparent;
@@ -41,6 +42,8 @@ pub enum Error {
     Recording(#[from] recording::cmdlog::CmdLogError),
     #[error("single sign-on: {0}")]
     SignOn(String),
+    #[error("shared state: {0}")]
+    State(String),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,

@@ -69,6 +69,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         "portcullis is serving"
     );
     let grace = config.shutdown_grace;
+    let state = match &config.state {
+        Some(c) => {
+            let store = crate::state::Postgres::connect(c)
+                .await
+                .map_err(Error::State)?;
+            match store.recover_own().await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::warn!(count = n, replica = %store.replica, "this replica's sessions left running by its previous run marked interrupted")
+                }
+                Err(e) => tracing::error!("cannot recover this replica's running sessions: {e}"),
+            }
+            tracing::info!(replica = %store.replica, "shared state in PostgreSQL");
+            Some(store)
+        }
+        None => None,
+    };
     let sso = match &config.oidc {
         Some(oidc) => Some(Arc::new(
             identity::sso::Sso::new(oidc.clone()).map_err(Error::SignOn)?,
@@ -84,8 +101,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         session_log,
         recording_key,
     );
-    let shared = Arc::new(match sso {
+    let shared = match sso {
         Some(sso) => shared.with_sso(sso),
+        None => shared,
+    };
+    let shared = Arc::new(match &state {
+        Some(state) => {
+            tokio::spawn(Arc::clone(state).writer());
+            tokio::spawn(Arc::clone(state).heartbeats());
+            shared.with_state(Arc::clone(state))
+        }
         None => shared,
     });
     let _logins_watch = match &shared.sso {

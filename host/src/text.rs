@@ -106,6 +106,22 @@ impl<W: std::io::Write> std::io::Write for EscapingWriter<W> {
     }
 }
 
+/// An error and its causes on one line, each cause once (many errors already name
+/// theirs).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 
 pub mod idp;
 pub mod lab;
+pub mod postgres;
 
 /// The repository root.
 pub fn root() -> PathBuf {

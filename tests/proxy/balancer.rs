@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::*;
 
 /// A process killed on drop.
-struct Killed(Child);
+pub(crate) struct Killed(pub(crate) Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -19,7 +19,7 @@ impl Drop for Killed {
     }
 }
 
-fn wait_for(what: &str, check: impl Fn() -> bool) {
+pub(crate) fn wait_for(what: &str, check: impl Fn() -> bool) {
     let start = Instant::now();
     while !check() {
         assert!(start.elapsed() < Duration::from_secs(20), "{what}");
@@ -27,8 +27,88 @@ fn wait_for(what: &str, check: impl Fn() -> bool) {
     }
 }
 
+/// Starts another replica of the proxy with `config`, logging to `log`.
+pub(crate) fn start_replica(config: &std::path::Path, log: &std::path::Path) -> Killed {
+    let replica = Killed(
+        common::portcullis()
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the replica did not start", || {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains("portcullis is serving")
+    });
+    replica
+}
+
+/// Starts HAProxy on `port` in front of the replicas on `backends`, sending PROXY
+/// protocol v2 (and checking the replicas, with `checks`).
+pub(crate) fn start_haproxy(
+    dir: &std::path::Path,
+    port: u16,
+    backends: &[u16],
+    checks: bool,
+) -> Killed {
+    let check = if checks {
+        " check check-send-proxy inter 300ms fall 1 rise 1"
+    } else {
+        ""
+    };
+    let servers: String = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("  server r{i} 127.0.0.1:{b} send-proxy-v2{check}\n"))
+        .collect();
+    let cfg = dir.join(format!("haproxy-{port}.cfg"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n\
+             frontend ssh\n  bind 127.0.0.1:{port}\n  default_backend replicas\n\
+             backend replicas\n  balance roundrobin\n{servers}"
+        ),
+    )
+    .unwrap();
+    let haproxy = Killed(
+        Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run haproxy (apt-get install haproxy: scripts/setup)"),
+    );
+    wait_for("haproxy did not listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    haproxy
+}
+
+/// Lets the lab's client trust the proxy's host key on `ports` too (the balancer's,
+/// another replica's): every replica has the same key.
+pub(crate) fn pin_proxy_key_on(lab: &Lab, ports: &[u16]) {
+    let known = lab.path().join("client/known_hosts");
+    let mut text = std::fs::read_to_string(&known).unwrap();
+    let first = text.lines().next().unwrap().to_string();
+    for port in ports {
+        text.push_str(&first.replacen(
+            &format!("[127.0.0.1]:{}", lab.proxy_port),
+            &format!("[127.0.0.1]:{port}"),
+            1,
+        ));
+        text.push('\n');
+    }
+    std::fs::write(&known, text).unwrap();
+}
+
 /// Connects from `local` (an address of lo) to `port` on 127.0.0.1.
-fn connect_from(local: &str, port: u16) -> std::net::TcpStream {
+pub(crate) fn connect_from(local: &str, port: u16) -> std::net::TcpStream {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     let local: std::net::SocketAddr = format!("{local}:0").parse().unwrap();
     socket.bind(&local.into()).unwrap();
@@ -64,57 +144,11 @@ fn through_haproxy_both_replicas_serve_and_see_the_clients_address() {
     .unwrap();
     lab.start();
     let log_b = p.join("proxy-b.log");
-    let _b = Killed(
-        common::portcullis()
-            .args(["serve", "--config"])
-            .arg(&config_b)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log_b).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for("replica B did not start", || {
-        std::fs::read_to_string(&log_b)
-            .unwrap_or_default()
-            .contains("portcullis is serving")
-    });
+    let _b = start_replica(&config_b, &log_b);
     // HAProxy in front of both, sending PROXY protocol v2.
     let lb_port = common::lab::free_port();
-    let cfg = p.join("haproxy.cfg");
-    std::fs::write(
-        &cfg,
-        format!(
-            "global\n  log stderr format raw local0 info\ndefaults\n  mode tcp\n  log global\n  \
-             timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
-             frontend ssh\n  bind 127.0.0.1:{lb_port}\n  default_backend replicas\n\
-             backend replicas\n  balance roundrobin\n  \
-             server a 127.0.0.1:{} send-proxy-v2\n  server b 127.0.0.1:{port_b} send-proxy-v2\n",
-            lab.proxy_port
-        ),
-    )
-    .unwrap();
-    let _haproxy = Killed(
-        Command::new("haproxy")
-            .args(["-db", "-f"])
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run haproxy (apt-get install haproxy: scripts/setup)"),
-    );
-    wait_for("haproxy did not listen", || {
-        std::net::TcpStream::connect(("127.0.0.1", lb_port)).is_ok()
-    });
-    // The client's host key entry for the balancer's port: the replicas' shared key.
-    let known = p.join("client/known_hosts");
-    let pinned = std::fs::read_to_string(&known).unwrap();
-    let first = pinned.lines().next().unwrap().replacen(
-        &format!("[127.0.0.1]:{}", lab.proxy_port),
-        &format!("[127.0.0.1]:{lb_port}"),
-        1,
-    );
-    std::fs::write(&known, format!("{pinned}{first}\n")).unwrap();
+    let _haproxy = start_haproxy(&p, lb_port, &[lab.proxy_port, port_b], false);
+    pin_proxy_key_on(&lab, &[lb_port]);
 
     // Four sessions from 127.0.0.2, through the balancer.
     let dest = format!("jdoe%127.0.0.1:{}@127.0.0.1", lab.sshd_port);

@@ -17,6 +17,7 @@ mod common;
 
 mod balancer;
 mod container;
+mod fleet;
 mod forwarding;
 mod hardening;
 mod host_keys;

@@ -65,6 +65,9 @@ enum Command {
         /// The sessions running now (bytes as of their last minute), not the ended ones.
         #[arg(long)]
         running: bool,
+        /// One JSON record per line instead of the table.
+        #[arg(long)]
+        json: bool,
     },
     /// List single sign-on logins, or revoke them (`logins revoke EMAIL|FINGERPRINT`).
     Logins {
@@ -120,13 +123,17 @@ pub fn main() -> ExitCode {
             since,
             limit,
             running,
+            json,
         } => recording::sessions(
             &config,
-            running,
-            user.as_deref(),
-            target.as_deref(),
-            since,
-            limit,
+            recording::Listing {
+                running,
+                json,
+                user: user.as_deref(),
+                target: target.as_deref(),
+                since,
+                limit,
+            },
         ),
         Command::Logins { config, command } => logins::run(&config, command),
         Command::Keygen { output } => recording::keygen(&output),

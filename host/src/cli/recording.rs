@@ -17,14 +17,26 @@ pub(super) enum DecryptFormat {
     Asciicast,
 }
 
-pub(super) fn sessions(
-    path: &Path,
-    running: bool,
-    user: Option<&str>,
-    target: Option<&str>,
-    since: Option<std::time::Duration>,
-    limit: usize,
-) -> anyhow::Result<ExitCode> {
+/// What `portcullis sessions` lists, and how.
+#[derive(Debug)]
+pub(super) struct Listing<'a> {
+    pub running: bool,
+    pub json: bool,
+    pub user: Option<&'a str>,
+    pub target: Option<&'a str>,
+    pub since: Option<std::time::Duration>,
+    pub limit: usize,
+}
+
+pub(super) fn sessions(path: &Path, listing: Listing<'_>) -> anyhow::Result<ExitCode> {
+    let Listing {
+        running,
+        json,
+        user,
+        target,
+        since,
+        limit,
+    } = listing;
     let config = crate::config::Config::load(path)?;
     let filter = SessionFilter {
         user: user.map(str::to_string),
@@ -32,9 +44,29 @@ pub(super) fn sessions(
         since: since.map(|d| SystemTime::now() - d),
         limit,
     };
-    let rows = crate::recording::list_sessions(&config.session_log, running, &filter)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", config.session_log.display()))?;
-    print_sessions(&rows, running);
+    let rows = match &config.state {
+        // Every replica's sessions, from the shared store.
+        Some(state) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let records = runtime.block_on(async {
+                let store = crate::state::Postgres::connect(state).await?;
+                store.sessions(running).await
+            });
+            let records = records.map_err(|e| anyhow::anyhow!("shared state: {e}"))?;
+            crate::recording::filter_sessions(records, &filter)
+        }
+        None => crate::recording::list_sessions(&config.session_log, running, &filter)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", config.session_log.display()))?,
+    };
+    if json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r)?);
+        }
+    } else {
+        print_sessions(&rows, running);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

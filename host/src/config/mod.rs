@@ -7,10 +7,12 @@
 mod admission;
 mod cidr;
 mod oidc;
+mod state;
 
 pub use admission::{AdmissionLimits, MaxStartups};
 pub use cidr::Cidr;
 pub use oidc::OidcConfig;
+pub use state::StateConfig;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -50,6 +52,7 @@ struct RawConfig {
     session_log: RawSessionLog,
     recording: RawRecording,
     metrics: RawMetrics,
+    state: state::RawState,
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,6 +184,7 @@ impl Default for RawConfig {
                 dir: "command-logs".into(),
             },
             metrics: RawMetrics { listen: None },
+            state: state::RawState::default(),
         }
     }
 }
@@ -276,6 +280,8 @@ pub struct Config {
     pub recording_dir: PathBuf,
     /// Where to serve Prometheus metrics (`/metrics`, `/healthz`), if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Shared state in PostgreSQL, if configured.
+    pub state: Option<StateConfig>,
 }
 
 impl Config {
@@ -421,6 +427,10 @@ impl RawConfig {
                 ));
             }
         };
+        let state = self
+            .state
+            .validate(abs)
+            .map_err(|(key, message)| invalid(key, message))?;
         let oidc = match self.identity.oidc {
             None => None,
             Some(raw) => Some(
@@ -460,6 +470,7 @@ impl RawConfig {
             recording_key: self.recording.public_key.as_deref().map(abs),
             recording_dir: abs(&self.recording.dir),
             metrics_listen,
+            state,
         })
     }
 }

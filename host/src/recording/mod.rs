@@ -4,6 +4,6 @@ pub mod cmdlog;
 mod session_log;
 
 pub use session_log::{
-    ChannelRecord, INTERRUPTED, SessionFilter, SessionLog, SessionRecord, list_sessions,
-    running_sessions, timestamp,
+    ChannelRecord, INTERRUPTED, RecordMirror, SessionFilter, SessionLog, SessionRecord,
+    filter_sessions, list_sessions, running_sessions, timestamp,
 };

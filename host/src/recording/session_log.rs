@@ -34,6 +34,9 @@ pub struct SessionRecord {
     pub id: String,
     pub email: String,
     pub groups: Vec<String>,
+    /// The replica that holds (held) the session, with a shared store.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub replica: String,
     /// How the user authenticated: `publickey SHA256:...`, `certificate SHA256:...`,
     /// `sso ISSUER amr=... key=SHA256:...`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -80,6 +83,12 @@ pub fn timestamp(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// Where else session records go (the shared store, `crate::state`): every record the
+/// log keeps is handed over too, running or ended.
+pub trait RecordMirror: Send + Sync + std::fmt::Debug {
+    fn queue(&self, record: &SessionRecord, running: bool);
+}
+
 /// The append-only session log file.
 #[derive(Debug)]
 pub struct SessionLog {
@@ -87,6 +96,8 @@ pub struct SessionLog {
     file: Mutex<File>,
     /// The records of running sessions.
     running: PathBuf,
+    /// The shared store's copy, when configured.
+    mirror: std::sync::OnceLock<std::sync::Arc<dyn RecordMirror>>,
 }
 
 /// The directory of running sessions' records, beside the log.
@@ -111,7 +122,13 @@ impl SessionLog {
             path: path.to_path_buf(),
             file: Mutex::new(file),
             running,
+            mirror: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Hands every record from now on to `mirror` as well.
+    pub fn mirror_to(&self, mirror: std::sync::Arc<dyn RecordMirror>) {
+        let _ = self.mirror.set(mirror);
     }
 
     fn running_path(&self, id: &str) -> PathBuf {
@@ -121,6 +138,9 @@ impl SessionLog {
     /// Keeps a running session's record so far (written aside and renamed, so a reader
     /// or a crash never sees half of it). A failure is logged and returned.
     pub fn running(&self, record: &SessionRecord) -> std::io::Result<()> {
+        if let Some(mirror) = self.mirror.get() {
+            mirror.queue(record, true);
+        }
         let path = self.running_path(&record.id);
         let tmp = self.running.join(format!(".{}.tmp", record.id));
         let written = serde_json::to_vec(record)
@@ -170,6 +190,9 @@ impl SessionLog {
 
     /// Appends one record as a single line (one `write` call, so lines never interleave).
     pub fn append(&self, record: &SessionRecord) {
+        if let Some(mirror) = self.mirror.get() {
+            mirror.queue(record, false);
+        }
         let mut line = match serde_json::to_vec(record) {
             Ok(l) => l,
             Err(e) => {
@@ -256,6 +279,11 @@ pub fn list_sessions(
     } else {
         ended_sessions(path)?
     };
+    Ok(filter_sessions(records, filter))
+}
+
+/// The records `filter` admits, the most recent `filter.limit` of them, oldest first.
+pub fn filter_sessions(records: Vec<SessionRecord>, filter: &SessionFilter) -> Vec<SessionRecord> {
     let since = filter.since.map(timestamp);
     let mut rows: Vec<SessionRecord> = records
         .into_iter()
@@ -263,7 +291,7 @@ pub fn list_sessions(
         .collect();
     let skip = rows.len().saturating_sub(filter.limit);
     rows.drain(..skip);
-    Ok(rows)
+    rows
 }
 
 /// The records of the log; a line that is not one is reported and skipped.

@@ -39,6 +39,10 @@ pub(crate) enum SessionError {
     /// The session's record cannot be written (a full disk): no session runs unrecorded.
     #[error("the proxy cannot write the session log ({0}); sessions are refused until it can")]
     SessionLog(std::io::Error),
+    /// The shared store (PostgreSQL) cannot take the session's record: no session runs
+    /// unrecorded.
+    #[error("the shared session store is unavailable ({0}); sessions are refused until it is back")]
+    SharedStore(String),
     /// The certificate for the target could not be issued.
     #[error("cannot issue a certificate: {0}")]
     Certificate(#[from] crate::ca::CaError),
@@ -65,6 +69,10 @@ impl SessionError {
             }
             SessionError::SessionLog(_) => {
                 "the proxy cannot write the session log; sessions are refused until it can".into()
+            }
+            SessionError::SharedStore(_) => {
+                "the proxy's session store is unavailable; sessions are refused until it is back"
+                    .into()
             }
             SessionError::Certificate(_) => {
                 "the proxy cannot issue a certificate for the target; the operator's log says why"

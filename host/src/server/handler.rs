@@ -259,7 +259,8 @@ impl ConnHandler {
             &self.watch,
             credential,
             users_generation,
-        );
+        )
+        .await;
         self.stage = Stage::Decided(session);
     }
 }

@@ -44,6 +44,8 @@ pub(crate) struct Metrics {
     users_reload_failures: AtomicU64,
     /// Single sign-on, whose own counters are rendered after these.
     pub(crate) sso: std::sync::OnceLock<Arc<crate::identity::sso::Sso>>,
+    /// The replica's name in the shared store, if there is one.
+    pub(crate) replica: std::sync::OnceLock<String>,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -265,6 +267,13 @@ impl Metrics {
             "Policy reloads refused (the previous set stayed in force).",
             &[("", policy.failed_reloads().to_string())],
         );
+        if let Some(replica) = self.replica.get() {
+            let _ = writeln!(
+                out,
+                "# HELP portcullis_replica_info This replica's name in the shared store.\n\
+                 # TYPE portcullis_replica_info gauge\nportcullis_replica_info{{replica=\"{replica}\"}} 1"
+            );
+        }
         if let Some(sso) = self.sso.get() {
             sso.render_metrics(&mut out);
         }

@@ -47,6 +47,8 @@ pub(crate) struct Shared {
     pub identities: ArcSwap<Box<dyn IdentitySource>>,
     /// Single sign-on, if configured.
     pub sso: Option<Arc<crate::identity::sso::Sso>>,
+    /// The shared store (PostgreSQL), if configured.
+    pub state: Option<Arc<crate::state::Postgres>>,
     pub policy: Arc<PolicyEngine>,
     pub session_log: SessionLog,
     /// The auditor's key for sealed command logs, if configured.
@@ -76,6 +78,7 @@ impl Shared {
             host_key,
             identities: ArcSwap::from_pointee(identities),
             sso: None,
+            state: None,
             policy,
             session_log,
             recording_key,
@@ -84,6 +87,16 @@ impl Shared {
             metrics: Arc::default(),
             admission,
         }
+    }
+
+    /// Adds the shared store (before the first connection): session records go to it
+    /// too, pins are kept in it.
+    pub(crate) fn with_state(mut self, state: Arc<crate::state::Postgres>) -> Self {
+        self.session_log
+            .mirror_to(Arc::clone(&state) as Arc<dyn crate::recording::RecordMirror>);
+        let _ = self.metrics.replica.set(state.replica.clone());
+        self.state = Some(state);
+        self
     }
 
     /// Adds single sign-on (before the first connection).

@@ -18,6 +18,15 @@ use crate::sync::lock;
 const CHANNELS_WAIT: Duration = Duration::from_secs(30);
 
 /// The record of `session` as of `end`.
+/// This replica's name in the shared store, if there is one.
+fn replica(shared: &Shared) -> String {
+    shared
+        .state
+        .as_ref()
+        .map(|s| s.replica.clone())
+        .unwrap_or_default()
+}
+
 fn record(session: &Session, conn: &Connection, watch: &Watch, end: SystemTime) -> SessionRecord {
     let d = &session.decided;
     let close_reason = lock(&session.live.close_reason).clone();
@@ -32,6 +41,7 @@ fn record(session: &Session, conn: &Connection, watch: &Watch, end: SystemTime) 
     };
     SessionRecord {
         id: conn.id.clone(),
+        replica: String::new(),
         email: d.identity.email.clone(),
         groups: d.identity.groups.clone(),
         authentication: d.identity.authentication.to_string(),
@@ -62,9 +72,9 @@ fn record(session: &Session, conn: &Connection, watch: &Watch, end: SystemTime) 
 }
 
 /// Starts an allowed session's running record and its re-decision on reload. No
-/// session runs unrecorded: if its record cannot be written (a full disk), it is
-/// refused.
-pub(crate) fn start(
+/// session runs unrecorded: if its record cannot be written (a full disk, the shared
+/// store unavailable), it is refused.
+pub(crate) async fn start(
     shared: &Shared,
     conn: &Connection,
     session: &mut Session,
@@ -77,6 +87,14 @@ pub(crate) fn start(
     }
     let mut running = record(session, conn, watch, SystemTime::now());
     running.close_reason = "running".into();
+    running.replica = replica(shared);
+    if let Some(state) = &shared.state
+        && let Err(e) = state.write_now(&running, true).await
+    {
+        tracing::error!(session_id = %conn.id, "session refused: its record cannot be written to the shared store: {e}");
+        session.refusal = Some(SessionError::SharedStore(e));
+        return;
+    }
     match shared.session_log.running(&running) {
         Ok(()) => {
             shared.metrics.session_started();
@@ -115,9 +133,9 @@ pub(crate) fn finish(shared: Arc<Shared>, conn: Connection, session: Session, wa
     }
     let end = SystemTime::now();
     let write = move |session: Session| {
-        shared
-            .session_log
-            .append(&record(&session, &conn, &watch, end));
+        let mut record = record(&session, &conn, &watch, end);
+        record.replica = replica(&shared);
+        shared.session_log.append(&record);
     };
     match tokio::runtime::Handle::try_current() {
         Ok(rt) => {

@@ -56,9 +56,14 @@ impl TargetLink {
         }
         let login = issue_login(shared, conn, decided)?;
         let (opened_tx, opened_rx) = tokio::sync::mpsc::channel(OPENED_BACKLOG);
-        let connected = upstream::connect(&login, &shared.config.host_keys, opened_tx)
-            .await
-            .inspect_err(|_| shared.metrics.target_failure())?;
+        let connected = upstream::connect(
+            &login,
+            &shared.config.host_keys,
+            shared.state.clone(),
+            opened_tx,
+        )
+        .await
+        .inspect_err(|_| shared.metrics.target_failure())?;
         tokio::spawn(crate::channels::serve_opened(
             opened_rx,
             self.back.clone(),

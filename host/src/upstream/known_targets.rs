@@ -79,7 +79,7 @@ impl CertCheck {
 }
 
 /// The name a target is looked up by: `host`, or `[host]:port` off port 22.
-fn lookup_name(host: &str, port: u16) -> String {
+pub(crate) fn lookup_name(host: &str, port: u16) -> String {
     let host = host.to_ascii_lowercase();
     if port == 22 {
         host
@@ -192,6 +192,11 @@ impl KnownTarget {
             }
         }
         Ok(known)
+    }
+
+    /// Adds a pin kept in the shared store (reported as line 0).
+    pub(crate) fn add_shared_pin(&mut self, key: KeyData) {
+        self.pins.push((0, key));
     }
 
     /// What the pins say of `key`.

@@ -274,11 +274,32 @@ fn target_names(login: &Login) -> Vec<String> {
 pub async fn connect(
     login: &Login,
     policy: &HostKeyPolicy,
+    store: Option<Arc<crate::state::Postgres>>,
     opened: tokio::sync::mpsc::Sender<Opened>,
 ) -> Result<Connected, UpstreamError> {
     let names = target_names(login);
-    let known = known_targets::KnownTarget::read(&policy.known_hosts, &names, login.addr.port())
+    let port = login.addr.port();
+    let mut known = known_targets::KnownTarget::read(&policy.known_hosts, &names, port)
         .map_err(UpstreamError::KnownTargets)?;
+    // The shared store's pins join the file's (which keeps the operator's markers).
+    if let Some(store) = &store {
+        let lookup: Vec<String> = names
+            .iter()
+            .map(|n| known_targets::lookup_name(n, port))
+            .collect();
+        let pins = store
+            .pins(&lookup)
+            .await
+            .map_err(|e| UpstreamError::KnownTargets(format!("the shared pin store: {e}")))?;
+        for (line, _replica) in pins {
+            let key = russh::keys::ssh_key::PublicKey::from_openssh(&line).map_err(|e| {
+                UpstreamError::KnownTargets(format!(
+                    "a pin in the shared store does not parse: {e}"
+                ))
+            })?;
+            known.add_shared_pin(key.key_data().clone());
+        }
+    }
     let mut config = client_config();
     if known.has_ca() {
         // Certificates only: a target covered by @cert-authority never gets to offer a
@@ -298,6 +319,7 @@ pub async fn connect(
         problem: Arc::clone(&problem),
         learned: Arc::clone(&learned),
         opened,
+        store,
     };
     let config = Arc::new(config);
     let connecting = async {

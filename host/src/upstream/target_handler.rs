@@ -48,10 +48,12 @@ pub struct TargetHandler {
     pub(super) learned: Arc<Mutex<Option<String>>>,
     /// Where channels the target opens go (see [`Opened`]).
     pub(super) opened: tokio::sync::mpsc::Sender<Opened>,
+    /// The shared store, which keeps the pins when configured.
+    pub(super) store: Option<Arc<crate::state::Postgres>>,
 }
 
 impl TargetHandler {
-    fn check(&self, key: &PublicKey) -> Result<(), HostKeyProblem> {
+    async fn check(&self, key: &PublicKey) -> Result<(), HostKeyProblem> {
         let fp = key.fingerprint(HashAlg::Sha256).to_string();
         let path = &self.policy.known_hosts;
         let (host, port) = (self.host.clone(), self.port);
@@ -61,7 +63,10 @@ impl TargetHandler {
                 host,
                 port,
                 fingerprint: fp,
-                pinned_at: format!("{}:{line}", path.display()),
+                pinned_at: match line {
+                    0 => "the shared store (PostgreSQL)".into(),
+                    line => format!("{}:{line}", path.display()),
+                },
             }),
             // A target covered by @cert-authority proves itself with a certificate;
             // a plain key is never learned for it.
@@ -71,13 +76,16 @@ impl TargetHandler {
                 fingerprint: fp,
             }),
             PinCheck::Unknown if self.policy.mode == HostKeyCheck::Tofu => {
-                KnownTarget::learn(path, &self.names, port, key).map_err(|e| {
-                    HostKeyProblem::CannotPin {
-                        host: host.clone(),
-                        port,
-                        cause: format!("{}: {e}", path.display()),
-                    }
-                })?;
+                match &self.store {
+                    Some(store) => self.learn_shared(store, key).await?,
+                    None => KnownTarget::learn(path, &self.names, port, key).map_err(|e| {
+                        HostKeyProblem::CannotPin {
+                            host: host.clone(),
+                            port,
+                            cause: format!("{}: {e}", path.display()),
+                        }
+                    })?,
+                }
                 let names = self.names.join(", ");
                 tracing::info!(%host, port, %fp, %names, "pinned target host key on first use");
                 *lock(&self.learned) = Some(format!(
@@ -92,6 +100,40 @@ impl TargetHandler {
                 port,
                 fingerprint: fp,
                 file: path.display().to_string(),
+            }),
+        }
+    }
+
+    /// Pins `key` in the shared store, unless another replica pinned another key for
+    /// the target first (then it has changed, as far as this connection goes).
+    async fn learn_shared(
+        &self,
+        store: &crate::state::Postgres,
+        key: &PublicKey,
+    ) -> Result<(), HostKeyProblem> {
+        let fp = key.fingerprint(HashAlg::Sha256).to_string();
+        let names: Vec<String> = self
+            .names
+            .iter()
+            .map(|n| known_targets::lookup_name(n, self.port))
+            .collect();
+        let line = key.to_openssh().map_err(|e| HostKeyProblem::CannotPin {
+            host: self.host.clone(),
+            port: self.port,
+            cause: e.to_string(),
+        })?;
+        match store.learn_pin(&names, &line).await {
+            Ok(None) => Ok(()),
+            Ok(Some(_)) => Err(HostKeyProblem::Changed {
+                host: self.host.clone(),
+                port: self.port,
+                fingerprint: fp,
+                pinned_at: "the shared store (PostgreSQL), by another replica just now".into(),
+            }),
+            Err(cause) => Err(HostKeyProblem::CannotPin {
+                host: self.host.clone(),
+                port: self.port,
+                cause,
             }),
         }
     }
@@ -132,6 +174,7 @@ impl client::Handler for TargetHandler {
                     }
                     known_targets::CertCheck::UnknownCa => {
                         self.check(&PublicKey::from(cert.public_key().clone()))
+                            .await
                     }
                 }
             }
@@ -143,7 +186,7 @@ impl client::Handler for TargetHandler {
                         fingerprint: key.fingerprint(HashAlg::Sha256).to_string(),
                         at: format!("{}:{line}", self.policy.known_hosts.display()),
                     }),
-                    None => self.check(key),
+                    None => self.check(key).await,
                 }
             }
         };

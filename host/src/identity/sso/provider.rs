@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::SsoError;
 use crate::config::OidcConfig;
+use crate::text::error_chain as chain;
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub(super) struct DeviceEndpoint {
@@ -285,21 +286,6 @@ fn payload_of(jwt: &str) -> Result<serde_json::Value, SsoError> {
         .decode(part.trim_end_matches('='))
         .map_err(|e| bad(e.to_string()))?;
     serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))
-}
-
-/// An error and its causes on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let s = c.to_string();
-        if !text.contains(&s) {
-            text.push_str(": ");
-            text.push_str(&s);
-        }
-        cause = c.source();
-    }
-    text
 }
 
 /// The identity a verified ID token's claims give, checked against the configuration:
