@@ -86,11 +86,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
         None => None,
     };
-    let sso = match &config.oidc {
-        Some(oidc) => Some(Arc::new(
+    let sso = match (&config.oidc, &state) {
+        (Some(oidc), None) => Some(Arc::new(
             identity::sso::Sso::new(oidc.clone()).map_err(Error::SignOn)?,
         )),
-        None => None,
+        // With a shared store, the logins are kept there.
+        (Some(oidc), Some(state)) => {
+            let logins = crate::state::PgLogins::open(Arc::clone(state))
+                .await
+                .map_err(Error::State)?;
+            Some(Arc::new(
+                identity::sso::Sso::with_store(oidc.clone(), Box::new(logins))
+                    .map_err(Error::SignOn)?,
+            ))
+        }
+        (None, _) => None,
     };
     let shared = server::Shared::new(
         config,
@@ -126,7 +136,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     Err(e) => tracing::error!("single sign-on: {e}"),
                 }
             });
-            Some(crate::reload::watch_logins(Arc::clone(&shared)).map_err(Error::SignOn)?)
+            match &shared.state {
+                // Every replica hears of a change to the logins in the store.
+                Some(state) => {
+                    let to = Arc::clone(&shared);
+                    tokio::spawn(Arc::clone(state).listen_logins(move || {
+                        let shared = Arc::clone(&to);
+                        // Reading the logins again waits for the database.
+                        tokio::task::spawn_blocking(move || shared.refresh_logins());
+                    }));
+                    None
+                }
+                None => {
+                    Some(crate::reload::watch_logins(Arc::clone(&shared)).map_err(Error::SignOn)?)
+                }
+            }
         }
         None => None,
     };

@@ -23,6 +23,11 @@ struct Fleet {
 
 impl Fleet {
     fn start(pg: &Postgres) -> Fleet {
+        Fleet::start_with(pg, "")
+    }
+
+    /// With `extra` configuration (sections) on both replicas.
+    fn start_with(pg: &Postgres, extra: &str) -> Fleet {
         let mut lab = Lab::new(&[("jdoe@example.com", &[])]);
         ensure_user("jdoe");
         lab.policies
@@ -36,7 +41,7 @@ impl Fleet {
         );
         let state = |replica: &str| {
             format!(
-                "[state]\npostgres = \"{}\"\nreplica = \"{replica}\"\nlease = \"3s\"\n",
+                "[state]\npostgres = \"{}\"\nreplica = \"{replica}\"\nlease = \"3s\"\n{extra}",
                 pg.url()
             )
         };
@@ -311,4 +316,69 @@ fn a_database_outage_refuses_new_sessions_and_loses_no_record() {
         std::thread::sleep(Duration::from_millis(300));
     }
     lab.stop_proxy();
+}
+
+#[test]
+fn a_login_revoked_on_one_replica_ends_its_session_on_the_other() {
+    use super::common::idp::{Askpass, Idp};
+    let pg = Postgres::start();
+    let idp = Idp::start(&[]);
+    let mut fleet = Fleet::start_with(&pg, &idp.config(""));
+    common::lab::keygen(&fleet.lab.path().join("client/carol"), "carol");
+    ensure_user("carol");
+    let askpass = Askpass::new("carol", "approve");
+    let dest = format!("carol%127.0.0.1:{}@127.0.0.1", fleet.lab.sshd_port);
+    // Logged in through replica a...
+    let a = fleet.lab.proxy_port.to_string();
+    let out = super::sso::run(
+        "ssh",
+        &fleet.lab,
+        &askpass,
+        "carol",
+        &["-b", "127.0.0.3", "-p", &a, &dest, "echo on-a"],
+    );
+    assert_eq!(out.stdout_text().trim(), "on-a", "{}", out.stderr_text());
+    // ...the same key goes through replica b without a prompt, and stays.
+    let b = fleet.b_port.to_string();
+    let mut session = Command::new("ssh")
+        .args(super::sso::sso_args(&fleet.lab, "carol"))
+        .args([
+            "-b",
+            "127.0.0.3",
+            "-p",
+            &b,
+            &dest,
+            "echo on-b; sleep 60; echo not-cut",
+        ])
+        .envs(askpass.env())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = [0u8; 5];
+    std::io::Read::read_exact(session.stdout.as_mut().unwrap(), &mut line).unwrap();
+    assert_eq!(&line, b"on-b\n");
+    assert_eq!(askpass.prompts().len(), 1, "asked again on replica b");
+    // Revoked with replica a's configuration: replica b ends the session.
+    let out = fleet
+        .lab
+        .portcullis(&["logins", "revoke", "carol@example.com"])
+        .success_or_panic("logins revoke");
+    assert!(out.stdout_text().contains("revoked: carol@example.com"));
+    let start = Instant::now();
+    while session.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the session on b was not ended"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log_b = std::fs::read_to_string(fleet.lab.path().join("proxy-b.log")).unwrap();
+    assert!(
+        log_b.contains("single sign-on login was revoked"),
+        "{log_b}"
+    );
+    fleet.lab.stop_proxy();
+    fleet.b = None;
 }

@@ -27,7 +27,7 @@ fn sso_lab(idp: &Idp, extra: &str, sso_users: &[&str]) -> Lab {
 /// The client's options for `user` (its key `client/<user>`), prompts allowed: the
 /// configuration file carries them, since ProxyJump passes `-F` to the jump
 /// connection but not `-o`.
-fn sso_args(lab: &Lab, user: &str) -> Vec<String> {
+pub(crate) fn sso_args(lab: &Lab, user: &str) -> Vec<String> {
     let p = lab.path();
     let base = std::fs::read_to_string(p.join("client/ssh_config"))
         .unwrap()
@@ -48,7 +48,7 @@ fn sso_args(lab: &Lab, user: &str) -> Vec<String> {
     vec!["-F".into(), config.display().to_string()]
 }
 
-fn run(tool: &str, lab: &Lab, askpass: &Askpass, user: &str, args: &[&str]) -> Output {
+pub(crate) fn run(tool: &str, lab: &Lab, askpass: &Askpass, user: &str, args: &[&str]) -> Output {
     Command::new(tool)
         .args(sso_args(lab, user))
         .args(args)

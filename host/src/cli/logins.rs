@@ -30,7 +30,7 @@ pub(super) enum LoginsCommand {
     },
 }
 
-fn store(path: &Path) -> anyhow::Result<FileLogins> {
+fn store(path: &Path) -> anyhow::Result<Box<dyn LoginStore>> {
     let config = crate::config::Config::load(path)?;
     let Some(oidc) = config.oidc else {
         anyhow::bail!(
@@ -38,7 +38,14 @@ fn store(path: &Path) -> anyhow::Result<FileLogins> {
             path.display()
         );
     };
-    Ok(FileLogins::open(&oidc.logins_file)?)
+    Ok(match &config.state {
+        // The shared store: every replica hears of a revocation.
+        Some(state) => Box::new(
+            crate::state::PgLogins::open_standalone(state)
+                .map_err(|e| anyhow::anyhow!("shared state: {e}"))?,
+        ),
+        None => Box::new(FileLogins::open(&oidc.logins_file)?),
+    })
 }
 
 pub(super) fn run(config: &Path, command: Option<LoginsCommand>) -> anyhow::Result<ExitCode> {
@@ -66,7 +73,7 @@ pub(super) fn run(config: &Path, command: Option<LoginsCommand>) -> anyhow::Resu
         LoginsCommand::Revoke { who } => {
             let gone = store.revoke(who.trim())?;
             if gone.is_empty() {
-                eprintln!("no login of {} in {}", escape(&who), store.path().display());
+                eprintln!("no login of {}", escape(&who));
                 return Ok(ExitCode::from(1));
             }
             for l in &gone {

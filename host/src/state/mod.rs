@@ -9,7 +9,10 @@
 //! session is written directly and must succeed) and lets running ones go on; their
 //! records are written when it is back.
 
+mod logins;
 mod schema;
+
+pub use logins::PgLogins;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,6 +31,9 @@ const OP_TIMEOUT: Duration = Duration::from_secs(5);
 /// The shared store.
 pub struct Postgres {
     pool: Pool,
+    /// For connections of their own (LISTEN), outside the pool.
+    pg_config: tokio_postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     /// This replica's name.
     pub replica: String,
     lease: Duration,
@@ -81,12 +87,13 @@ impl Postgres {
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
-        let manager = match tls(config)? {
-            Some(tls) => {
-                pg.ssl_mode(tokio_postgres::config::SslMode::Require);
-                Manager::from_config(pg, tls, manager_config)
-            }
-            None => Manager::from_config(pg, tokio_postgres::NoTls, manager_config),
+        let tls = tls(config)?;
+        if tls.is_some() {
+            pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+        }
+        let manager = match &tls {
+            Some(tls) => Manager::from_config(pg.clone(), tls.clone(), manager_config),
+            None => Manager::from_config(pg.clone(), tokio_postgres::NoTls, manager_config),
         };
         let pool = Pool::builder(manager)
             .max_size(16)
@@ -97,6 +104,8 @@ impl Postgres {
             .map_err(|e| e.to_string())?;
         let store = Arc::new(Postgres {
             pool,
+            pg_config: pg,
+            tls,
             replica: config.replica.clone(),
             lease: config.lease,
             pending: Mutex::default(),
@@ -113,6 +122,42 @@ impl Postgres {
             .get()
             .await
             .map_err(|e| format!("the database is unavailable: {}", error_text(&e)))
+    }
+
+    /// A connection of its own, its messages (notifications) on the receiver.
+    async fn connect_one(
+        &self,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            tokio::sync::mpsc::UnboundedReceiver<
+                Result<tokio_postgres::AsyncMessage, tokio_postgres::Error>,
+            >,
+        ),
+        String,
+    > {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let client = match &self.tls {
+            None => {
+                let (client, connection) = self
+                    .pg_config
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map_err(|e| error_text(&e))?;
+                tokio::spawn(drive(connection, tx));
+                client
+            }
+            Some(tls) => {
+                let (client, connection) = self
+                    .pg_config
+                    .connect(tls.clone())
+                    .await
+                    .map_err(|e| error_text(&e))?;
+                tokio::spawn(drive(connection, tx));
+                client
+            }
+        };
+        Ok((client, rx))
     }
 
     /// Writes a session's record now (the first one of a session: it must succeed).
@@ -300,6 +345,25 @@ impl Postgres {
             .map_err(|e| error_text(&e))?;
         tx.commit().await.map_err(|e| error_text(&e))?;
         Ok(rows.first().and_then(|r| r.try_get(0).ok()))
+    }
+}
+
+/// Drives a connection of its own, handing on its messages.
+async fn drive<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    to: tokio::sync::mpsc::UnboundedSender<
+        Result<tokio_postgres::AsyncMessage, tokio_postgres::Error>,
+    >,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt;
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    while let Some(message) = messages.next().await {
+        if to.send(message).is_err() {
+            return;
+        }
     }
 }
 

@@ -25,6 +25,15 @@ const STEPS: &[&str] = &[
         replica text NOT NULL,
         learned_at timestamptz NOT NULL DEFAULT now()
      );",
+    // 2: single sign-on logins.
+    "CREATE TABLE portcullis_logins (
+        id text PRIMARY KEY,
+        email text NOT NULL,
+        key_fingerprint text,
+        expires bigint NOT NULL,
+        login jsonb NOT NULL
+     );
+     CREATE INDEX portcullis_logins_key ON portcullis_logins (key_fingerprint);",
 ];
 
 /// An arbitrary key for the migration's advisory lock.
