@@ -98,6 +98,65 @@ def paths(d, ports):
     }
 
 
+def fleet(d, ports, total, concurrency):
+    """Sessions per second through HAProxy (send-proxy-v2) in front of one, then two
+    replicas sharing their state in PostgreSQL (a throwaway cluster). Returns
+    {1: rate, 2: rate}, or None when HAProxy or PostgreSQL is missing."""
+    import concurrent.futures, glob
+    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not initdb or not shutil.which("haproxy"):
+        return None
+    pgbin = os.path.dirname(initdb[-1])
+    pgdir = tempfile.mkdtemp(prefix="portcullis-bench-pg-"); os.chmod(pgdir, 0o777)
+    pgport = free_port()
+    as_pg = ["runuser", "-u", "postgres", "--"]
+    run(as_pg + [f"{pgbin}/initdb", "-D", f"{pgdir}/data", "-A", "trust", "-U", "postgres", "--no-sync"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run(as_pg + [f"{pgbin}/pg_ctl", "-D", f"{pgdir}/data", "-l", f"{pgdir}/log", "-w", "-o",
+                 f"-p {pgport} -k {pgdir} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
+        stdout=subprocess.DEVNULL)
+    procs, rates = [], {}
+    try:
+        base = open(f"{d}/portcullis.toml").read().replace(
+            "[server]\n", '[server]\nproxy_protocol_from = ["127.0.0.1/32"]\n', 1)
+        state = f'[state]\npostgres = "host=127.0.0.1 port={pgport} user=postgres dbname=postgres"\n'
+        replicas = []
+        for name in ["ra", "rb"]:
+            port = free_port()
+            conf = f"{d}/fleet-{name}.toml"
+            open(conf, "w").write(base.replace(f'127.0.0.1:{ports["proxy"]}', f"127.0.0.1:{port}")
+                                  + state + f'replica = "{name}"\n')
+            pr = subprocess.Popen([BIN, "serve", "--config", conf], stderr=open(f"{d}/{name}.log", "w"))
+            wait_port(port, pr, name); procs.append(pr); replicas.append(port)
+        key = " ".join(open(d + "/host_key.pub").read().split()[:2])
+        for n in (1, 2):
+            lb = free_port()
+            servers = "".join(f"  server r{i} 127.0.0.1:{p} send-proxy-v2\n" for i, p in enumerate(replicas[:n]))
+            open(f"{d}/haproxy-{n}.cfg", "w").write(
+                "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n"
+                f"frontend ssh\n  bind 127.0.0.1:{lb}\n  default_backend r\nbackend r\n  balance roundrobin\n{servers}")
+            ha = subprocess.Popen(["haproxy", "-db", "-f", f"{d}/haproxy-{n}.cfg"], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+            wait_port(lb, ha, "haproxy")
+            with open(f"{d}/known_hosts", "a") as kh:
+                kh.write(f"[127.0.0.1]:{lb} {key}\n")
+            cmd = ["ssh", "-F", f"{d}/ssh_config", "-p", str(lb), f"{USER}%127.0.0.1:{ports['target']}@127.0.0.1", "true"]
+            start = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+                ok = sum(pool.map(lambda _: subprocess.run(cmd, stdout=subprocess.DEVNULL,
+                                                           stderr=subprocess.DEVNULL).returncode == 0,
+                                  range(total)))
+            rates[n] = (ok / (time.perf_counter() - start), total - ok)
+            ha.terminate(); ha.wait()
+    finally:
+        for pr in procs:
+            pr.terminate()
+        subprocess.run(as_pg + [f"{pgbin}/pg_ctl", "-D", f"{pgdir}/data", "-m", "immediate", "stop"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(pgdir, ignore_errors=True)
+    return rates
+
+
 def timed(cmd, stdin=None):
     t = time.perf_counter()
     subprocess.run(cmd, check=True, stdin=stdin, stdout=subprocess.DEVNULL)
@@ -127,6 +186,8 @@ def main():
     ap.add_argument("--sessions", default="200,500,1000",
                     help="concurrent idle session levels, comma-separated; empty to skip")
     ap.add_argument("--skip-criterion", action="store_true")
+    ap.add_argument("--fleet-sessions", type=int, default=200,
+                    help="sessions through HAProxy per fleet size (one, two replicas); 0 to skip")
     a = ap.parse_args()
     d = tempfile.mkdtemp(prefix="portcullis-bench-"); os.chmod(d, 0o755)
     ports, procs, proxy = setup(d)
@@ -168,6 +229,7 @@ def main():
                                  proxy.pid)
             # Reference: the same client straight to the target's sshd, at the first level.
             conc_direct = idle_sessions(f"127.0.0.1:{ports['target']}", USER, a.sessions.split(",")[0])
+        fleet_rates = fleet(d, ports, a.fleet_sessions, 16) if a.fleet_sessions else None
         crit = ""
         if not a.skip_criterion:
             out = subprocess.run(["cargo", "bench", "-q", "-p", "portcullis", "--bench", "decision", "--",
@@ -220,6 +282,14 @@ def main():
         if direct_rate:
             lines += ["", f"Reference: the same client opening {conc_direct[0]['open']} sessions straight to the "
                       f"target's sshd: {direct_rate:.0f} accepted/s."]
+    if fleet_rates:
+        one = fleet_rates[1][0]
+        lines += ["", f"Sessions accepted per second through HAProxy (send-proxy-v2), replicas sharing "
+                  f"PostgreSQL, {a.fleet_sessions} `ssh ... true` 16 at a time (on this machine the "
+                  "replicas share its cores with the clients and the target):", "",
+                  "| replicas | sessions/s | ratio to one | failed |", "| ---: | ---: | ---: | ---: |"]
+        for n, (rate, failed) in sorted(fleet_rates.items()):
+            lines.append(f"| {n} | {rate:.1f} | {rate / one:.2f} | {failed} |")
     if crit:
         lines += ["", "Policy decision (criterion; [low median high]):", "", "```", crit, "```"]
     table = "\n".join(lines)
