@@ -19,7 +19,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use super::PolicyError;
 use super::bindings as wit;
 use super::guest::GuestState;
-use super::limits::{EPOCH_TICK, Limits};
+use super::limits::Limits;
 use super::loader::{self, LoadError, LoadErrors, ModuleInfo, ModuleSource};
 use super::module::LoadedModule;
 use super::set::PolicySet;
@@ -28,6 +28,9 @@ use crate::sync::lock;
 /// The policy engine: a WebAssembly engine, the policy directory, and the current set.
 pub struct PolicyEngine {
     engine: Engine,
+    /// Advances the epoch while guest calls run (see `ticker`).
+    ticker: Arc<super::ticker::Ticker>,
+    _ticker_stop: super::ticker::Stopper,
     limits: Limits,
     dir: PathBuf,
     current: ArcSwap<PolicySet>,
@@ -59,9 +62,12 @@ impl PolicyEngine {
         config.parallel_compilation(true);
         config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Disable);
         let engine = Engine::new(&config).map_err(|e| PolicyError::Engine(format!("{e:#}")))?;
-        start_epoch_ticker(&engine)?;
+        let (ticker, ticker_stop) = super::ticker::Ticker::start(&engine)
+            .map_err(|e| PolicyError::Engine(format!("cannot start the epoch ticker: {e}")))?;
         let this = PolicyEngine {
             engine,
+            ticker,
+            _ticker_stop: ticker_stop,
             limits,
             dir: dir.into(),
             current: ArcSwap::from_pointee(PolicySet::empty()),
@@ -204,6 +210,7 @@ impl PolicyEngine {
             digest: source.digest,
             config: source.config.clone(),
             engine: self.engine.clone(),
+            ticker: Arc::clone(&self.ticker),
             limits: self.limits,
             pre,
             idle: Mutex::new(Vec::new()),
@@ -220,21 +227,6 @@ impl PolicyEngine {
         lock(&module.idle).push(instance);
         Ok(module)
     }
-}
-
-fn start_epoch_ticker(engine: &Engine) -> Result<(), PolicyError> {
-    let weak = engine.weak();
-    std::thread::Builder::new()
-        .name("policy-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        })
-        .map(|_| ())
-        .map_err(|e| PolicyError::Engine(format!("cannot start the epoch ticker: {e}")))
 }
 
 fn first_line(e: &wasmtime::Error) -> String {

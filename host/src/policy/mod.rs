@@ -21,6 +21,7 @@ mod loader;
 mod module;
 mod reload;
 mod set;
+mod ticker;
 mod types;
 mod wire;
 

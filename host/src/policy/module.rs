@@ -30,6 +30,7 @@ pub(super) struct LoadedModule {
     pub(super) digest: [u8; 32],
     pub(super) config: Option<ConfigSource>,
     pub(super) engine: Engine,
+    pub(super) ticker: Arc<super::ticker::Ticker>,
     pub(super) limits: Limits,
     pub(super) pre: wit::PolicyPre<GuestState>,
     pub(super) idle: Mutex<Vec<Instance>>,
@@ -43,6 +44,8 @@ impl LoadedModule {
     }
 
     pub(super) fn instantiate(&self) -> Result<Instance, String> {
+        // Instantiation runs guest code (start functions, `configure`): bounded too.
+        let _running = self.ticker.running();
         let mut store = Store::new(
             &self.engine,
             GuestState::new(Arc::clone(&self.name), &self.limits),
@@ -84,7 +87,10 @@ impl LoadedModule {
             .store
             .set_epoch_deadline(self.limits.deadline_ticks());
         instance.store.data_mut().start_call();
-        match f(&instance.bindings, &mut instance.store) {
+        let running = self.ticker.running();
+        let outcome = f(&instance.bindings, &mut instance.store);
+        drop(running);
+        match outcome {
             Ok(r) => {
                 let mut idle = lock(&self.idle);
                 if idle.len() < self.limits.idle_instances {
