@@ -482,3 +482,60 @@ fn environment_variables_are_asked_of_the_policies() {
         .unwrap_or_else(|| panic!("no record of the refusal: {sessions:#?}"));
     assert_eq!(refused["allowed"], false);
 }
+
+#[test]
+fn ciphers_offered_to_clients_are_configurable() {
+    // The default offer is AES-GCM only: a client limited to ChaCha20 finds no match.
+    let lab = default_lab(&[("jdoe@example.com", &[])]);
+    ensure_user("jdoe");
+    let chacha = ["-c", "chacha20-poly1305@openssh.com"];
+    let dest = format!("jdoe%127.0.0.1:{}@127.0.0.1", lab.sshd_port);
+    let port = lab.proxy_port.to_string();
+    let out = lab.ssh(
+        "jdoe",
+        &[
+            chacha[0],
+            chacha[1],
+            "-o",
+            "LogLevel=INFO",
+            "-p",
+            &port,
+            &dest,
+            "echo no",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        out.stderr_text().contains("no matching cipher"),
+        "{}",
+        out.stderr_text()
+    );
+    drop(lab);
+    // Offered when configured: ChaCha20 and CTR clients get in.
+    let mut lab = Lab::new(&[("jdoe@example.com", &[])]);
+    lab.policies
+        .module("90-default-principal.wasm", "default_principal");
+    let config = lab.path().join("portcullis.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "[server]\n",
+        "[server]\nciphers = [\"aes128-gcm@openssh.com\", \"chacha20-poly1305@openssh.com\", \"aes256-ctr\"]\n",
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    lab.start();
+    let dest = format!("jdoe%127.0.0.1:{}@127.0.0.1", lab.sshd_port);
+    let port = lab.proxy_port.to_string();
+    for cipher in [
+        "chacha20-poly1305@openssh.com",
+        "aes256-ctr",
+        "aes128-gcm@openssh.com",
+    ] {
+        let out = lab.ssh("jdoe", &["-c", cipher, "-p", &port, &dest, "echo ok"]);
+        assert_eq!(
+            out.stdout_text().trim(),
+            "ok",
+            "{cipher}: {}",
+            out.stderr_text()
+        );
+    }
+}

@@ -170,13 +170,14 @@ impl Shared {
             keepalive_interval: Some(Duration::from_secs(30)),
             nodelay: true,
             preferred: russh::Preferred {
-                // AES-GCM runs on AES-NI here and is much faster than ChaCha20-Poly1305.
-                // Clients choose by their own order (OpenSSH puts ChaCha20 and CTR first),
-                // so only GCM is offered to them.
-                cipher: std::borrow::Cow::Borrowed(&[
-                    russh::cipher::AES_128_GCM,
-                    russh::cipher::AES_256_GCM,
-                ]),
+                // `server.ciphers` (default AES-GCM only: see config::DEFAULT_CIPHERS).
+                cipher: std::borrow::Cow::Owned(
+                    self.config
+                        .ciphers
+                        .iter()
+                        .filter_map(|c| russh::cipher::Name::try_from(*c).ok())
+                        .collect(),
+                ),
                 ..Default::default()
             },
             ..Default::default()
