@@ -153,8 +153,19 @@ fn the_image_serves_a_session_read_only_and_drains_on_sigterm() {
         out.stderr_text(),
         podman(&["logs", &name]).stderr_text()
     );
-    let records = std::fs::read_to_string(state.join("sessions.jsonl")).unwrap_or_default();
-    assert!(records.contains("\"action\":\"allow\""), "{records}");
+    // The record is written once the proxy has seen the connection close.
+    let start = Instant::now();
+    loop {
+        let records = std::fs::read_to_string(state.join("sessions.jsonl")).unwrap_or_default();
+        if records.contains("\"action\":\"allow\"") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no session record in the state volume: {records:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // SIGTERM: it stops accepting, drains, and exits cleanly.
     assert!(
