@@ -211,20 +211,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             _ = &mut shutdown => break,
             _ = hangups.recv() => crate::reload::on_hangup(&shared, &reload),
             accepted = listener.accept() => {
-                let (socket, peer) = match accepted {
-                    Ok(a) => {
-                        accept_backoff = ACCEPT_BACKOFF_FIRST;
-                        a
-                    }
-                    Err(e) => {
-                        // Out of file descriptors (EMFILE) and the like: retrying at
-                        // once would spin a core; wait, longer each time, up to a second.
-                        shared.metrics.accept_error();
-                        tracing::warn!("accept failed: {e}; retrying in {accept_backoff:?}");
-                        tokio::time::sleep(accept_backoff).await;
-                        accept_backoff = (accept_backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                        continue;
-                    }
+                let Some((socket, peer)) = accepted_or_back_off(accepted, &mut accept_backoff, &shared).await else {
+                    continue;
                 };
                 shared.metrics.connection();
                 let _ = socket.set_nodelay(true);
@@ -367,6 +355,29 @@ async fn serve_balanced(
         .await;
 }
 
+/// An accepted connection, or, after a failed accept (out of file descriptors, EMFILE,
+/// and the like), none once the listener has waited: retrying at once would spin a core,
+/// so each failure in a row waits twice as long, up to a second.
+async fn accepted_or_back_off(
+    accepted: std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)>,
+    backoff: &mut std::time::Duration,
+    shared: &server::Shared,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match accepted {
+        Ok(a) => {
+            *backoff = ACCEPT_BACKOFF_FIRST;
+            Some(a)
+        }
+        Err(e) => {
+            shared.metrics.accept_error();
+            tracing::warn!("accept failed: {e}; retrying in {backoff:?}");
+            tokio::time::sleep(*backoff).await;
+            *backoff = (*backoff * 2).min(ACCEPT_BACKOFF_MAX);
+            None
+        }
+    }
+}
+
 /// Accepts on a transparent listener and hands each connection, with its original
 /// destination, to the accept loop.
 async fn accept_redirected(
@@ -376,18 +387,10 @@ async fn accept_redirected(
 ) {
     let mut backoff = ACCEPT_BACKOFF_FIRST;
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(a) => {
-                backoff = ACCEPT_BACKOFF_FIRST;
-                a
-            }
-            Err(e) => {
-                shared.metrics.accept_error();
-                tracing::warn!("accept failed: {e}; retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                continue;
-            }
+        let accepted = listener.accept().await;
+        let Some((stream, peer)) = accepted_or_back_off(accepted, &mut backoff, &shared).await
+        else {
+            continue;
         };
         let destination = match crate::transparent::destination(&stream) {
             Ok(d) => d,

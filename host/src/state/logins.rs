@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use super::{Postgres, error_text};
-use crate::identity::sso::{Login, LoginStore, LoginStoreError, epoch_seconds};
+use crate::identity::sso::{
+    Login, LoginStore, LoginStoreError, any_gone, by_id, epoch_seconds, live_for_key,
+};
 use crate::sync::lock;
 
 /// The notification channel.
@@ -71,15 +73,11 @@ impl PgLogins {
 
 impl LoginStore for PgLogins {
     fn for_key(&self, fingerprint: &str, now: SystemTime) -> Option<Login> {
-        lock(&self.logins)
-            .iter()
-            .rev()
-            .find(|l| l.key_fingerprint.as_deref() == Some(fingerprint) && l.is_live(now))
-            .cloned()
+        live_for_key(&lock(&self.logins), fingerprint, now)
     }
 
     fn get(&self, id: &str) -> Option<Login> {
-        lock(&self.logins).iter().find(|l| l.id == id).cloned()
+        by_id(&lock(&self.logins), id)
     }
 
     fn add(&self, login: Login) -> Result<(), LoginStoreError> {
@@ -109,9 +107,7 @@ impl LoginStore for PgLogins {
     fn refresh(&self) -> Result<bool, LoginStoreError> {
         let fresh = self.blocking(self.store.all_logins())?.map_err(error)?;
         let mut logins = lock(&self.logins);
-        let lost = logins
-            .iter()
-            .any(|old| !fresh.iter().any(|new| new.id == old.id));
+        let lost = any_gone(&logins, &fresh);
         *logins = fresh;
         Ok(lost)
     }

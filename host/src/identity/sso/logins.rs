@@ -141,17 +141,32 @@ impl FileLogins {
     }
 }
 
+/// The newest live login bound to a key fingerprint, among `logins`.
+pub fn live_for_key(logins: &[Login], fingerprint: &str, now: SystemTime) -> Option<Login> {
+    logins
+        .iter()
+        .rev()
+        .find(|l| l.key_fingerprint.as_deref() == Some(fingerprint) && l.is_live(now))
+        .cloned()
+}
+
+/// A login by id, among `logins`.
+pub fn by_id(logins: &[Login], id: &str) -> Option<Login> {
+    logins.iter().find(|l| l.id == id).cloned()
+}
+
+/// Whether a login of `old` is missing from `new` (one was revoked or dropped).
+pub fn any_gone(old: &[Login], new: &[Login]) -> bool {
+    old.iter().any(|o| !new.iter().any(|n| n.id == o.id))
+}
+
 impl LoginStore for FileLogins {
     fn for_key(&self, fingerprint: &str, now: SystemTime) -> Option<Login> {
-        lock(&self.logins)
-            .iter()
-            .rev()
-            .find(|l| l.key_fingerprint.as_deref() == Some(fingerprint) && l.is_live(now))
-            .cloned()
+        live_for_key(&lock(&self.logins), fingerprint, now)
     }
 
     fn get(&self, id: &str) -> Option<Login> {
-        lock(&self.logins).iter().find(|l| l.id == id).cloned()
+        by_id(&lock(&self.logins), id)
     }
 
     fn add(&self, login: Login) -> Result<(), LoginStoreError> {
@@ -184,9 +199,7 @@ impl LoginStore for FileLogins {
     fn refresh(&self) -> Result<bool, LoginStoreError> {
         let fresh = read(&self.path)?;
         let mut logins = lock(&self.logins);
-        let lost = logins
-            .iter()
-            .any(|old| !fresh.iter().any(|new| new.id == old.id));
+        let lost = any_gone(&logins, &fresh);
         *logins = fresh;
         Ok(lost)
     }

@@ -10,7 +10,9 @@
 mod logins;
 mod provider;
 
-pub use logins::{FileLogins, Login, LoginStore, LoginStoreError, epoch_seconds};
+pub use logins::{
+    FileLogins, Login, LoginStore, LoginStoreError, any_gone, by_id, epoch_seconds, live_for_key,
+};
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
