@@ -1,11 +1,13 @@
-//! The configuration file (`portcullis.toml`): serde types with one `Default`, and
-//! `validate()` into the checked [`Config`] that everything after start-up uses.
+//! The configuration file (`portcullis.toml`): read into its serde types (`file.rs`,
+//! one `Default` for all), then `validate()` into the checked [`Config`] that everything
+//! after start-up uses (here; sections with more to check have their own file).
 //!
 //! Unknown keys are errors naming the key. Relative paths are relative to the
 //! directory of the configuration file.
 
 mod admission;
 mod cidr;
+mod file;
 mod oidc;
 mod state;
 
@@ -17,8 +19,6 @@ pub use state::StateConfig;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use serde::Deserialize;
 
 use crate::policy::Limits;
 
@@ -41,157 +41,6 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawConfig {
-    server: RawServer,
-    ca: RawCa,
-    identity: RawIdentity,
-    policy: RawPolicy,
-    upstream: RawUpstream,
-    session_log: RawSessionLog,
-    recording: RawRecording,
-    metrics: RawMetrics,
-    state: state::RawState,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawMetrics {
-    /// Where to serve Prometheus metrics; off when unset.
-    listen: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawServer {
-    listen: String,
-    /// Listeners for connections the kernel redirected (docs/transparent.md).
-    #[serde(deserialize_with = "one_or_many")]
-    transparent_listen: Vec<String>,
-    /// Load balancers whose connections start with a PROXY protocol header.
-    proxy_protocol_from: Vec<String>,
-    /// The ciphers offered to clients, in the proxy's order of preference.
-    ciphers: Vec<String>,
-    host_key: PathBuf,
-    #[serde(with = "humantime_serde")]
-    auth_timeout: Duration,
-    #[serde(with = "humantime_serde")]
-    shutdown_grace: Duration,
-    #[serde(with = "humantime_serde")]
-    idle_timeout: Duration,
-    max_startups: String,
-    per_source_max_startups: usize,
-    max_connections_per_user: usize,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawCa {
-    dir: PathBuf,
-    #[serde(with = "humantime_serde")]
-    cert_validity: Duration,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawIdentity {
-    users_file: PathBuf,
-    /// Single sign-on; off when the section is absent.
-    oidc: Option<oidc::RawOidc>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawPolicy {
-    dir: PathBuf,
-    #[serde(with = "humantime_serde")]
-    timeout: Duration,
-    memory_limit_mib: u64,
-    idle_instances: usize,
-    #[serde(with = "humantime_serde")]
-    reload_debounce: Duration,
-    recheck_sessions: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawUpstream {
-    host_key_check: String,
-    known_hosts: PathBuf,
-    #[serde(with = "humantime_serde")]
-    connect_timeout: Duration,
-    /// A firewall mark (SO_MARK) set on connections to targets, so that a redirect
-    /// rule can exempt them (docs/transparent.md).
-    socket_mark: Option<u32>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawSessionLog {
-    path: PathBuf,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawRecording {
-    /// The auditor's public key (`portcullis keygen -o sshkey` writes `sshkey.pub`).
-    /// Without it, sessions a policy wants recorded are refused.
-    public_key: Option<PathBuf>,
-    dir: PathBuf,
-}
-
-impl Default for RawConfig {
-    fn default() -> Self {
-        RawConfig {
-            server: RawServer {
-                listen: "0.0.0.0:2222".into(),
-                transparent_listen: Vec::new(),
-                proxy_protocol_from: Vec::new(),
-                ciphers: DEFAULT_CIPHERS.iter().map(|c| c.to_string()).collect(),
-                host_key: "host_key".into(),
-                auth_timeout: Duration::from_secs(60),
-                shutdown_grace: Duration::from_secs(30),
-                idle_timeout: Duration::ZERO,
-                max_startups: "10:30:100".into(),
-                per_source_max_startups: 8,
-                max_connections_per_user: 64,
-            },
-            ca: RawCa {
-                dir: "ca".into(),
-                cert_validity: Duration::from_secs(300),
-            },
-            identity: RawIdentity {
-                users_file: "users.toml".into(),
-                oidc: None,
-            },
-            policy: RawPolicy {
-                dir: "policies".into(),
-                timeout: Limits::default().timeout,
-                memory_limit_mib: Limits::default().memory_bytes >> 20,
-                idle_instances: Limits::default().idle_instances,
-                reload_debounce: Duration::from_millis(250),
-                recheck_sessions: true,
-            },
-            upstream: RawUpstream {
-                host_key_check: "tofu".into(),
-                known_hosts: "known_targets".into(),
-                connect_timeout: Duration::from_secs(10),
-                socket_mark: None,
-            },
-            session_log: RawSessionLog {
-                path: "sessions.jsonl".into(),
-            },
-            recording: RawRecording {
-                public_key: None,
-                dir: "command-logs".into(),
-            },
-            metrics: RawMetrics { listen: None },
-            state: state::RawState::default(),
-        }
-    }
-}
-
 /// The ciphers offered to clients by default: AES-GCM only, which runs on AES-NI and
 /// is the fastest here. OpenSSH clients take the first cipher of *their* list that the
 /// proxy offers (ChaCha20 comes first in theirs), so offering ChaCha20 makes most
@@ -207,43 +56,6 @@ pub const SUPPORTED_CIPHERS: &[&str] = &[
     "aes192-ctr",
     "aes256-ctr",
 ];
-
-/// A string or a list of strings.
-fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
-    }
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(s) => vec![s],
-        OneOrMany::Many(v) => v,
-    })
-}
-
-// Each section's default is its part of the one `RawConfig::default()`, so that a
-// section left out, or a key left out of a section, gets the same value.
-macro_rules! section_defaults {
-    ($($ty:ident => $field:ident),*) => {$(
-        impl Default for $ty {
-            fn default() -> Self {
-                RawConfig::default().$field
-            }
-        }
-    )*};
-}
-
-section_defaults!(
-    RawServer => server,
-    RawCa => ca,
-    RawIdentity => identity,
-    RawPolicy => policy,
-    RawUpstream => upstream,
-    RawSessionLog => session_log,
-    RawRecording => recording,
-    RawMetrics => metrics
-);
 
 /// How target host keys are verified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -318,7 +130,7 @@ impl Config {
     /// Parses and validates configuration text; `path` names it in errors and anchors
     /// relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let raw: file::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string().trim().replace('\n', "\n  "),
         })?;
@@ -337,7 +149,7 @@ impl Config {
     }
 }
 
-impl RawConfig {
+impl file::RawConfig {
     fn validate(self, base: &Path, path: &Path) -> Result<Config, ConfigError> {
         let invalid = |key: &'static str, message: String| ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -516,154 +328,4 @@ impl RawConfig {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(text, Path::new("/etc/portcullis/portcullis.toml"))
-    }
-
-    #[test]
-    fn an_empty_file_gives_the_defaults_relative_to_the_file() {
-        let c = parse("").unwrap();
-        assert_eq!(c.listen, "0.0.0.0:2222".parse().unwrap());
-        assert_eq!(c.policy_dir, Path::new("/etc/portcullis/policies"));
-        assert_eq!(c.host_keys.mode, HostKeyCheck::Tofu);
-        assert_eq!(c.cert_validity, Duration::from_secs(300));
-        assert!(c.recheck_sessions);
-        assert!(
-            !parse("[policy]\nrecheck_sessions = false\n")
-                .unwrap()
-                .recheck_sessions
-        );
-    }
-
-    #[test]
-    fn a_bare_file_name_anchors_paths_at_the_current_directory() {
-        let c = Config::parse("", Path::new("portcullis.toml")).unwrap();
-        let cwd = std::env::current_dir().unwrap();
-        assert_eq!(c.host_key, cwd.join("host_key"));
-        assert_eq!(c.session_log, cwd.join("sessions.jsonl"));
-    }
-
-    #[test]
-    fn metrics_are_off_by_default_and_a_bad_address_names_the_key() {
-        assert_eq!(parse("").unwrap().metrics_listen, None);
-        assert_eq!(
-            parse("[metrics]\nlisten = \"127.0.0.1:9187\"\n")
-                .unwrap()
-                .metrics_listen,
-            Some("127.0.0.1:9187".parse().unwrap())
-        );
-        let err = parse("[metrics]\nlisten = \"localhost\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("metrics.listen") && err.contains("localhost"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn idle_timeout_is_off_by_default_and_at_least_a_second() {
-        assert_eq!(parse("").unwrap().idle_timeout, None);
-        assert_eq!(
-            parse("[server]\nidle_timeout = \"15m\"\n")
-                .unwrap()
-                .idle_timeout,
-            Some(Duration::from_secs(900))
-        );
-        assert_eq!(
-            parse("[server]\nidle_timeout = \"0s\"\n")
-                .unwrap()
-                .idle_timeout,
-            None
-        );
-        let err = parse("[server]\nidle_timeout = \"500ms\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("server.idle_timeout"), "{err}");
-    }
-
-    #[test]
-    fn a_misspelt_key_is_an_error_naming_it() {
-        let err = parse("[policy]\ntimout = \"1s\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("timout") && err.contains("portcullis.toml"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn human_durations_parse_and_bounds_are_checked() {
-        let c = parse("[policy]\ntimeout = \"250ms\"\n[ca]\ncert_validity = \"2m\"\n").unwrap();
-        assert_eq!(c.policy_limits.timeout, Duration::from_millis(250));
-        assert_eq!(c.cert_validity, Duration::from_secs(120));
-        let err = parse("[policy]\ntimeout = \"1m\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("`policy.timeout`"), "{err}");
-    }
-
-    #[test]
-    fn host_key_checking_cannot_be_turned_off() {
-        let err = parse("[upstream]\nhost_key_check = \"none\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("always checked"), "{err}");
-    }
-
-    #[test]
-    fn transparent_listeners_are_one_address_or_a_list() {
-        assert!(parse("").unwrap().transparent_listen.is_empty());
-        let one = parse("[server]\ntransparent_listen = \"0.0.0.0:2223\"\n").unwrap();
-        assert_eq!(one.transparent_listen, ["0.0.0.0:2223".parse().unwrap()]);
-        let two =
-            parse("[server]\ntransparent_listen = [\"0.0.0.0:2223\", \"[::]:2223\"]\n[upstream]\nsocket_mark = 1234\n")
-                .unwrap();
-        assert_eq!(two.transparent_listen.len(), 2);
-        assert_eq!(two.host_keys.socket_mark, Some(1234));
-        let err = parse("[server]\ntransparent_listen = \"2223\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("server.transparent_listen"), "{err}");
-        let err =
-            parse("[server]\nlisten = \"0.0.0.0:2222\"\ntransparent_listen = \"0.0.0.0:2222\"\n")
-                .unwrap_err()
-                .to_string();
-        assert!(err.contains("twice"), "{err}");
-    }
-
-    #[test]
-    fn ciphers_default_to_gcm_and_unknown_or_weak_ones_are_refused() {
-        assert_eq!(parse("").unwrap().ciphers, DEFAULT_CIPHERS);
-        let c = parse(
-            "[server]\nciphers = [\"aes128-gcm@openssh.com\", \"chacha20-poly1305@openssh.com\"]\n",
-        )
-        .unwrap();
-        assert_eq!(
-            c.ciphers,
-            ["aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com"]
-        );
-        for bad in ["3des-cbc", "none", "aes128-cbc", "rot13"] {
-            let err = parse(&format!("[server]\nciphers = [\"{bad}\"]\n"))
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains("server.ciphers") && err.contains(bad), "{err}");
-        }
-        assert!(parse("[server]\nciphers = []\n").is_err());
-    }
-
-    #[test]
-    fn a_bad_listen_address_is_explained() {
-        let err = parse("[server]\nlisten = \"2222\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("`server.listen`") && err.contains("0.0.0.0:2222"),
-            "{err}"
-        );
-    }
-}
+mod tests;

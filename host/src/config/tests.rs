@@ -1,0 +1,148 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("/etc/portcullis/portcullis.toml"))
+}
+
+#[test]
+fn an_empty_file_gives_the_defaults_relative_to_the_file() {
+    let c = parse("").unwrap();
+    assert_eq!(c.listen, "0.0.0.0:2222".parse().unwrap());
+    assert_eq!(c.policy_dir, Path::new("/etc/portcullis/policies"));
+    assert_eq!(c.host_keys.mode, HostKeyCheck::Tofu);
+    assert_eq!(c.cert_validity, Duration::from_secs(300));
+    assert!(c.recheck_sessions);
+    assert!(
+        !parse("[policy]\nrecheck_sessions = false\n")
+            .unwrap()
+            .recheck_sessions
+    );
+}
+
+#[test]
+fn a_bare_file_name_anchors_paths_at_the_current_directory() {
+    let c = Config::parse("", Path::new("portcullis.toml")).unwrap();
+    let cwd = std::env::current_dir().unwrap();
+    assert_eq!(c.host_key, cwd.join("host_key"));
+    assert_eq!(c.session_log, cwd.join("sessions.jsonl"));
+}
+
+#[test]
+fn metrics_are_off_by_default_and_a_bad_address_names_the_key() {
+    assert_eq!(parse("").unwrap().metrics_listen, None);
+    assert_eq!(
+        parse("[metrics]\nlisten = \"127.0.0.1:9187\"\n")
+            .unwrap()
+            .metrics_listen,
+        Some("127.0.0.1:9187".parse().unwrap())
+    );
+    let err = parse("[metrics]\nlisten = \"localhost\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("metrics.listen") && err.contains("localhost"),
+        "{err}"
+    );
+}
+
+#[test]
+fn idle_timeout_is_off_by_default_and_at_least_a_second() {
+    assert_eq!(parse("").unwrap().idle_timeout, None);
+    assert_eq!(
+        parse("[server]\nidle_timeout = \"15m\"\n")
+            .unwrap()
+            .idle_timeout,
+        Some(Duration::from_secs(900))
+    );
+    assert_eq!(
+        parse("[server]\nidle_timeout = \"0s\"\n")
+            .unwrap()
+            .idle_timeout,
+        None
+    );
+    let err = parse("[server]\nidle_timeout = \"500ms\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("server.idle_timeout"), "{err}");
+}
+
+#[test]
+fn a_misspelt_key_is_an_error_naming_it() {
+    let err = parse("[policy]\ntimout = \"1s\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("timout") && err.contains("portcullis.toml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn human_durations_parse_and_bounds_are_checked() {
+    let c = parse("[policy]\ntimeout = \"250ms\"\n[ca]\ncert_validity = \"2m\"\n").unwrap();
+    assert_eq!(c.policy_limits.timeout, Duration::from_millis(250));
+    assert_eq!(c.cert_validity, Duration::from_secs(120));
+    let err = parse("[policy]\ntimeout = \"1m\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`policy.timeout`"), "{err}");
+}
+
+#[test]
+fn host_key_checking_cannot_be_turned_off() {
+    let err = parse("[upstream]\nhost_key_check = \"none\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("always checked"), "{err}");
+}
+
+#[test]
+fn transparent_listeners_are_one_address_or_a_list() {
+    assert!(parse("").unwrap().transparent_listen.is_empty());
+    let one = parse("[server]\ntransparent_listen = \"0.0.0.0:2223\"\n").unwrap();
+    assert_eq!(one.transparent_listen, ["0.0.0.0:2223".parse().unwrap()]);
+    let two =
+        parse("[server]\ntransparent_listen = [\"0.0.0.0:2223\", \"[::]:2223\"]\n[upstream]\nsocket_mark = 1234\n")
+            .unwrap();
+    assert_eq!(two.transparent_listen.len(), 2);
+    assert_eq!(two.host_keys.socket_mark, Some(1234));
+    let err = parse("[server]\ntransparent_listen = \"2223\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("server.transparent_listen"), "{err}");
+    let err = parse("[server]\nlisten = \"0.0.0.0:2222\"\ntransparent_listen = \"0.0.0.0:2222\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("twice"), "{err}");
+}
+
+#[test]
+fn ciphers_default_to_gcm_and_unknown_or_weak_ones_are_refused() {
+    assert_eq!(parse("").unwrap().ciphers, DEFAULT_CIPHERS);
+    let c = parse(
+        "[server]\nciphers = [\"aes128-gcm@openssh.com\", \"chacha20-poly1305@openssh.com\"]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.ciphers,
+        ["aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com"]
+    );
+    for bad in ["3des-cbc", "none", "aes128-cbc", "rot13"] {
+        let err = parse(&format!("[server]\nciphers = [\"{bad}\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.ciphers") && err.contains(bad), "{err}");
+    }
+    assert!(parse("[server]\nciphers = []\n").is_err());
+}
+
+#[test]
+fn a_bad_listen_address_is_explained() {
+    let err = parse("[server]\nlisten = \"2222\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`server.listen`") && err.contains("0.0.0.0:2222"),
+        "{err}"
+    );
+}
