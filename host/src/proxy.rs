@@ -228,14 +228,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     continue;
                 }
                 // Admitted or refused before a byte is read.
-                let ticket = match shared.admission.admit(peer.ip()) {
-                    Ok(ticket) => ticket,
-                    Err(why) => {
-                        shared.metrics.not_admitted(why);
-                        tracing::debug!(%peer, ?why, "connection refused by the admission limits");
-                        drop(socket);
-                        continue;
-                    }
+                let Some(ticket) = admit(&shared, peer) else {
+                    continue;
                 };
                 let check_header = !balancers.is_empty();
                 let handler =
@@ -260,13 +254,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     tracing::warn!(%peer, %destination, "redirected connection refused: {why}");
                     continue;
                 }
-                let ticket = match shared.admission.admit(peer.ip()) {
-                    Ok(ticket) => ticket,
-                    Err(why) => {
-                        shared.metrics.not_admitted(why);
-                        tracing::debug!(%peer, ?why, "connection refused by the admission limits");
-                        continue;
-                    }
+                let Some(ticket) = admit(&shared, peer) else {
+                    continue;
                 };
                 let shared = Arc::clone(&shared);
                 sessions.spawn(async move {
@@ -319,6 +308,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     Ok(())
 }
 
+/// A place for a connection from `peer` under the admission limits, or none (counted
+/// and logged; the caller closes the connection).
+fn admit(shared: &server::Shared, peer: std::net::SocketAddr) -> Option<server::admission::Ticket> {
+    match shared.admission.admit(peer.ip()) {
+        Ok(ticket) => Some(ticket),
+        Err(why) => {
+            shared.metrics.not_admitted(why);
+            tracing::debug!(%peer, ?why, "connection refused by the admission limits");
+            None
+        }
+    }
+}
+
 /// Serves a connection from a trusted load balancer: its PROXY protocol header names
 /// the client, whose address the decisions, the logs and the per-source limits see.
 async fn serve_balanced(
@@ -341,13 +343,8 @@ async fn serve_balanced(
             return;
         }
     };
-    let ticket = match shared.admission.admit(client.ip()) {
-        Ok(ticket) => ticket,
-        Err(why) => {
-            shared.metrics.not_admitted(why);
-            tracing::debug!(peer = %client, %balancer, ?why, "connection refused by the admission limits");
-            return;
-        }
+    let Some(ticket) = admit(&shared, client) else {
+        return;
     };
     server::ConnHandler::new(Arc::clone(&shared), client, None, server::Via::Username)
         .with_ticket(ticket)

@@ -233,6 +233,19 @@ impl Lab {
         self.dir.path()
     }
 
+    /// Writes lines into the `[server]` section of portcullis.toml (before the proxy
+    /// starts); returns the configuration as it now stands.
+    pub fn server_config(&self, lines: &str) -> String {
+        let path = self.path().join("portcullis.toml");
+        let text = std::fs::read_to_string(&path).unwrap().replacen(
+            "[server]\n",
+            &format!("[server]\n{lines}"),
+            1,
+        );
+        std::fs::write(&path, &text).unwrap();
+        text
+    }
+
     /// Appends to portcullis.toml (before the proxy starts).
     pub fn add_config(&self, text: &str) {
         let path = self.path().join("portcullis.toml");
@@ -521,9 +534,8 @@ impl Lab {
 
     /// [`Lab::ssh_pty`] with extra `ssh` options.
     pub fn ssh_pty_with(&self, user: &str, login: &str, extra: &[&str], input: &str) -> Output {
-        use std::io::Write;
-        let mut child = command_in(&self.ns_client, "ssh")
-            .args(self.client_args(user))
+        let mut cmd = command_in(&self.ns_client, "ssh");
+        cmd.args(self.client_args(user))
             .args(extra)
             .args([
                 "-tt",
@@ -532,19 +544,8 @@ impl Lab {
                 "-p",
                 &self.sshd_port.to_string(),
             ])
-            .arg(format!("{login}@127.0.0.1"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+            .arg(format!("{login}@127.0.0.1"));
+        output_with_input(cmd, Some(input))
     }
 
     /// Runs `scp` or `sftp` (`tool`) through the proxy by ProxyJump as `user`.

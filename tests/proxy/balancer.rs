@@ -124,13 +124,7 @@ fn through_haproxy_both_replicas_serve_and_see_the_clients_address() {
     lab.policies
         .module("90-default-principal.wasm", "default_principal");
     let p = lab.path().to_path_buf();
-    let config = p.join("portcullis.toml");
-    let text = std::fs::read_to_string(&config).unwrap().replacen(
-        "[server]\n",
-        "[server]\nproxy_protocol_from = [\"127.0.0.1/32\"]\n",
-        1,
-    );
-    std::fs::write(&config, &text).unwrap();
+    let text = lab.server_config("proxy_protocol_from = [\"127.0.0.1/32\"]\n");
     // Replica B: the same directory (keys, CA, users, policies, logs), its own port.
     let port_b = common::lab::free_port();
     let config_b = p.join("portcullis-b.toml");

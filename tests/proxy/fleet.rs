@@ -34,11 +34,7 @@ impl Fleet {
             .module("90-default-principal.wasm", "default_principal");
         let p = lab.path().to_path_buf();
         let config = p.join("portcullis.toml");
-        let text = std::fs::read_to_string(&config).unwrap().replacen(
-            "[server]\n",
-            "[server]\nproxy_protocol_from = [\"127.0.0.1/32\"]\n",
-            1,
-        );
+        let text = lab.server_config("proxy_protocol_from = [\"127.0.0.1/32\"]\n");
         let state = |replica: &str| {
             format!(
                 "[state]\npostgres = \"{}\"\nreplica = \"{replica}\"\nlease = \"3s\"\n{extra}",

@@ -19,17 +19,6 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
-/// Writes lines into the `[server]` section of the lab's configuration.
-fn server_config(lab: &Lab, lines: &str) {
-    let config = lab.path().join("portcullis.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replacen("[server]\n", &format!("[server]\n{lines}"), 1),
-    )
-    .unwrap();
-}
-
 #[test]
 fn an_unauthenticated_flood_is_capped_and_a_real_user_still_logs_in() {
     ensure_user("jdoe");
@@ -37,7 +26,7 @@ fn an_unauthenticated_flood_is_capped_and_a_real_user_still_logs_in() {
     lab.policies
         .module("90-default-principal.wasm", "default_principal");
     // A long authentication timeout: the flood's connections are held all along.
-    server_config(&lab, "auth_timeout = \"60s\"\n");
+    lab.server_config("auth_timeout = \"60s\"\n");
     let metrics_port = common::lab::free_port();
     lab.add_config(&format!(
         "[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
@@ -111,7 +100,7 @@ fn an_unauthenticated_flood_is_capped_and_a_real_user_still_logs_in() {
 fn a_client_that_never_sends_its_version_is_cut_at_the_authentication_timeout() {
     ensure_user("jdoe");
     let mut lab = Lab::new(&[("jdoe@example.com", &[])]);
-    server_config(&lab, "auth_timeout = \"1s\"\n");
+    lab.server_config("auth_timeout = \"1s\"\n");
     lab.start();
     let mut silent = std::net::TcpStream::connect(("127.0.0.1", lab.proxy_port)).unwrap();
     silent

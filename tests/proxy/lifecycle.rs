@@ -77,14 +77,7 @@ fn sighup_reloads_the_users_file() {
 fn idle_sessions_and_connections_that_do_not_authenticate_are_disconnected() {
     ensure_user("jdoe");
     let mut lab = Lab::new(&[("jdoe@example.com", &[])]);
-    let config = lab.path().join("portcullis.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let text = text.replacen(
-        "[server]\n",
-        "[server]\nidle_timeout = \"2s\"\nauth_timeout = \"2s\"\n",
-        1,
-    );
-    std::fs::write(&config, text).unwrap();
+    lab.server_config("idle_timeout = \"2s\"\nauth_timeout = \"2s\"\n");
     lab.policies
         .module("90-default-principal.wasm", "default_principal");
     lab.start();

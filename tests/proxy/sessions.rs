@@ -515,13 +515,9 @@ fn ciphers_offered_to_clients_are_configurable() {
     let mut lab = Lab::new(&[("jdoe@example.com", &[])]);
     lab.policies
         .module("90-default-principal.wasm", "default_principal");
-    let config = lab.path().join("portcullis.toml");
-    let text = std::fs::read_to_string(&config).unwrap().replacen(
-        "[server]\n",
-        "[server]\nciphers = [\"aes128-gcm@openssh.com\", \"chacha20-poly1305@openssh.com\", \"aes256-ctr\"]\n",
-        1,
+    lab.server_config(
+        "ciphers = [\"aes128-gcm@openssh.com\", \"chacha20-poly1305@openssh.com\", \"aes256-ctr\"]\n",
     );
-    std::fs::write(&config, text).unwrap();
     lab.start();
     let dest = format!("jdoe%127.0.0.1:{}@127.0.0.1", lab.sshd_port);
     let port = lab.proxy_port.to_string();

@@ -68,15 +68,9 @@ const MARK: u32 = 0x70c;
 fn transparent_lab(transparent_port: u16, extra_policies: impl Fn(&Lab)) -> Lab {
     let lab = Lab::new(&[("jdoe@example.com", &["sre"])]);
     ensure_user("jdoe");
-    let config = lab.path().join("portcullis.toml");
-    let text = std::fs::read_to_string(&config).unwrap().replacen(
-        "[server]\n",
-        &format!(
-            "[server]\ntransparent_listen = [\"0.0.0.0:{transparent_port}\", \"[::]:{transparent_port}\"]\n"
-        ),
-        1,
-    );
-    std::fs::write(&config, text).unwrap();
+    lab.server_config(&format!(
+        "transparent_listen = [\"0.0.0.0:{transparent_port}\", \"[::]:{transparent_port}\"]\n"
+    ));
     lab.add_config(&format!("[upstream]\nsocket_mark = {MARK}\n"));
     extra_policies(&lab);
     lab.policies

@@ -141,6 +141,12 @@ impl SessionLog {
         if let Some(mirror) = self.mirror.get() {
             mirror.queue(record, true);
         }
+        self.running_here(record)
+    }
+
+    /// [`SessionLog::running`] without handing the record to the mirror (which already
+    /// has it: a session's first record is written to the shared store directly).
+    pub fn running_here(&self, record: &SessionRecord) -> std::io::Result<()> {
         let path = self.running_path(&record.id);
         let tmp = self.running.join(format!(".{}.tmp", record.id));
         let written = serde_json::to_vec(record)

@@ -88,14 +88,20 @@ pub(crate) async fn start(
     let mut running = record(session, conn, watch, SystemTime::now());
     running.close_reason = "running".into();
     running.replica = replica(shared);
-    if let Some(state) = &shared.state
-        && let Err(e) = state.write_now(&running, true).await
-    {
-        tracing::error!(session_id = %conn.id, "session refused: its record cannot be written to the shared store: {e}");
-        session.refusal = Some(SessionError::SharedStore(e));
-        return;
-    }
-    match shared.session_log.running(&running) {
+    // With a shared store, the first record goes there directly (no session runs
+    // unrecorded), and so not through the log's mirror a second time.
+    let written = match &shared.state {
+        Some(state) => match state.write_now(&running, true).await {
+            Ok(()) => shared.session_log.running_here(&running),
+            Err(e) => {
+                tracing::error!(session_id = %conn.id, "session refused: its record cannot be written to the shared store: {e}");
+                session.refusal = Some(SessionError::SharedStore(e));
+                return;
+            }
+        },
+        None => shared.session_log.running(&running),
+    };
+    match written {
         Ok(()) => {
             shared.metrics.session_started();
             let _ = watch.running.set(Running {
