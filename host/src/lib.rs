@@ -44,6 +44,8 @@ pub enum Error {
     SignOn(String),
     #[error("shared state: {0}")]
     State(String),
+    #[error("recording store: {0}")]
+    RecordingStore(#[from] recording::store::StoreError),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,

@@ -50,6 +50,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             "finalised interrupted command logs"
         );
     }
+    // Object storage: refused credentials stop the proxy here, not at the first
+    // session; the logs a previous run left on the disk are shipped first.
+    let uploads = match &config.recording_store {
+        Some(c) => {
+            let uploads = recording::store::Uploads::start(c).await?;
+            let resumed = uploads.resume_all(&config.recording_dir);
+            if resumed > 0 {
+                tracing::warn!(
+                    count = resumed,
+                    "uploading command logs a previous run left on the disk"
+                );
+            }
+            Some(uploads)
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| Error::Io {
@@ -113,6 +129,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     );
     let shared = match sso {
         Some(sso) => shared.with_sso(sso),
+        None => shared,
+    };
+    let shared = match &uploads {
+        Some(u) => shared.with_uploads(Arc::clone(u)),
         None => shared,
     };
     let shared = Arc::new(match &state {
@@ -301,6 +321,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             "grace period over; closing remaining sessions"
         );
         sessions.shutdown().await;
+    }
+    if let Some(u) = &uploads {
+        // What is not uploaded by then resumes at the next start, from its last part.
+        let left = u.drain(grace).await;
+        if left > 0 {
+            tracing::warn!(
+                pending = left,
+                "command logs still uploading are kept on the disk; their uploads resume at the next start"
+            );
+        }
     }
     if let Some(metrics) = metrics {
         metrics.abort();

@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 pub mod idp;
 pub mod lab;
 pub mod postgres;
+pub mod s3;
 
 /// The repository root.
 pub fn root() -> PathBuf {

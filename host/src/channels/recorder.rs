@@ -8,6 +8,7 @@ use russh::ChannelMsg;
 use crate::recording::cmdlog::{
     self, CODE_DATA, CODE_EXTENDED_DATA, CODE_REQUEST, SOURCE_CLIENT, SOURCE_SERVER,
 };
+use crate::recording::store::{LiveUpload, Uploads};
 use crate::sync::lock;
 
 /// Where a channel's command log goes, when the decision asks for one.
@@ -16,11 +17,21 @@ pub struct CommandLogTarget {
     pub dir: std::path::PathBuf,
     pub key: cmdlog::SealingKey,
     pub session_id: String,
+    /// Object storage the log is shipped to, and the session's day (`YYYY/MM/DD`) that
+    /// names the object; `None` keeps it in `dir`.
+    pub upload: Option<(Arc<Uploads>, String)>,
 }
 
 /// A channel's command log, or none when the session is not recorded.
 #[derive(Debug, Clone)]
-pub(super) struct Recorder(Option<Arc<Mutex<Option<cmdlog::Writer>>>>);
+pub(super) struct Recorder(Option<Arc<Mutex<Option<Recording>>>>);
+
+/// The log being written, and its upload when there is object storage.
+#[derive(Debug)]
+pub(super) struct Recording {
+    writer: cmdlog::Writer,
+    upload: Option<LiveUpload>,
+}
 
 impl Recorder {
     /// Records; returns false when recording failed and the channel must end.
@@ -30,10 +41,10 @@ impl Recorder {
     ) -> bool {
         let Some(slot) = &self.0 else { return true };
         let mut guard = lock(slot);
-        let Some(writer) = guard.as_mut() else {
+        let Some(recording) = guard.as_mut() else {
             return false;
         };
-        match f(writer) {
+        match f(&mut recording.writer) {
             Ok(()) => true,
             Err(e) => {
                 tracing::error!("command log write failed; ending the channel: {e}");
@@ -44,16 +55,24 @@ impl Recorder {
 
     /// Finishes the log (header, sync, rename) on the blocking pool: syncing a long
     /// session's log takes as long as the disk needs, and must not hold a runtime worker.
+    /// Returns where the log is: its path, or its object's URL when it is shipped to
+    /// object storage (the upload completes on its own).
     pub(super) async fn finish(&self, exit: cmdlog::ExitData) -> Option<String> {
-        let writer = self.0.as_ref().and_then(|slot| lock(slot).take())?;
+        let Recording { writer, upload } = self.0.as_ref().and_then(|slot| lock(slot).take())?;
         let finished = tokio::task::spawn_blocking(move || writer.finish(Some(exit)))
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()));
         match finished {
-            Ok(path) => Some(path.display().to_string()),
+            Ok(path) => Some(match upload {
+                Some(u) => u.finished(Some(path)),
+                None => path.display().to_string(),
+            }),
             Err(e) => {
                 tracing::error!("cannot finish the command log: {e}");
+                if let Some(u) = upload {
+                    u.finished(None);
+                }
                 None
             }
         }
@@ -120,8 +139,21 @@ impl Recorder {
             return Ok(Recorder(None));
         };
         let path = t.dir.join(format!("{}-{index}.sshlog", t.session_id));
-        let writer = cmdlog::Writer::create(&path, &t.key)?;
-        Ok(Recorder(Some(Arc::new(Mutex::new(Some(writer))))))
+        let mut writer = cmdlog::Writer::create(&path, &t.key)?;
+        let upload =
+            match &t.upload {
+                Some((uploads, day)) => Some(uploads.begin(&mut writer, day).map_err(|e| {
+                    cmdlog::CmdLogError::File {
+                        path: path.clone(),
+                        message: format!("cannot start its upload: {e}"),
+                    }
+                })?),
+                None => None,
+            };
+        Ok(Recorder(Some(Arc::new(Mutex::new(Some(Recording {
+            writer,
+            upload,
+        }))))))
     }
 
     /// Records what the target sent; false when recording failed.

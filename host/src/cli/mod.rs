@@ -87,8 +87,13 @@ enum Command {
     },
     /// Decrypt a sealed command log into a zip (or an asciicast v2 recording).
     Decrypt {
+        /// A log file, or an object in the store: s3://BUCKET/KEY (read as it streams).
         #[arg(short = 'i', long, value_name = "SSHLOG")]
-        input: PathBuf,
+        input: String,
+        /// Take the store's endpoint and credentials from this configuration's
+        /// [recording.s3] (default: the AWS_* environment).
+        #[arg(short = 'c', long, value_name = "CONFIG")]
+        config: Option<PathBuf>,
         #[arg(short = 'k', long, value_name = "PRIVATE_KEY")]
         key: PathBuf,
         /// Default: INPUT-decrypted.zip (or INPUT.cast).
@@ -99,8 +104,12 @@ enum Command {
     },
     /// Replay a recorded terminal session in this terminal.
     Replay {
+        /// A log file, or s3://BUCKET/KEY.
         #[arg(short = 'i', long, value_name = "SSHLOG")]
-        input: PathBuf,
+        input: String,
+        /// As for decrypt.
+        #[arg(short = 'c', long, value_name = "CONFIG")]
+        config: Option<PathBuf>,
         #[arg(short = 'k', long, value_name = "PRIVATE_KEY")]
         key: PathBuf,
         /// Playback speed factor (2 = twice as fast).
@@ -139,11 +148,17 @@ pub fn main() -> ExitCode {
         Command::Keygen { output } => recording::keygen(&output),
         Command::Decrypt {
             input,
+            config,
             key,
             output,
             format,
-        } => recording::decrypt(&input, &key, output, format),
-        Command::Replay { input, key, speed } => recording::replay(&input, &key, speed),
+        } => recording::decrypt(&input, config.as_deref(), &key, output, format),
+        Command::Replay {
+            input,
+            config,
+            key,
+            speed,
+        } => recording::replay(&input, config.as_deref(), &key, speed),
         Command::Policy(policy::PolicyCommand::Check { dir, json }) => policy::check(dir, json),
         Command::Policy(policy::PolicyCommand::Eval(args)) => policy::eval(*args),
     };

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::SystemTime;
 
+use std::sync::Arc;
+
 use crate::recording::cmdlog::{self, CmdLogError, OpeningKey};
+use crate::recording::store;
 use crate::recording::{SessionFilter, SessionRecord};
 use crate::text::escape;
 
@@ -65,7 +68,7 @@ pub(super) fn sessions(path: &Path, listing: Listing<'_>) -> anyhow::Result<Exit
             println!("{}", serde_json::to_string(r)?);
         }
     } else {
-        print_sessions(&rows, running);
+        print_sessions(&rows, running, &config.recording_dir);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -73,7 +76,7 @@ pub(super) fn sessions(path: &Path, listing: Listing<'_>) -> anyhow::Result<Exit
 /// Prints sessions as a table. Every field a user or a target chose (logins, target
 /// names, reasons) is escaped: none reaches the operator's terminal as a control
 /// character.
-fn print_sessions(rows: &[SessionRecord], running: bool) {
+fn print_sessions(rows: &[SessionRecord], running: bool, recording_dir: &Path) {
     println!(
         "{:<24} {:<24} {:<22} {:<10} {:<7} {:>8} {:>10} {:>10}  POLICY / REASON",
         "START", "USER", "TARGET", "LOGIN", "ACTION", "SECONDS", "BYTES IN", "BYTES OUT",
@@ -98,6 +101,28 @@ fn print_sessions(rows: &[SessionRecord], running: bool) {
             escape(r.policy.as_deref().unwrap_or("-")),
             escape(&r.reason)
         );
+        for log in &r.command_logs {
+            println!("    recording: {}", where_is(log, recording_dir));
+        }
+    }
+}
+
+/// Where a recording is: its path, or its object, with the local copy while the
+/// upload is pending (on this machine).
+fn where_is(log: &str, recording_dir: &Path) -> String {
+    if store::parse_url(log).is_none() {
+        return escape(log).into_owned();
+    }
+    let name = log.rsplit('/').next().unwrap_or_default();
+    let local = recording_dir.join(name);
+    let partial = recording_dir.join(format!("{name}.partial"));
+    match [&local, &partial].into_iter().find(|p| p.exists()) {
+        Some(p) => format!(
+            "{} (upload pending; on the disk: {})",
+            escape(log),
+            escape(&p.display().to_string())
+        ),
+        None => escape(log).into_owned(),
     }
 }
 
@@ -127,7 +152,99 @@ impl<R: std::io::Read> std::io::Read for Counted<R> {
     }
 }
 
-type LogFileReader = cmdlog::LogReader<Counted<std::io::BufReader<std::fs::File>>>;
+type LogFileReader = cmdlog::LogReader<Counted<Box<dyn std::io::Read>>>;
+
+/// Where a log is read from: a file, or an object (`s3://bucket/key`), streamed.
+enum LogSource {
+    File(PathBuf),
+    Object {
+        url: String,
+        store: store::Store,
+        key: String,
+        runtime: Arc<tokio::runtime::Runtime>,
+    },
+}
+
+impl LogSource {
+    /// `input` is a path or an `s3://` URL; the store's endpoint and credentials come
+    /// from the environment, or from `config`'s `[recording.s3]` when given.
+    fn parse(input: &str, config: Option<&Path>) -> anyhow::Result<LogSource> {
+        let Some((bucket, key)) = store::parse_url(input) else {
+            if input.starts_with("s3://") {
+                anyhow::bail!("{input:?}: an object is named s3://BUCKET/KEY");
+            }
+            return Ok(LogSource::File(PathBuf::from(input)));
+        };
+        let config = match config {
+            Some(p) => crate::config::Config::load(p)?.recording_store,
+            None => None,
+        };
+        let store = store::Store::for_bucket(bucket, config.as_ref())?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Ok(LogSource::Object {
+            url: input.to_string(),
+            store,
+            key: key.to_string(),
+            runtime: Arc::new(runtime),
+        })
+    }
+
+    /// The name in messages (a path or the URL).
+    fn name(&self) -> PathBuf {
+        match self {
+            LogSource::File(p) => p.clone(),
+            LogSource::Object { url, .. } => PathBuf::from(url),
+        }
+    }
+
+    /// What the default output is named after: the file, or the object's last name
+    /// segment in the current directory.
+    fn stem(&self) -> PathBuf {
+        match self {
+            LogSource::File(p) => p.clone(),
+            LogSource::Object { key, .. } => {
+                PathBuf::from(key.rsplit('/').next().unwrap_or(key.as_str()))
+            }
+        }
+    }
+
+    fn len(&self) -> u64 {
+        match self {
+            LogSource::File(p) => std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+            LogSource::Object {
+                store,
+                key,
+                runtime,
+                ..
+            } => runtime.block_on(store.size(key)).unwrap_or(0),
+        }
+    }
+
+    fn open(&self) -> Result<Box<dyn std::io::Read>, CmdLogError> {
+        let failed = |message: String| CmdLogError::File {
+            path: self.name(),
+            message,
+        };
+        Ok(match self {
+            LogSource::File(p) => Box::new(std::io::BufReader::with_capacity(
+                1 << 20,
+                std::fs::File::open(p).map_err(|e| failed(e.to_string()))?,
+            )),
+            LogSource::Object {
+                store,
+                key,
+                runtime,
+                ..
+            } => Box::new(std::io::BufReader::with_capacity(
+                1 << 20,
+                store::ObjectReader::open(Arc::clone(runtime), store, key)
+                    .map_err(|e| failed(e.to_string()))?,
+            )),
+        })
+    }
+}
 
 /// A reading error of the log, named by the log's path (errors about another file
 /// name theirs already).
@@ -143,30 +260,30 @@ fn about_log(input: &Path) -> impl Fn(cmdlog::CmdLogError) -> cmdlog::CmdLogErro
 
 /// Opens the log for one pass, the progress bar (if any) starting over.
 fn open_log(
-    input: &Path,
+    input: &LogSource,
     key: &cmdlog::OpeningKey,
     bar: Option<&indicatif::ProgressBar>,
 ) -> Result<LogFileReader, cmdlog::CmdLogError> {
-    let file = std::fs::File::open(input).map_err(|e| cmdlog::CmdLogError::File {
-        path: input.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    let inner = input.open()?;
     if let Some(b) = bar {
         b.set_position(0);
     }
     let counted = Counted {
-        inner: std::io::BufReader::with_capacity(1 << 20, file),
+        inner,
         bar: bar.cloned(),
     };
     cmdlog::LogReader::new(counted, key)
 }
 
 /// A progress bar for `passes` reads of a large log, when a person is watching.
-fn progress_bar(input: &Path, passes: u32) -> Option<indicatif::ProgressBar> {
+fn progress_bar(input: &LogSource, passes: u32) -> Option<indicatif::ProgressBar> {
     use std::io::IsTerminal;
-    let len = std::fs::metadata(input).map(|m| m.len()).unwrap_or(0);
     let watched = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
-    (len > 16 << 20 && watched).then(|| {
+    if !watched {
+        return None;
+    }
+    let len = input.len();
+    (len > 16 << 20).then(|| {
         let bar = indicatif::ProgressBar::new(len);
         let template = if passes > 1 {
             "decrypting (two passes) {bar:40} {bytes}/{total_bytes} ({eta})"
@@ -182,17 +299,22 @@ fn progress_bar(input: &Path, passes: u32) -> Option<indicatif::ProgressBar> {
 }
 
 pub(super) fn decrypt(
-    input: &Path,
+    input: &str,
+    config: Option<&Path>,
     key: &Path,
     output: Option<PathBuf>,
     format: DecryptFormat,
 ) -> anyhow::Result<ExitCode> {
     use crate::recording::cmdlog;
     let key = cmdlog::OpeningKey::read(key)?;
+    let source = LogSource::parse(input, config)?;
+    let stem = source.stem();
     let out = output.unwrap_or_else(|| match format {
-        DecryptFormat::Zip => PathBuf::from(format!("{}-decrypted.zip", input.display())),
-        DecryptFormat::Asciicast => PathBuf::from(format!("{}.cast", input.display())),
+        DecryptFormat::Zip => PathBuf::from(format!("{}-decrypted.zip", stem.display())),
+        DecryptFormat::Asciicast => PathBuf::from(format!("{}.cast", stem.display())),
     });
+    let name = source.name();
+    let input = name.as_path();
     // Written beside the output and renamed at the end: a failure (a damaged input
     // that is not a log, a full disk) leaves no half-written file and any earlier
     // output as it was.
@@ -201,11 +323,11 @@ pub(super) fn decrypt(
         DecryptFormat::Zip => 2,
         DecryptFormat::Asciicast => 1,
     };
-    let bar = progress_bar(input, passes);
+    let bar = progress_bar(&source, passes);
     let done = match format {
-        DecryptFormat::Zip => cmdlog::write_zip(|| open_log(input, &key, bar.as_ref()), &tmp),
+        DecryptFormat::Zip => cmdlog::write_zip(|| open_log(&source, &key, bar.as_ref()), &tmp),
         DecryptFormat::Asciicast => {
-            open_log(input, &key, bar.as_ref()).and_then(|r| cmdlog::write_asciicast(r, &tmp))
+            open_log(&source, &key, bar.as_ref()).and_then(|r| cmdlog::write_asciicast(r, &tmp))
         }
     }
     .and_then(|done| {
@@ -229,13 +351,21 @@ pub(super) fn decrypt(
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) fn replay(input: &Path, key: &Path, speed: f64) -> anyhow::Result<ExitCode> {
+pub(super) fn replay(
+    input: &str,
+    config: Option<&Path>,
+    key: &Path,
+    speed: f64,
+) -> anyhow::Result<ExitCode> {
     use std::io::Write;
     anyhow::ensure!(speed > 0.0, "--speed must be positive");
     let key = OpeningKey::read(key)?;
+    let source = LogSource::parse(input, config)?;
+    let name = source.name();
+    let input = name.as_path();
     // Streamed: the replay starts at once, however long the log.
     let about = about_log(input);
-    let reader = open_log(input, &key, None).map_err(&about)?;
+    let reader = open_log(&source, &key, None).map_err(&about)?;
     let mut output = cmdlog::TerminalOutput::new(reader);
     let mut out = std::io::stdout().lock();
     while let Some((pause, data)) = output.next_output().map_err(&about)? {

@@ -107,6 +107,9 @@ pub(super) struct RawRecording {
     /// Without it, sessions a policy wants recorded are refused.
     pub(super) public_key: Option<PathBuf>,
     pub(super) dir: PathBuf,
+    /// `local` (the default) or `s3` (then `[recording.s3]`).
+    pub(super) store: super::recording::StoreKind,
+    pub(super) s3: Option<super::recording::RawS3>,
 }
 
 impl Default for RawConfig {
@@ -153,6 +156,8 @@ impl Default for RawConfig {
             recording: RawRecording {
                 public_key: None,
                 dir: "command-logs".into(),
+                store: super::recording::StoreKind::Local,
+                s3: None,
             },
             metrics: RawMetrics { listen: None },
             state: state::RawState::default(),

@@ -9,11 +9,13 @@ mod admission;
 mod cidr;
 mod file;
 mod oidc;
+mod recording;
 mod state;
 
 pub use admission::{AdmissionLimits, MaxStartups};
 pub use cidr::Cidr;
 pub use oidc::OidcConfig;
+pub use recording::{MIN_PART_SIZE, S3Config, S3Credentials};
 pub use state::StateConfig;
 
 use std::net::SocketAddr;
@@ -111,6 +113,8 @@ pub struct Config {
     /// The auditor's HPKE public key file, if command logging is set up.
     pub recording_key: Option<PathBuf>,
     pub recording_dir: PathBuf,
+    /// S3-compatible storage the command logs are uploaded to, if configured.
+    pub recording_store: Option<S3Config>,
     /// Where to serve Prometheus metrics (`/metrics`, `/healthz`), if anywhere.
     pub metrics_listen: Option<SocketAddr>,
     /// Shared state in PostgreSQL, if configured.
@@ -282,6 +286,8 @@ impl file::RawConfig {
             .state
             .validate(abs)
             .map_err(|(key, message)| invalid(key, message))?;
+        let recording_store = recording::validate(self.recording.store, self.recording.s3, abs)
+            .map_err(|(key, message)| invalid(key, message))?;
         let oidc = match self.identity.oidc {
             None => None,
             Some(raw) => Some(
@@ -321,6 +327,7 @@ impl file::RawConfig {
             session_log: abs(&self.session_log.path),
             recording_key: self.recording.public_key.as_deref().map(abs),
             recording_dir: abs(&self.recording.dir),
+            recording_store,
             metrics_listen,
             state,
         })

@@ -187,13 +187,7 @@ fn check_issuer(issuer: &str) -> Result<(), String> {
     match url.scheme() {
         "https" => Ok(()),
         "http" => {
-            let loopback = match url.host() {
-                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-                Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-                None => false,
-            };
-            if loopback {
+            if is_loopback(&url) {
                 Ok(())
             } else {
                 Err(format!(
@@ -202,6 +196,16 @@ fn check_issuer(issuer: &str) -> Result<(), String> {
             }
         }
         other => Err(format!("{issuer:?}: the scheme must be https, not {other}")),
+    }
+}
+
+/// Whether the URL's host is a loopback address (or `localhost`).
+pub(super) fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
     }
 }
 

@@ -146,3 +146,52 @@ fn a_bad_listen_address_is_explained() {
         "{err}"
     );
 }
+
+#[test]
+fn the_recording_store_is_local_by_default_and_s3_settings_are_checked() {
+    assert_eq!(parse("").unwrap().recording_store, None);
+    let s3 = |body: &str| {
+        parse(&format!(
+            "[recording]\nstore = \"s3\"\n[recording.s3]\n{body}"
+        ))
+    };
+    let c =
+        s3("bucket = \"audit\"\nprefix = \"/portcullis/\"\nendpoint = \"http://127.0.0.1:9000\"\n")
+            .unwrap()
+            .recording_store
+            .unwrap();
+    assert_eq!(
+        (c.bucket.as_str(), c.prefix.as_str()),
+        ("audit", "portcullis")
+    );
+    assert!(c.path_style && c.allow_http);
+    assert_eq!(c.part_size, 16 << 20);
+    assert_eq!(c.location(), "s3://audit/portcullis");
+    let err = |text: &str| s3(text).unwrap_err().to_string();
+    assert!(err("bucket = \"Audit_Logs\"\n").contains("recording.s3.bucket"));
+    assert!(err("bucket = \"audit\"\nprefix = \"a/../b\"\n").contains("recording.s3.prefix"));
+    assert!(err("bucket = \"audit\"\npart_size_mib = 4\n").contains("recording.s3.part_size_mib"));
+    let e = err("bucket = \"audit\"\nendpoint = \"http://minio.internal:9000\"\n");
+    assert!(
+        e.contains("recording.s3.endpoint") && e.contains("allow_http"),
+        "{e}"
+    );
+    assert!(
+        err("bucket = \"audit\"\ncredentials_file = \"/nonexistent\"\n").contains("no such file")
+    );
+    assert!(err("bucket = \"audit\"\nsecret = \"x\"\n").contains("secret"));
+    let e = parse("[recording]\nstore = \"s3\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("recording.store") && e.contains("[recording.s3]"),
+        "{e}"
+    );
+    let e = parse("[recording.s3]\nbucket = \"audit\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("store = \\\"s3\\\"") || e.contains("store = \"s3\""),
+        "{e}"
+    );
+}

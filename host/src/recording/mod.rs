@@ -2,6 +2,7 @@
 
 pub mod cmdlog;
 mod session_log;
+pub mod store;
 
 pub use session_log::{
     ChannelRecord, INTERRUPTED, RecordMirror, SessionFilter, SessionLog, SessionRecord,

@@ -44,6 +44,8 @@ pub(crate) struct Metrics {
     users_reload_failures: AtomicU64,
     /// Single sign-on, whose own counters are rendered after these.
     pub(crate) sso: std::sync::OnceLock<Arc<crate::identity::sso::Sso>>,
+    /// Uploads of command logs to object storage, if configured.
+    pub(crate) uploads: std::sync::OnceLock<Arc<crate::recording::store::Uploads>>,
     /// The replica's name in the shared store, if there is one.
     pub(crate) replica: std::sync::OnceLock<String>,
 }
@@ -276,6 +278,9 @@ impl Metrics {
         }
         if let Some(sso) = self.sso.get() {
             sso.render_metrics(&mut out);
+        }
+        if let Some(uploads) = self.uploads.get() {
+            uploads.render_metrics(&mut out);
         }
         out
     }

@@ -53,6 +53,8 @@ pub(crate) struct Shared {
     pub session_log: SessionLog,
     /// The auditor's key for sealed command logs, if configured.
     pub recording_key: Option<crate::recording::cmdlog::SealingKey>,
+    /// Object storage the command logs are shipped to, if configured.
+    pub uploads: Option<Arc<crate::recording::store::Uploads>>,
     host_certs: host_certs::HostCertCache,
     /// Changes whenever a new users file is put in force.
     pub(crate) users_swapped: tokio::sync::watch::Sender<u64>,
@@ -82,6 +84,7 @@ impl Shared {
             policy,
             session_log,
             recording_key,
+            uploads: None,
             host_certs: host_certs::HostCertCache::default(),
             users_swapped: tokio::sync::watch::Sender::new(0),
             metrics: Arc::default(),
@@ -91,6 +94,12 @@ impl Shared {
 
     /// Adds the shared store (before the first connection): session records go to it
     /// too, pins are kept in it.
+    pub(crate) fn with_uploads(mut self, uploads: Arc<crate::recording::store::Uploads>) -> Self {
+        let _ = self.metrics.uploads.set(Arc::clone(&uploads));
+        self.uploads = Some(uploads);
+        self
+    }
+
     pub(crate) fn with_state(mut self, state: Arc<crate::state::Postgres>) -> Self {
         self.session_log
             .mirror_to(Arc::clone(&state) as Arc<dyn crate::recording::RecordMirror>);

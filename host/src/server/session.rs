@@ -122,6 +122,12 @@ impl Session {
                     dir: shared.config.recording_dir.clone(),
                     key: key.clone(),
                     session_id: conn.id.clone(),
+                    upload: shared.uploads.as_ref().map(|u| {
+                        (
+                            Arc::clone(u),
+                            crate::recording::store::day_of(unix(conn.start)),
+                        )
+                    }),
                 }),
                 _ => None,
             },
@@ -129,4 +135,11 @@ impl Session {
             back: self.target.back.clone(),
         }
     }
+}
+
+/// Seconds since the Unix epoch.
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }

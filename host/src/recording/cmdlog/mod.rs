@@ -30,8 +30,8 @@ pub use format::{
     SOURCE_CLIENT, SOURCE_SERVER, encode_packet,
 };
 pub use keys::{OpeningKey, SealingKey, generate_keypair, keygen, public_key_of};
-pub use reader::{LogReader, Packet};
-pub use writer::{Writer, recover, sealed_in_memory};
+pub use reader::{LogReader, Packet, read_metadata};
+pub use writer::{HEADER_RESERVE, SpoolLength, Writer, recover, sealed_in_memory};
 
 #[cfg(test)]
 mod tests;

@@ -65,29 +65,37 @@ impl<R> std::fmt::Debug for LogReader<R> {
     }
 }
 
+/// Reads a log's header (which is not sealed): its metadata and the header's length
+/// after its 4-byte length prefix.
+pub fn read_metadata(mut input: impl Read) -> Result<(Metadata, u32), CmdLogError> {
+    let not_a_log = |why: &str| CmdLogError::Format(format!("not a command log: {why}"));
+    let io = |e: std::io::Error| CmdLogError::Format(format!("cannot read the log: {e}"));
+    let mut len = [0u8; 4];
+    if read_up_to(&mut input, &mut len).map_err(io)? < 4 {
+        return Err(not_a_log("shorter than its header length"));
+    }
+    let m = u32::from_be_bytes(len);
+    let mut header = Vec::new();
+    (&mut input)
+        .take(u64::from(m))
+        .read_to_end(&mut header)
+        .map_err(io)?;
+    if header.len() < m as usize {
+        return Err(not_a_log("the header is cut short"));
+    }
+    let json = B64
+        .decode(&header)
+        .map_err(|_| not_a_log("the header is not base64"))?;
+    let meta: Metadata =
+        serde_json::from_slice(&json).map_err(|e| not_a_log(&format!("bad header JSON ({e})")))?;
+    Ok((meta, m))
+}
+
 impl<R: Read> LogReader<R> {
     /// Reads the header and opens the first block.
     pub fn new(mut input: R, key: &OpeningKey) -> Result<LogReader<R>, CmdLogError> {
+        let (meta, m) = read_metadata(&mut input)?;
         let not_a_log = |why: &str| CmdLogError::Format(format!("not a command log: {why}"));
-        let io = |e: std::io::Error| CmdLogError::Format(format!("cannot read the log: {e}"));
-        let mut len = [0u8; 4];
-        if read_up_to(&mut input, &mut len).map_err(io)? < 4 {
-            return Err(not_a_log("shorter than its header length"));
-        }
-        let m = u32::from_be_bytes(len);
-        let mut header = Vec::new();
-        (&mut input)
-            .take(u64::from(m))
-            .read_to_end(&mut header)
-            .map_err(io)?;
-        if header.len() < m as usize {
-            return Err(not_a_log("the header is cut short"));
-        }
-        let json = B64
-            .decode(&header)
-            .map_err(|_| not_a_log("the header is not base64"))?;
-        let meta: Metadata = serde_json::from_slice(&json)
-            .map_err(|e| not_a_log(&format!("bad header JSON ({e})")))?;
         let enc =
             hex::decode(&meta.encapsulated_key).map_err(|_| not_a_log("bad encapsulated_key"))?;
         let enc = EncappedKey::from_bytes(&enc).map_err(|_| not_a_log("bad encapsulated_key"))?;

@@ -32,7 +32,7 @@ pub(super) struct SideMeta {
 /// 1 KiB). Finishing the log then writes the header in place and renames the file,
 /// instead of copying a log that may be gigabytes; a header that does not fit falls
 /// back to the copy.
-pub(super) const HEADER_RESERVE: u64 = 4096;
+pub const HEADER_RESERVE: u64 = 4096;
 
 pub(super) fn side_paths(path: &Path) -> (PathBuf, PathBuf) {
     let s = path.display().to_string();
@@ -40,6 +40,17 @@ pub(super) fn side_paths(path: &Path) -> (PathBuf, PathBuf) {
         PathBuf::from(format!("{s}.partial")),
         PathBuf::from(format!("{s}.meta")),
     )
+}
+
+/// How much of a spool file is written, for a reader that ships it elsewhere while it
+/// grows (the object-store upload): the writer stores the length after each block and
+/// wakes the reader when it passes the next `every` bytes. A block is counted once it
+/// is whole in the file, so the counted bytes never change afterwards.
+#[derive(Debug)]
+pub struct SpoolLength {
+    pub len: std::sync::atomic::AtomicU64,
+    pub every: u64,
+    pub grew: tokio::sync::Notify,
 }
 
 /// A command log being written.
@@ -53,6 +64,9 @@ pub struct Writer {
     pub(super) data_size: u64,
     /// The frame being sealed, kept between packets.
     pub(super) frame: Vec<u8>,
+    /// The spool file's length (the header room and the blocks written).
+    pub(super) spooled: u64,
+    pub(super) watcher: Option<std::sync::Arc<SpoolLength>>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -100,6 +114,8 @@ impl Writer {
             last_elapsed: 0,
             data_size: 0,
             frame: Vec::new(),
+            spooled: HEADER_RESERVE,
+            watcher: None,
         };
         w.write_side_meta()?;
         Ok(w)
@@ -113,6 +129,19 @@ impl Writer {
         fs::write(&tmp, json)
             .and_then(|()| fs::rename(&tmp, &meta_path))
             .map_err(|e| file_err(&meta_path, e))
+    }
+
+    /// Reports the spool file's length to `watcher` from now on.
+    pub fn watch(&mut self, watcher: std::sync::Arc<SpoolLength>) {
+        watcher
+            .len
+            .store(self.spooled, std::sync::atomic::Ordering::Release);
+        self.watcher = Some(watcher);
+    }
+
+    /// The spool file being written (`NAME.partial`).
+    pub fn spool_path(&self) -> PathBuf {
+        side_paths(&self.path).0
     }
 
     /// The final path.
@@ -161,6 +190,15 @@ impl Writer {
             .write_all(frame)
             .map_err(|e| file_err(&side_paths(path).0, e))?;
         self.data_size += plain_len as u64;
+        let before = self.spooled;
+        self.spooled += frame.len() as u64;
+        if let Some(w) = &self.watcher {
+            w.len
+                .store(self.spooled, std::sync::atomic::Ordering::Release);
+            if self.spooled / w.every.max(1) != before / w.every.max(1) {
+                w.grew.notify_one();
+            }
+        }
         Ok(())
     }
 
