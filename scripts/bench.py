@@ -157,6 +157,66 @@ def fleet(d, ports, total, concurrency):
     return rates
 
 
+def s3_store(d, ports, size, runs):
+    """Logged throughput with the command logs shipped to object storage (s3s-fs, a real
+    S3 server, on this machine) by a second proxy, for the two logged paths. Returns
+    {path: (download B/s list, upload B/s list, seconds until uploaded list)}, or None
+    when s3s-fs is not built (scripts/setup builds it)."""
+    s3bin = os.path.join(ROOT, "target/tools/bin/s3s-fs")
+    if not os.path.exists(s3bin):
+        return None
+    data = tempfile.mkdtemp(prefix="portcullis-bench-s3-"); os.makedirs(f"{data}/bench")
+    s3port, pport = free_port(), free_port()
+    procs = []
+    try:
+        s3 = subprocess.Popen([s3bin, "--host", "127.0.0.1", "--port", str(s3port), "--access-key", "bench",
+                               "--secret-key", "bench-secret-key", data],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(s3); wait_port(s3port, s3, "s3s-fs")
+        open(f"{d}/aws-credentials", "w").write(
+            "[default]\naws_access_key_id = bench\naws_secret_access_key = bench-secret-key\n")
+        conf = open(f"{d}/portcullis.toml").read().replace(f'127.0.0.1:{ports["proxy"]}', f"127.0.0.1:{pport}")
+        conf = conf.replace("[recording]\n", '[recording]\ndir = "command-logs-s3"\nstore = "s3"\n', 1)
+        conf += (f'[recording.s3]\nbucket = "bench"\nendpoint = "http://127.0.0.1:{s3port}"\n'
+                 f'credentials_file = "{d}/aws-credentials"\n')
+        open(f"{d}/portcullis-s3.toml", "w").write(conf)
+        pr = subprocess.Popen([BIN, "serve", "--config", f"{d}/portcullis-s3.toml"], stderr=open(f"{d}/proxy-s3.log", "w"))
+        procs.append(pr); wait_port(pport, pr, "portcullis (s3)")
+        with open(f"{d}/known_hosts", "a") as kh:
+            kh.write(f"[127.0.0.1]:{pport} {' '.join(open(d + '/host_key.pub').read().split()[:2])}\n")
+        with open(f"{d}/ssh_config", "a") as c:
+            c.write(f"Host portcullis-s3\n  HostName 127.0.0.1\n  Port {pport}\n  User {USER}\n")
+        base = ["ssh", "-F", f"{d}/ssh_config"]
+        t = str(ports["target"])
+        spool = f"{d}/command-logs-s3"
+        cmds = {"portcullis-log": base + ["-J", "portcullis-s3", "-p", t, f"{USER}@127.0.0.2"],
+                "portcullis-user-log": base + ["-p", str(pport), f"{USER}%127.0.0.2:{t}@127.0.0.1"]}
+        out = {k: ([], [], []) for k in cmds}
+
+        def settled():  # seconds from the client's exit until the spool is empty (uploaded, checked)
+            start = time.perf_counter()
+            while os.path.isdir(spool) and os.listdir(spool):
+                if time.perf_counter() - start > 600:
+                    raise RuntimeError(f"uploads did not finish: {os.listdir(spool)}")
+                time.sleep(0.05)
+            shutil.rmtree(f"{data}/bench"); os.makedirs(f"{data}/bench")  # keep the disk free
+            return time.perf_counter() - start
+        for _ in range(runs):
+            for k, cmd in cmds.items():
+                out[k][0].append(size / timed(cmd + [f"head -c {size} /dev/zero"]))
+                out[k][2].append(settled())
+                with open("/dev/zero", "rb") as z:
+                    src = subprocess.Popen(["head", "-c", str(size)], stdin=z, stdout=subprocess.PIPE)
+                    out[k][1].append(size / timed(cmd + ["cat > /dev/null"], stdin=src.stdout))
+                    src.wait()
+                out[k][2].append(settled())
+        return out
+    finally:
+        for pr in procs:
+            pr.terminate()
+        shutil.rmtree(data, ignore_errors=True)
+
+
 def timed(cmd, stdin=None):
     t = time.perf_counter()
     subprocess.run(cmd, check=True, stdin=stdin, stdout=subprocess.DEVNULL)
@@ -186,6 +246,8 @@ def main():
     ap.add_argument("--sessions", default="200,500,1000",
                     help="concurrent idle session levels, comma-separated; empty to skip")
     ap.add_argument("--skip-criterion", action="store_true")
+    ap.add_argument("--skip-s3", action="store_true", help="skip logged throughput with the S3 store")
+    ap.add_argument("--no-write", action="store_true", help="print the table only, not into docs/benchmarks.md")
     ap.add_argument("--fleet-sessions", type=int, default=200,
                     help="sessions through HAProxy per fleet size (one, two replicas); 0 to skip")
     a = ap.parse_args()
@@ -210,6 +272,7 @@ def main():
                     src = subprocess.Popen(["head", "-c", str(size)], stdin=z, stdout=subprocess.PIPE)
                     up[k].append(size / timed(p[k] + ["cat > /dev/null"], stdin=src.stdout))
                     src.wait()
+        stored = None if a.skip_s3 else s3_store(d, ports, size, a.runs)
         setup_paths = ["direct", "openssh-jump", "portcullis", "portcullis-user"]
         setups = {k: [] for k in setup_paths}
         for _ in range(a.setups):
@@ -260,6 +323,17 @@ def main():
         dd, ud = med(down["direct"]) / 2**20, med(up["direct"]) / 2**20
         dj, uj = med(down["openssh-jump"]) / 2**20, med(up["openssh-jump"]) / 2**20
         lines.append(f"| {k} | {dm:.0f} | {dm/dd:.2f} | {dm/dj:.2f} | {um:.0f} | {um/ud:.2f} | {um/uj:.2f} |")
+    if stored:
+        lines += ["", f"Logged throughput, {a.size_mib} MiB, median of {a.runs}: command logs on the local disk "
+                  "against shipped to S3-compatible storage (s3s-fs on this machine, 16 MiB parts, each object "
+                  "read back and checked before its spool file goes; MiB/s; uploaded after = seconds from the "
+                  "client's exit until the spool is empty):", "",
+                  "| path | local down | S3 down | ratio | local up | S3 up | ratio | uploaded after (s) |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for k, (sd, su, settle) in stored.items():
+            ld, lu = med(down[k]) / 2**20, med(up[k]) / 2**20
+            lines.append(f"| {k} | {ld:.0f} | {med(sd)/2**20:.0f} | {med(sd)/2**20/ld:.2f} | {lu:.0f} | "
+                         f"{med(su)/2**20:.0f} | {med(su)/2**20/lu:.2f} | {med(settle):.1f} |")
     lines += ["", f"Connection set-up, `ssh ... true` x{a.setups} (ms; ratio of medians to direct / to OpenSSH ProxyJump):", "",
               "| path | median | p95 | ratio | vs jump |", "| --- | ---: | ---: | ---: | ---: |"]
     for k in setup_paths:
@@ -294,7 +368,8 @@ def main():
         lines += ["", "Policy decision (criterion; [low median high]):", "", "```", crit, "```"]
     table = "\n".join(lines)
     print(table)
-    write_latest(os.path.join(ROOT, "docs/benchmarks.md"), table)
+    if not a.no_write:
+        write_latest(os.path.join(ROOT, "docs/benchmarks.md"), table)
     shutil.rmtree(d, ignore_errors=True)
 
 

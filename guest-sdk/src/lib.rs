@@ -43,6 +43,7 @@ mod export;
 pub mod identity;
 pub mod log;
 pub mod net;
+pub mod testing;
 pub mod time;
 
 pub use config::NoConfig;

@@ -1,7 +1,16 @@
 //! Writing to the proxy's log. Messages are attributed to the module by the host,
 //! truncated to 1000 characters, and capped at 64 per call.
 
-use crate::bindings::{LogLevel, log};
+use crate::bindings::LogLevel;
+
+/// In a module, the host's `log` import; in a native test (`cargo test`), standard
+/// error, so that a policy's logging works under test too.
+fn log(level: LogLevel, message: &str) {
+    #[cfg(target_arch = "wasm32")]
+    crate::bindings::log(level, message);
+    #[cfg(not(target_arch = "wasm32"))]
+    eprintln!("[{level:?}] {message}");
+}
 
 /// Logs a debug message.
 pub fn debug(message: &str) {

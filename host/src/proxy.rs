@@ -19,9 +19,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let ca = ca::Ca::open(&config.ca_dir)?;
     let host_key = ca::load_or_create_host_key(&config.host_key)?;
     let users = identity::UsersFile::load(&config.users_file)?;
-    let policy = Arc::new(policy::PolicyEngine::new(
+    let policy = Arc::new(policy::PolicyEngine::with_signatures(
         &config.policy_dir,
         config.policy_limits,
+        config.policy_signatures.clone(),
     )?);
     let reload = policy::watch(Arc::clone(&policy), config.reload_debounce)?;
     let session_log =

@@ -22,6 +22,7 @@ mod forwarding;
 mod hardening;
 mod host_keys;
 mod lifecycle;
+mod policy_kit;
 mod recording_store;
 mod sessions;
 mod sso;

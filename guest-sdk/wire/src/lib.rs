@@ -17,9 +17,12 @@
 
 use std::net::IpAddr;
 
+mod builder;
 mod channel;
 mod codec;
 mod glob;
+
+pub use builder::RequestBuilder;
 
 pub use channel::ChannelRequest;
 pub use glob::glob;

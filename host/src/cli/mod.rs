@@ -5,7 +5,9 @@
 mod ca;
 mod logins;
 mod policy;
+mod policy_test;
 mod recording;
+mod scaffold;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -159,8 +161,23 @@ pub fn main() -> ExitCode {
             key,
             speed,
         } => recording::replay(&input, config.as_deref(), &key, speed),
-        Command::Policy(policy::PolicyCommand::Check { dir, json }) => policy::check(dir, json),
+        Command::Policy(policy::PolicyCommand::Check {
+            dir,
+            json,
+            allowed_signers,
+        }) => policy::check(dir, json, allowed_signers),
         Command::Policy(policy::PolicyCommand::Eval(args)) => policy::eval(*args),
+        Command::Policy(policy::PolicyCommand::Test {
+            dir,
+            cases,
+            json,
+            allowed_signers,
+        }) => policy_test::run(&dir, cases, json, allowed_signers.as_deref()),
+        Command::Policy(policy::PolicyCommand::Bench {
+            request,
+            iterations,
+        }) => policy::bench(*request, iterations),
+        Command::Policy(policy::PolicyCommand::New(args)) => scaffold::new(args),
     };
     match result {
         Ok(code) => code,

@@ -24,9 +24,36 @@ pub(super) enum PolicyCommand {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+        /// Require every module (and configuration) to be signed by a signer of this
+        /// OpenSSH allowed_signers file, as `[policy] allowed_signers` does.
+        #[arg(long, value_name = "FILE")]
+        allowed_signers: Option<PathBuf>,
     },
     /// Decide one connection offline and print the decision as JSON.
     Eval(Box<EvalArgs>),
+    /// Run tables of requests and expected outcomes (TOML) against the modules of DIR.
+    Test {
+        /// The policy directory.
+        dir: PathBuf,
+        /// Case files (default: DIR/tests/*.toml).
+        cases: Vec<PathBuf>,
+        /// Print the results as JSON (for CI).
+        #[arg(long)]
+        json: bool,
+        /// Check signatures as `policy check --allowed-signers` does.
+        #[arg(long, value_name = "FILE")]
+        allowed_signers: Option<PathBuf>,
+    },
+    /// Time each module's decision over one request (the same arguments as eval).
+    Bench {
+        #[command(flatten)]
+        request: Box<EvalArgs>,
+        /// Decisions to time.
+        #[arg(long, default_value_t = 2000)]
+        iterations: u32,
+    },
+    /// Create a new policy crate in DIR, ready to build, test and sign.
+    New(super::scaffold::NewArgs),
 }
 
 #[derive(Debug, Args)]
@@ -68,8 +95,16 @@ pub(super) struct EvalArgs {
     channels: Vec<String>,
 }
 
-pub(super) fn check(dir: PathBuf, json: bool) -> anyhow::Result<ExitCode> {
-    match PolicyEngine::new(&dir, Limits::default()) {
+pub(super) fn check(
+    dir: PathBuf,
+    json: bool,
+    allowed_signers: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let engine = match &allowed_signers {
+        Some(signers) => PolicyEngine::new_signed(&dir, Limits::default(), signers),
+        None => PolicyEngine::new(&dir, Limits::default()),
+    };
+    match engine {
         Ok(engine) => {
             let modules = engine.current().modules();
             if json {
@@ -172,6 +207,74 @@ struct ChannelReport {
 }
 
 pub(super) fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    let (request, channels) = request_of(&args)?;
+    let engine = PolicyEngine::new(&args.policies, Limits::default())?;
+    let set = engine.current();
+    let decision = set.decide(&request);
+    let channels = channels
+        .into_iter()
+        .map(|c| ChannelReport {
+            decision: set.check_channel(&request, &decision, &c),
+            request: c,
+        })
+        .collect();
+    let report = EvalReport {
+        decision: &decision,
+        login: &request.login,
+        login_permitted: decision.permits_login(&request.login),
+        request: &request,
+        channels,
+    };
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `policy bench`: decides the request `iterations` times (after a warm-up) and prints
+/// each module's calls and mean time, from the same figures the metrics serve.
+pub(super) fn bench(args: EvalArgs, iterations: u32) -> anyhow::Result<ExitCode> {
+    let (request, _) = request_of(&args)?;
+    let engine = PolicyEngine::new(&args.policies, Limits::default())?;
+    let set = engine.current();
+    let warm = set.decide(&request);
+    // The warm-up (instantiation) is not counted: figures are read as differences.
+    let before: Vec<(u64, std::time::Duration)> = set
+        .names()
+        .iter()
+        .map(|n| engine.stats().of(n).calls())
+        .collect();
+    let started = std::time::Instant::now();
+    for _ in 0..iterations {
+        std::hint::black_box(set.decide(&request));
+    }
+    let total = started.elapsed();
+    println!(
+        "{iterations} decisions in {:.1} ms: {:.1} µs each; decided by {} ({:?})",
+        total.as_secs_f64() * 1e3,
+        total.as_secs_f64() * 1e6 / f64::from(iterations.max(1)),
+        warm.module.as_deref().unwrap_or("no module"),
+        warm.action
+    );
+    println!(
+        "{:<40} {:>8} {:>12} {:>14}",
+        "MODULE", "CALLS", "MEAN (µs)", "MEMORY (KiB)"
+    );
+    for (name, (calls0, mean0)) in set.names().iter().zip(before) {
+        let stats = engine.stats().of(name);
+        let (calls, mean) = stats.calls();
+        let n = calls - calls0;
+        // Mean over the timed calls only.
+        let sum = mean.as_secs_f64() * calls as f64 - mean0.as_secs_f64() * calls0 as f64;
+        let timed_mean = if n > 0 { sum / n as f64 * 1e6 } else { 0.0 };
+        println!(
+            "{name:<40} {n:>8} {timed_mean:>12.1} {:>14}",
+            stats.memory_high_water() / 1024
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The request and channel requests `eval` and `bench` describe.
+fn request_of(args: &EvalArgs) -> anyhow::Result<(DecisionRequest, Vec<ChannelRequest>)> {
     let (host, port) = split_host_port(&args.target).map_err(anyhow::Error::msg)?;
     // The same checks and canonical form as the proxy's.
     let host = crate::server::target_name::canonical_host(&host)
@@ -210,40 +313,22 @@ pub(super) fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let request = DecisionRequest {
         session_id: "policy-eval".into(),
-        email: args.user,
-        groups: args.groups,
-        authentication: Authentication::PublicKey(args.key_fingerprint),
+        email: args.user.clone(),
+        groups: args.groups.clone(),
+        authentication: Authentication::PublicKey(args.key_fingerprint.clone()),
         source,
         target_host: host,
         target_ip,
         target_canonical,
         target_port: port,
-        login: args.login,
+        login: args.login.clone(),
         now,
-        client_version: args.client_version,
+        client_version: args.client_version.clone(),
     };
-    let engine = PolicyEngine::new(&args.policies, Limits::default())?;
-    let set = engine.current();
-    let decision = set.decide(&request);
-    let channels = channels
-        .into_iter()
-        .map(|c| ChannelReport {
-            decision: set.check_channel(&request, &decision, &c),
-            request: c,
-        })
-        .collect();
-    let report = EvalReport {
-        decision: &decision,
-        login: &request.login,
-        login_permitted: decision.permits_login(&request.login),
-        request: &request,
-        channels,
-    };
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(ExitCode::SUCCESS)
+    Ok((request, channels))
 }
 
-fn parse_time(t: &str) -> anyhow::Result<SystemTime> {
+pub(super) fn parse_time(t: &str) -> anyhow::Result<SystemTime> {
     let dt = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
         .map_err(|e| {
             anyhow::anyhow!(
@@ -253,7 +338,7 @@ fn parse_time(t: &str) -> anyhow::Result<SystemTime> {
     Ok(SystemTime::from(dt))
 }
 
-fn parse_channel(s: &str) -> anyhow::Result<ChannelRequest> {
+pub(super) fn parse_channel(s: &str) -> anyhow::Result<ChannelRequest> {
     let (kind, arg) = s.split_once(':').unwrap_or((s, ""));
     let host_port = |a: &str| -> anyhow::Result<(String, u16)> {
         let (h, p) = split_host_port(a).map_err(anyhow::Error::msg)?;

@@ -80,6 +80,11 @@ pub(super) struct RawPolicy {
     #[serde(with = "humantime_serde")]
     pub(super) reload_debounce: Duration,
     pub(super) recheck_sessions: bool,
+    /// An OpenSSH allowed_signers file: every module must then carry a signature
+    /// (`NAME.wasm.sig`, `ssh-keygen -Y sign -n portcullis-policy`) by one of them.
+    pub(super) allowed_signers: Option<PathBuf>,
+    /// With `allowed_signers`: configurations must be signed too.
+    pub(super) sign_configs: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,6 +148,8 @@ impl Default for RawConfig {
                 idle_instances: Limits::default().idle_instances,
                 reload_debounce: Duration::from_millis(250),
                 recheck_sessions: true,
+                allowed_signers: None,
+                sign_configs: true,
             },
             upstream: RawUpstream {
                 host_key_check: "tofu".into(),

@@ -103,6 +103,8 @@ pub struct Config {
     /// Single sign-on with an OpenID Connect provider, if configured.
     pub oidc: Option<OidcConfig>,
     pub policy_dir: PathBuf,
+    /// Signatures the policy modules must carry, if required.
+    pub policy_signatures: Option<crate::policy::SignaturePolicy>,
     pub policy_limits: Limits,
     pub reload_debounce: Duration,
     /// Decide running sessions again on every reload; end those no longer allowed.
@@ -310,6 +312,12 @@ impl file::RawConfig {
             users_file: abs(&self.identity.users_file),
             oidc,
             policy_dir: abs(&p.dir),
+            policy_signatures: p.allowed_signers.as_deref().map(|f| {
+                crate::policy::SignaturePolicy {
+                    allowed_signers: abs(f),
+                    configs: p.sign_configs,
+                }
+            }),
             policy_limits: Limits {
                 timeout: p.timeout,
                 memory_bytes: p.memory_limit_mib << 20,

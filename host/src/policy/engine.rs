@@ -40,6 +40,10 @@ pub struct PolicyEngine {
     /// The generation of the set in force, for those who act on a swap.
     swapped: tokio::sync::watch::Sender<u64>,
     failed_reloads: AtomicU64,
+    /// Signatures every module (and configuration) must carry, if required.
+    signatures: Option<super::signatures::SignaturePolicy>,
+    /// Every module's figures, by name.
+    stats: super::stats::StatsRegistry,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -56,6 +60,32 @@ impl PolicyEngine {
     /// Creates the engine and loads the directory. Any module that fails to load is an
     /// error: the proxy does not start with a policy set other than the one on disk.
     pub fn new(dir: impl Into<PathBuf>, limits: Limits) -> Result<Self, PolicyError> {
+        Self::with_signatures(dir, limits, None)
+    }
+
+    /// As [`new`](Self::new), requiring every module and configuration to be signed
+    /// by a signer of `allowed_signers` (OpenSSH format).
+    pub fn new_signed(
+        dir: impl Into<PathBuf>,
+        limits: Limits,
+        allowed_signers: &Path,
+    ) -> Result<Self, PolicyError> {
+        Self::with_signatures(
+            dir,
+            limits,
+            Some(super::signatures::SignaturePolicy {
+                allowed_signers: allowed_signers.to_path_buf(),
+                configs: true,
+            }),
+        )
+    }
+
+    /// As [`new`](Self::new), with the signatures required, if any.
+    pub fn with_signatures(
+        dir: impl Into<PathBuf>,
+        limits: Limits,
+        signatures: Option<super::signatures::SignaturePolicy>,
+    ) -> Result<Self, PolicyError> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
@@ -76,9 +106,16 @@ impl PolicyEngine {
             reloading: Mutex::new(()),
             swapped: tokio::sync::watch::Sender::new(0),
             failed_reloads: AtomicU64::new(0),
+            signatures,
+            stats: super::stats::StatsRegistry::default(),
         };
         this.reload()?;
         Ok(this)
+    }
+
+    /// The modules' figures.
+    pub fn stats(&self) -> &super::stats::StatsRegistry {
+        &self.stats
     }
 
     /// The policy directory.
@@ -120,6 +157,19 @@ impl PolicyEngine {
     fn load_and_swap(&self) -> Result<Arc<PolicySet>, PolicyError> {
         let _one_at_a_time = lock(&self.reloading);
         let (sources, mut errors) = loader::read_dir(&self.dir)?;
+        let sources = match &self.signatures {
+            None => sources,
+            Some(required) => sources
+                .into_iter()
+                .filter(|s| match check_signatures(required, s) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        errors.push(e);
+                        false
+                    }
+                })
+                .collect(),
+        };
         let previous = self.current.load_full();
         let mut modules = Vec::with_capacity(sources.len());
         for source in sources {
@@ -208,6 +258,7 @@ impl PolicyEngine {
                 denied_imports,
             },
             digest: source.digest,
+            stats: self.stats.of(&source.name),
             config: source.config.clone(),
             engine: self.engine.clone(),
             ticker: Arc::clone(&self.ticker),
@@ -235,4 +286,29 @@ fn first_line(e: &wasmtime::Error) -> String {
         .next()
         .unwrap_or_default()
         .to_string()
+}
+
+/// A module's signature and, when required, its configuration's.
+fn check_signatures(
+    required: &super::signatures::SignaturePolicy,
+    source: &loader::ModuleSource,
+) -> Result<(), LoadError> {
+    let signer = required
+        .verify(&source.path, &source.bytes)
+        .map_err(|reason| LoadError {
+            path: source.path.clone(),
+            reason: format!("refused: {reason}"),
+        })?;
+    if required.configs
+        && let Some(c) = &source.config
+    {
+        required
+            .verify(&c.path, c.text.as_bytes())
+            .map_err(|reason| LoadError {
+                path: c.path.clone(),
+                reason: format!("refused: {reason}"),
+            })?;
+    }
+    tracing::debug!(module = %source.name, %signer, "module signature verified");
+    Ok(())
 }

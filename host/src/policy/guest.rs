@@ -23,7 +23,7 @@ pub(crate) struct GuestState {
     /// The memory cap of the whole store, all its linear memories together.
     memory_cap: usize,
     /// Bytes of linear memory the store holds now.
-    memory_total: usize,
+    pub(crate) memory_total: usize,
     pub(crate) memory_refused: bool,
     pub(crate) last_error: Option<String>,
     logged: u32,

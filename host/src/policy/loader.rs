@@ -90,7 +90,7 @@ pub struct ModuleInfo {
 fn is_ignored(name: &str) -> bool {
     name.starts_with('.')
         || name.ends_with('~')
-        || [".tmp", ".part", ".swp", ".bak", ".md", ".txt"]
+        || [".tmp", ".part", ".swp", ".bak", ".md", ".txt", ".sig"]
             .iter()
             .any(|s| name.ends_with(s))
 }

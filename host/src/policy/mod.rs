@@ -21,6 +21,8 @@ mod loader;
 mod module;
 mod reload;
 mod set;
+mod signatures;
+mod stats;
 mod ticker;
 mod types;
 mod wire;
@@ -30,6 +32,8 @@ pub use limits::Limits;
 pub use loader::{LoadError, LoadErrors, ModuleInfo};
 pub use reload::{ReloadHandle, watch};
 pub use set::{PolicySet, check_channel_off_thread};
+pub use signatures::{NAMESPACE as SIGNATURE_NAMESPACE, SignaturePolicy};
+pub use stats::{ModuleStats, StatsRegistry};
 pub use types::{
     Action, ChannelDecision, ChannelRequest, DecisionRequest, Evaluation, Permissions,
 };

@@ -14,6 +14,7 @@ use super::bindings as wit;
 use super::guest::GuestState;
 use super::limits::Limits;
 use super::loader::{ConfigKind, ConfigSource, ModuleInfo, ModuleSource};
+use super::stats::Outcome;
 use crate::sync::lock;
 use crate::text::sanitize;
 
@@ -34,6 +35,8 @@ pub(super) struct LoadedModule {
     pub(super) limits: Limits,
     pub(super) pre: wit::PolicyPre<GuestState>,
     pub(super) idle: Mutex<Vec<Instance>>,
+    /// This module's figures (kept by name across reloads).
+    pub(super) stats: Arc<super::stats::ModuleStats>,
 }
 
 impl LoadedModule {
@@ -73,9 +76,11 @@ impl LoadedModule {
 
     /// Runs `f` on a warm instance (or a new one), returning the instance to the pool
     /// only if the call returned normally.
+    /// `classify` says what a normal return counts as in the module's figures.
     pub(super) fn call<R>(
         &self,
         what: &str,
+        classify: impl FnOnce(&R) -> Outcome,
         f: impl FnOnce(&wit::Policy, &mut Store<GuestState>) -> wasmtime::Result<R>,
     ) -> Result<R, String> {
         let pooled = lock(&self.idle).pop();
@@ -88,17 +93,31 @@ impl LoadedModule {
             .set_epoch_deadline(self.limits.deadline_ticks());
         instance.store.data_mut().start_call();
         let running = self.ticker.running();
+        let started = std::time::Instant::now();
         let outcome = f(&instance.bindings, &mut instance.store);
+        let took = started.elapsed();
         drop(running);
+        self.stats.note_memory(instance.store.data().memory_total);
         match outcome {
             Ok(r) => {
+                self.stats.record(classify(&r), took);
                 let mut idle = lock(&self.idle);
                 if idle.len() < self.limits.idle_instances {
                     idle.push(instance);
                 }
                 Ok(r)
             }
-            Err(e) => Err(describe_failure(what, &e, &instance.store, &self.limits)),
+            Err(e) => {
+                let kind = if instance.store.data().memory_refused {
+                    Outcome::Memory
+                } else if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+                    Outcome::Timeout
+                } else {
+                    Outcome::Trap
+                };
+                self.stats.record(kind, took);
+                Err(describe_failure(what, &e, &instance.store, &self.limits))
+            }
         }
     }
 }

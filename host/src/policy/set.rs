@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::bindings as wit;
 use super::loader::ModuleInfo;
 use super::module::LoadedModule;
+use super::stats::Outcome;
 use super::types::{ChannelDecision, ChannelRequest, DecisionRequest, Evaluation};
 use super::wire::{channel_to_wire, evaluation_from, to_wire};
 use crate::text::sanitize;
@@ -58,9 +59,17 @@ impl PolicySet {
             let _enter = span.enter();
             // A verdict other than no-match is explained on the same instance, before
             // it goes back to the pool.
-            let answer = module.call("decide", |b, s| match b.call_decide(&mut *s, &wire)? {
-                wit::Verdict::NoMatch => Ok(None),
-                verdict => Ok(Some((verdict, b.call_explain(s)?))),
+            let classify = |a: &Option<(wit::Verdict, wit::Explanation)>| match a {
+                None => Outcome::NoMatch,
+                Some((wit::Verdict::Allow, _)) => Outcome::Allow,
+                Some((wit::Verdict::Block, _)) => Outcome::Block,
+                Some(_) => Outcome::Audit,
+            };
+            let answer = module.call("decide", classify, |b, s| {
+                match b.call_decide(&mut *s, &wire)? {
+                    wit::Verdict::NoMatch => Ok(None),
+                    verdict => Ok(Some((verdict, b.call_explain(s)?))),
+                }
             });
             match answer {
                 Ok(None) => continue,
@@ -108,9 +117,11 @@ impl PolicySet {
         let wire_channel = channel_to_wire(channel);
         for module in &self.modules {
             let name = &module.info.name;
-            match module.call("check-channel", |b, s| {
-                b.call_check_channel(s, &wire, &wire_channel)
-            }) {
+            match module.call(
+                "check-channel",
+                |_| Outcome::ChannelCheck,
+                |b, s| b.call_check_channel(s, &wire, &wire_channel),
+            ) {
                 Ok(wit::ChannelVerdict::NoOpinion) => continue,
                 Ok(wit::ChannelVerdict::Allow) => {
                     return ChannelDecision {

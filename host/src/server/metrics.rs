@@ -276,6 +276,7 @@ impl Metrics {
                  # TYPE portcullis_replica_info gauge\nportcullis_replica_info{{replica=\"{replica}\"}} 1"
             );
         }
+        policy.stats().render(&policy.current().names(), &mut out);
         if let Some(sso) = self.sso.get() {
             sso.render_metrics(&mut out);
         }
