@@ -662,3 +662,59 @@ fn policy_macro_misuse_says_what_to_write() {
         );
     }
 }
+
+/// The example set as scripts/build-policies installs it decides what its shipped test
+/// table says (examples/policies/tests/examples.toml: the username recipes among them).
+#[test]
+fn the_example_policies_pass_their_shipped_test_table() {
+    let dir = PolicyDir::new();
+    dir.module("10-conditions.wasm", "conditions")
+        .module("20-network-audit.wasm", "network_audit")
+        .module("30-username-map.wasm", "username_map")
+        .module("90-default-principal.wasm", "default_principal");
+    for name in [
+        "10-conditions.toml",
+        "20-network-audit.toml",
+        "30-username-map.toml",
+    ] {
+        dir.file(
+            name,
+            &std::fs::read(common::root().join("examples/policies").join(name)).unwrap(),
+        );
+    }
+    let out = portcullis()
+        .args(["policy", "test", "--json"])
+        .arg(dir.path())
+        .arg(common::root().join("examples/policies/tests/examples.toml"))
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success(), "{report:#}");
+    assert_eq!(report["failed"], 0);
+    assert_eq!(report["passed"], 10);
+    // A case that fails says what was expected, what came and which module decided,
+    // and the command exits non-zero.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let bad = elsewhere.path().join("bad-cases.toml");
+    std::fs::write(
+        &bad,
+        "[[case]]\nname = \"wrong on purpose\"\nsource = \"10.1.1.1\"\ntarget = \"172.16.0.5\"\n\
+         login = \"johndoe\"\nexpect = { action = \"block\", principals = [\"root\"] }\n",
+    )
+    .unwrap();
+    let out = portcullis()
+        .args(["policy", "test"])
+        .arg(dir.path())
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("FAIL  wrong on purpose"), "{text}");
+    assert!(text.contains("action: expected block, got allow"), "{text}");
+    assert!(
+        text.contains("principals: expected [\"root\"], got [\"johndoe\"]"),
+        "{text}"
+    );
+    assert!(text.contains("decided by 30-username-map.wasm"), "{text}");
+}

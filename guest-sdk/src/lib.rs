@@ -34,7 +34,15 @@
 //! Authors never depend on wit-bindgen: the bindings of the `portcullis:policy` world
 //! are generated here once and re-exported.
 
+#![doc(test(attr(deny(warnings))))]
+
 extern crate self as portcullis_policy;
+
+/// The Rust snippets of the policy guide (docs/policies.md), compiled as doctests so
+/// that the guide never shows code that does not build or warns.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/policies.md")]
+pub struct PolicyGuide;
 
 mod channel;
 mod config;
@@ -58,10 +66,13 @@ pub use wit_bindgen as __wit_bindgen;
 
 /// The generated bindings of the `portcullis:policy@0.3.0` world.
 #[allow(missing_docs, missing_debug_implementations, clippy::all)]
+// The generator's own doc example (of the export macro) is not ours to hold to the
+// warnings the guide's snippets are held to.
+#[doc(test(attr(allow(warnings))))]
 pub mod bindings {
     wit_bindgen::generate!({
         world: "policy",
-        path: "../wit",
+        path: "wit",
         pub_export_macro: true,
         export_macro_name: "export_policy",
         default_bindings_module: "::portcullis_policy::bindings",

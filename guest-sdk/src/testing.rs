@@ -45,7 +45,10 @@ use serde::de::DeserializeOwned;
 ///
 /// # Panics
 /// With the error the operator would see, if the text does not fit the type.
-#[allow(clippy::panic, reason = "a test helper: the panic is the test's failure")]
+#[allow(
+    clippy::panic,
+    reason = "a test helper: the panic is the test's failure"
+)]
 pub fn config<P: DeserializeOwned>(toml: &str) -> P {
     match try_config(toml) {
         Ok(p) => p,

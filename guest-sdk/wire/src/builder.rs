@@ -140,7 +140,10 @@ impl RequestBuilder {
     ///
     /// # Panics
     /// If `time` is not such a time: a mistake in the test.
-    #[allow(clippy::panic, reason = "a test helper: a bad time is a mistake in the test")]
+    #[allow(
+        clippy::panic,
+        reason = "a test helper: a bad time is a mistake in the test"
+    )]
     pub fn at(mut self, time: &str) -> Self {
         match parse_rfc3339(time) {
             Some(t) => self.now = t,

@@ -121,3 +121,56 @@ impl Policy for Conditions {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_policy::testing::{self, ConnectionRequest};
+
+    fn policy() -> Conditions {
+        testing::config(
+            "allowed_sources = [\"10.0.0.0/8\"]\nexempt_groups = [\"oncall\"]\n\
+             deny_env = [\"LD_*\"]\ndeny_subsystems = [\"sftp\"]\n\
+             [office_hours]\ndays = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\"]\nstart = \"08:00\"\nend = \"18:00\"\n",
+        )
+    }
+
+    #[test]
+    fn sources_and_office_hours_block_unless_exempt() {
+        // 2026-11-23 is a Monday.
+        let inside = ConnectionRequest::builder()
+            .source("10.1.1.1")
+            .at("2026-11-23T09:30:00Z")
+            .build();
+        assert_eq!(policy().decide(&inside).verdict, Verdict::NoMatch);
+        let outside = ConnectionRequest::builder()
+            .source("203.0.113.9")
+            .at("2026-11-23T09:30:00Z")
+            .build();
+        assert!(matches!(policy().decide(&outside).verdict, Verdict::Block(_)));
+        let sunday = ConnectionRequest::builder()
+            .source("10.1.1.1")
+            .at("2026-11-22T09:30:00Z")
+            .build();
+        assert!(matches!(policy().decide(&sunday).verdict, Verdict::Block(_)));
+        let oncall = ConnectionRequest::builder()
+            .group("oncall")
+            .source("203.0.113.9")
+            .at("2026-11-22T03:00:00Z")
+            .build();
+        assert_eq!(policy().decide(&oncall).verdict, Verdict::NoMatch);
+    }
+
+    #[test]
+    fn denied_variables_and_subsystems_are_refused() {
+        let r = ConnectionRequest::builder().build();
+        let env = |name: &str| ChannelRequest::Env {
+            name: name.into(),
+            value: "x".into(),
+        };
+        assert!(matches!(policy().check_channel(&r, &env("LD_PRELOAD")), ChannelVerdict::Deny(_)));
+        assert!(matches!(policy().check_channel(&r, &env("LANG")), ChannelVerdict::NoOpinion));
+        let sftp = ChannelRequest::Subsystem { name: "sftp".into() };
+        assert!(matches!(policy().check_channel(&r, &sftp), ChannelVerdict::Deny(_)));
+    }
+}

@@ -14,3 +14,20 @@ fn decide(request: &ConnectionRequest) -> Decision {
     }
     Decision::allow([login]).with_reason("default: email local part")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_policy::testing::ConnectionRequest;
+
+    #[test]
+    fn the_local_part_is_the_only_login() {
+        let request = ConnectionRequest::builder()
+            .user("jdoe@example.com")
+            .login("root")
+            .build();
+        let d = decide(&request);
+        assert_eq!(d.verdict, Verdict::Allow);
+        assert_eq!(d.principals, ["jdoe"]);
+    }
+}

@@ -67,3 +67,43 @@ impl Policy for NetworkAudit {
             .with_reason(reason)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_policy::testing::{self, ConnectionRequest};
+
+    fn policy() -> NetworkAudit {
+        testing::config(
+            "[[rule]]\ndestinations = [\"10.0.0.0/8\"]\ncommand_logging = true\nreason = \"production\"\n\
+             [[rule]]\ndestinations = [\"192.168.0.0/16\"]\ngroups = [\"contractors\"]\n",
+        )
+    }
+
+    #[test]
+    fn the_first_matching_rule_audits_with_or_without_logging() {
+        let d = policy().decide(&ConnectionRequest::builder().target("10.1.2.3:22").build());
+        assert_eq!(d.verdict, Verdict::Audit(true));
+        assert_eq!(d.principals, ["jdoe"]);
+        assert!(d.reason.contains("production"));
+        let contractor = ConnectionRequest::builder()
+            .group("contractors")
+            .target("192.168.1.1")
+            .build();
+        assert_eq!(policy().decide(&contractor).verdict, Verdict::Audit(false));
+    }
+
+    #[test]
+    fn other_destinations_and_users_are_left_to_the_next_module() {
+        let d = policy().decide(&ConnectionRequest::builder().target("192.168.1.1").build());
+        assert_eq!(d.verdict, Verdict::NoMatch);
+        // A name matches an address rule only through what it resolved to.
+        let named = ConnectionRequest::builder().target("db1.internal").build();
+        assert_eq!(policy().decide(&named).verdict, Verdict::NoMatch);
+        let resolved = ConnectionRequest::builder()
+            .target("db1.internal")
+            .resolves_to("10.0.0.7")
+            .build();
+        assert_eq!(policy().decide(&resolved).verdict, Verdict::Audit(true));
+    }
+}

@@ -103,3 +103,46 @@ impl Policy for UsernameMap {
         Decision::allow(logins).with_permissions(permissions).with_reason(reason)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_policy::testing::{self, ConnectionRequest};
+
+    /// The four recipes of the module's documentation.
+    fn policy() -> UsernameMap {
+        testing::config(
+            "[[map]]\nemails = [\"jdoe@example.com\"]\nlogins = [\"johndoe\"]\n\
+             [[map]]\nemails = [\"alice@example.com\", \"bob@example.com\"]\nlogins = [\"vmuser\"]\n\
+             [[map]]\nemails = [\"*@contractors.example.com\"]\nlogins = [\"guest\"]\n\
+             [[map]]\ngroups = [\"admins\"]\nlogins = [\"*\"]\nport_forwarding = true\n",
+        )
+    }
+
+    fn logins(email: &str, groups: &[&str], login: &str) -> (Verdict, Vec<String>) {
+        let mut b = ConnectionRequest::builder().user(email).login(login);
+        for g in groups {
+            b = b.group(g);
+        }
+        let d = policy().decide(&b.build());
+        (d.verdict, d.principals)
+    }
+
+    #[test]
+    fn the_four_recipes() {
+        assert_eq!(logins("jdoe@example.com", &[], "johndoe").1, ["johndoe"]);
+        assert_eq!(logins("bob@example.com", &[], "vmuser").1, ["vmuser"]);
+        assert_eq!(logins("x@contractors.example.com", &[], "guest").1, ["guest"]);
+        let (verdict, admin) = logins("carol@example.com", &["admins"], "postgres");
+        assert_eq!((verdict, admin), (Verdict::Allow, vec!["postgres".to_string()]));
+        assert_eq!(logins("dave@example.com", &[], "dave").0, Verdict::NoMatch);
+    }
+
+    #[test]
+    fn a_map_without_logins_is_refused_with_its_key() {
+        let err = testing::try_config::<UsernameMap>("[[map]]\nemails = [\"x@example.com\"]\n")
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("logins"), "{err}");
+    }
+}
