@@ -11,6 +11,7 @@ pub mod ca;
 pub mod channels;
 pub mod cli;
 pub mod config;
+mod console;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod identity;

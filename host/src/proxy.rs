@@ -193,6 +193,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
         None => None,
     };
+    let console = match shared.config.console.clone() {
+        Some(c) => {
+            // Bound here, so that a port in use stops the start rather than a task.
+            let probe = std::net::TcpListener::bind(c.listen).map_err(|source| Error::Io {
+                what: "cannot serve the console on",
+                path: c.listen.to_string(),
+                source,
+            })?;
+            drop(probe);
+            let shared = Arc::clone(&shared);
+            Some(tokio::spawn(async move {
+                if let Err(e) = crate::console::serve(shared, c).await {
+                    tracing::error!("the console stopped: {e}");
+                }
+            }))
+        }
+        None => None,
+    };
     let server_config = shared.server_config();
     // Transparent listeners accept on their own tasks and hand connections over here.
     let transparent =
@@ -206,6 +224,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let own_addresses: Vec<std::net::SocketAddr> = std::iter::once(local)
         .chain(transparent.iter().map(|(a, _)| *a))
         .chain(shared.config.metrics_listen)
+        .chain(shared.config.console.as_ref().map(|c| c.listen))
         .collect();
     let (redirected_tx, mut redirected) = tokio::sync::mpsc::channel(64);
     let mut transparent_tasks = tokio::task::JoinSet::new();
@@ -335,6 +354,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     if let Some(metrics) = metrics {
         metrics.abort();
+    }
+    if let Some(console) = console {
+        console.abort();
     }
     Ok(())
 }

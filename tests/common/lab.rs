@@ -562,6 +562,20 @@ impl Lab {
         output_with_input(cmd, stdin)
     }
 
+    /// The ids of the sessions running now (their running records).
+    pub fn running_ids(&self) -> Vec<String> {
+        std::fs::read_dir(self.path().join("sessions.jsonl.running"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter_map(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        name.strip_suffix(".json").map(str::to_string)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The session log records so far.
     pub fn sessions(&self) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(self.path().join("sessions.jsonl")).unwrap_or_default();

@@ -16,6 +16,7 @@
 mod common;
 
 mod balancer;
+mod console;
 mod container;
 mod fleet;
 mod forwarding;

@@ -21,6 +21,7 @@ pub(super) struct RawConfig {
     pub(super) recording: RawRecording,
     pub(super) metrics: RawMetrics,
     pub(super) state: state::RawState,
+    pub(super) console: super::console::RawConsole,
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,6 +169,7 @@ impl Default for RawConfig {
             },
             metrics: RawMetrics { listen: None },
             state: state::RawState::default(),
+            console: super::console::RawConsole::default(),
         }
     }
 }

@@ -7,6 +7,7 @@
 
 mod admission;
 mod cidr;
+mod console;
 mod file;
 mod oidc;
 mod recording;
@@ -14,6 +15,7 @@ mod state;
 
 pub use admission::{AdmissionLimits, MaxStartups};
 pub use cidr::Cidr;
+pub use console::ConsoleConfig;
 pub use oidc::OidcConfig;
 pub use recording::{MIN_PART_SIZE, S3Config, S3Credentials};
 pub use state::StateConfig;
@@ -121,6 +123,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Shared state in PostgreSQL, if configured.
     pub state: Option<StateConfig>,
+    /// The auditors' web console, if configured.
+    pub console: Option<ConsoleConfig>,
 }
 
 impl Config {
@@ -290,6 +294,10 @@ impl file::RawConfig {
             .map_err(|(key, message)| invalid(key, message))?;
         let recording_store = recording::validate(self.recording.store, self.recording.s3, abs)
             .map_err(|(key, message)| invalid(key, message))?;
+        let console = self
+            .console
+            .validate(abs)
+            .map_err(|(key, message)| invalid(key, message))?;
         let oidc = match self.identity.oidc {
             None => None,
             Some(raw) => Some(
@@ -338,6 +346,7 @@ impl file::RawConfig {
             recording_store,
             metrics_listen,
             state,
+            console,
         })
     }
 }

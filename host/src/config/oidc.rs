@@ -210,7 +210,7 @@ pub(super) fn is_loopback(url: &url::Url) -> bool {
 }
 
 /// Reads the client secret, refusing a file that others than its owner may read.
-fn read_secret(path: &Path) -> Result<String, String> {
+pub(super) fn read_secret(path: &Path) -> Result<String, String> {
     use std::os::unix::fs::PermissionsExt;
     let meta =
         std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;

@@ -195,3 +195,43 @@ fn the_recording_store_is_local_by_default_and_s3_settings_are_checked() {
         "{e}"
     );
 }
+
+#[test]
+fn the_console_needs_a_private_token_and_tls_off_loopback() {
+    use std::os::unix::fs::PermissionsExt;
+    assert!(parse("").unwrap().console.is_none());
+    let d = tempfile::tempdir().unwrap();
+    let token = d.path().join("token");
+    std::fs::write(&token, "0123456789abcdef0123\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let text = |extra: &str| {
+        format!(
+            "[console]\nlisten = \"127.0.0.1:8443\"\ntoken_file = \"{}\"\n{extra}",
+            token.display()
+        )
+    };
+    let c = parse(&text("")).unwrap().console.unwrap();
+    assert_eq!(c.token, "0123456789abcdef0123");
+    assert!(c.tls.is_none());
+    let e = parse(&text("").replace("127.0.0.1:8443", "0.0.0.0:8443"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("console.listen") && e.contains("loopback"),
+        "{e}"
+    );
+    let e = parse(&text("tls_cert = \"c.pem\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("tls_key"), "{e}");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = parse(&text("")).unwrap_err().to_string();
+    assert!(
+        e.contains("console.token_file") && e.contains("chmod 600"),
+        "{e}"
+    );
+    let e = parse("[console]\nlisten = \"127.0.0.1:8443\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("console.token_file"), "{e}");
+}

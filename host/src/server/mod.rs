@@ -61,6 +61,42 @@ pub(crate) struct Shared {
     pub metrics: Arc<metrics::Metrics>,
     /// The admission limits' counts.
     pub admission: admission::Admission,
+    /// The connections running here, by session id.
+    pub live: LiveSessions,
+}
+
+/// The connections this proxy runs, by session id: what an auditor may end.
+#[derive(Debug, Default)]
+pub(crate) struct LiveSessions(
+    std::sync::Mutex<std::collections::HashMap<String, Arc<watchdogs::Watch>>>,
+);
+
+/// Takes a connection off the list when dropped.
+#[derive(Debug)]
+pub(crate) struct Listed<'a>(&'a LiveSessions, String);
+
+impl Drop for Listed<'_> {
+    fn drop(&mut self) {
+        crate::sync::lock(&(self.0).0).remove(&self.1);
+    }
+}
+
+impl LiveSessions {
+    pub(crate) fn list(&self, id: &str, watch: Arc<watchdogs::Watch>) -> Listed<'_> {
+        crate::sync::lock(&self.0).insert(id.to_string(), watch);
+        Listed(self, id.to_string())
+    }
+
+    /// Ends the session `id` with `why` (sent to the client, and in the session log).
+    /// False when no such session runs here.
+    pub(crate) fn end(&self, id: &str, why: String) -> bool {
+        let Some(watch) = crate::sync::lock(&self.0).get(id).cloned() else {
+            return false;
+        };
+        *crate::sync::lock(&watch.end_request) = Some(why);
+        watch.end_requested.notify_one();
+        true
+    }
 }
 
 impl Shared {
@@ -89,6 +125,7 @@ impl Shared {
             users_swapped: tokio::sync::watch::Sender::new(0),
             metrics: Arc::default(),
             admission,
+            live: LiveSessions::default(),
         }
     }
 

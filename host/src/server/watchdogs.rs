@@ -42,6 +42,10 @@ pub(crate) struct Watch {
     /// Set when the connection ends; held while the running record is written, so
     /// that none is written after the final one.
     pub ended: Mutex<bool>,
+    /// Why an auditor ended the session (the console), once one has.
+    pub end_request: Mutex<Option<String>>,
+    /// Notified when `end_request` is set.
+    pub end_requested: tokio::sync::Notify,
 }
 
 /// A running session's record: what was known at its start, and where the rest is.
@@ -123,6 +127,8 @@ impl super::handler::ConnHandler {
     {
         let (peer, watch) = (self.conn.peer, Arc::clone(&self.watch));
         let shared = Arc::clone(&self.shared);
+        // Listed while it runs, so that an auditor can end it (the console).
+        let _listed = shared.live.list(&self.conn.id, Arc::clone(&watch));
         let switch = Arc::new(super::killable::KillSwitch::default());
         let stream = super::killable::Killable::new(stream, Arc::clone(&switch));
         // russh reads the client's version line before it returns: a client that sends
@@ -221,6 +227,17 @@ pub(crate) async fn watchdogs(
         tracing::warn!(%peer, "{why}");
         why
     };
+    let ended_by_auditor = async {
+        loop {
+            let notified = watch.end_requested.notified();
+            if let Some(why) = lock(&watch.end_request).clone() {
+                shared.metrics.disconnected(Disconnect::Revoked);
+                tracing::warn!(%peer, "{why}");
+                return why;
+            }
+            notified.await;
+        }
+    };
     let running_record = async {
         loop {
             tokio::time::sleep(RUNNING_RECORD_EVERY).await;
@@ -231,6 +248,7 @@ pub(crate) async fn watchdogs(
         why = authentication => why,
         why = idleness => why,
         why = revocation => why,
+        why = ended_by_auditor => why,
         why = running_record => why,
     }
 }

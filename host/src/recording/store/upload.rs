@@ -174,6 +174,16 @@ impl Uploads {
         }))
     }
 
+    /// The store the logs go to.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The bucket the logs go to.
+    pub fn bucket(&self) -> &str {
+        &self.store.bucket
+    }
+
     /// Starts shipping the log that `writer` writes, for a session started on `day`
     /// (`YYYY/MM/DD`). The spool file is opened here, so that the upload reads the same
     /// file when it is renamed to the log's final name.

@@ -1,0 +1,479 @@
+//! The auditors' web console (`[console] listen`, docs/console.md): the session log
+//! with filters, sorting and paging, the live sessions with a button that ends one,
+//! each session's record, and its sealed command logs to download.
+//!
+//! The console serves metadata and sealed bytes only: it holds no key that opens a
+//! command log, and nothing it serves is a log's plaintext.
+//!
+//! Sign-in: the token of `[console] token_file`, exchanged for a random session
+//! cookie (`HttpOnly`, `Secure`, `SameSite=Strict`). Every form carries the sign-in's
+//! CSRF token, checked on every POST, and a POST from another origin is refused. Every
+//! response carries a strict Content-Security-Policy (no inline script, nothing from
+//! elsewhere). Every action is logged (`portcullis::console` target) with the
+//! auditor's sign-in.
+
+mod index;
+mod pages;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Form, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+
+use crate::config::ConsoleConfig;
+use crate::server::Shared;
+use crate::sync::lock;
+
+const COOKIE: &str = "portcullis_console";
+
+/// A signed-in auditor.
+#[derive(Debug, Clone)]
+struct SignIn {
+    /// Who, for the audit log: the sign-in's short id (the token is shared).
+    who: String,
+    csrf: String,
+    expires: Instant,
+}
+
+struct Console {
+    shared: Arc<Shared>,
+    config: ConsoleConfig,
+    sign_ins: Mutex<HashMap<String, SignIn>>,
+    index: Mutex<index::SessionIndex>,
+}
+
+impl std::fmt::Debug for Console {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Console")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+type St = State<Arc<Console>>;
+
+/// Serves the console until the task is dropped.
+pub(crate) async fn serve(shared: Arc<Shared>, config: ConsoleConfig) -> Result<(), String> {
+    let console = Arc::new(Console {
+        index: Mutex::new(index::SessionIndex::new(&shared.config.session_log)),
+        shared,
+        config: config.clone(),
+        sign_ins: Mutex::new(HashMap::new()),
+    });
+    let app = Router::new()
+        .route("/", get(|| async { Redirect::to("/sessions") }))
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
+        .route("/sessions", get(sessions))
+        .route("/sessions.json", get(sessions_json))
+        .route("/live", get(live))
+        .route("/live/{id}/end", post(end_session))
+        .route("/session/{id}", get(session))
+        .route("/session/{id}/log/{n}", get(download))
+        .route("/console.css", get(stylesheet))
+        .layer(axum::middleware::from_fn(security_headers))
+        .with_state(console);
+    match &config.tls {
+        None => {
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+            tracing::info!(listen = %config.listen, "serving the console (plain HTTP, loopback only)");
+            axum::serve(listener, app).await.map_err(|e| e.to_string())
+        }
+        Some((cert, key)) => {
+            let tls = tls_config(cert, key)?;
+            tracing::info!(listen = %config.listen, "serving the console (HTTPS)");
+            axum_server::bind_rustls(
+                config.listen,
+                axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls)),
+            )
+            .serve(app.into_make_service())
+            .await
+            .map_err(|e| format!("cannot serve on {}: {e}", config.listen))
+        }
+    }
+}
+
+fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<rustls::ServerConfig, String> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| format!("console TLS {}: {e}", p.display()))
+    };
+    let certs = rustls_pemfile::certs(&mut read(cert)?.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("console TLS {}: {e}", cert.display()))?;
+    let key = rustls_pemfile::private_key(&mut read(key)?.as_slice())
+        .map_err(|e| format!("console TLS {}: {e}", key.display()))?
+        .ok_or_else(|| format!("console TLS {}: no private key", key.display()))?;
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("console TLS: {e}"))
+}
+
+/// Headers every response carries.
+async fn security_headers(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    for (name, value) in [
+        (
+            "content-security-policy",
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+             frame-ancestors 'none'; base-uri 'none'",
+        ),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+        ("x-frame-options", "DENY"),
+        ("cache-control", "no-store"),
+    ] {
+        h.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// The auditor a request comes from, by its cookie; others go to the sign-in page.
+struct Auditor(SignIn);
+
+impl FromRequestParts<Arc<Console>> for Auditor {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        console: &Arc<Console>,
+    ) -> Result<Self, Response> {
+        let id = cookie(&parts.headers).ok_or_else(|| Redirect::to("/login").into_response())?;
+        let mut sign_ins = lock(&console.sign_ins);
+        let now = Instant::now();
+        sign_ins.retain(|_, s| s.expires > now);
+        sign_ins
+            .get(&id)
+            .cloned()
+            .map(Auditor)
+            .ok_or_else(|| Redirect::to("/login").into_response())
+    }
+}
+
+fn cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+/// The refusal of a POST whose CSRF token is not the sign-in's, or that a browser says
+/// comes from another origin; none for a good one.
+fn refused_post(auditor: &Auditor, headers: &HeaderMap, csrf: &str) -> Option<Response> {
+    let foreign = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|s| s != "same-origin" && s != "none");
+    if foreign || !same(csrf.as_bytes(), auditor.0.csrf.as_bytes()) {
+        tracing::warn!(target: "portcullis::console", auditor = %auditor.0.who, "refused a form without this sign-in's CSRF token");
+        return Some((
+            StatusCode::FORBIDDEN,
+            "refused: the form did not come from this console",
+        )
+            .into_response());
+    }
+    None
+}
+
+/// Compares in time independent of where the bytes differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn random_hex() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+async fn login_page() -> Html<String> {
+    Html(pages::login(None))
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+async fn login(State(console): St, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
+    if !same(
+        form.token.trim().as_bytes(),
+        console.config.token.as_bytes(),
+    ) {
+        tracing::warn!(target: "portcullis::console", peer = ?headers.get("x-forwarded-for"), "console sign-in refused: wrong token");
+        // Slows guessing down.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        return (
+            StatusCode::UNAUTHORIZED,
+            Html(pages::login(Some("That is not the console's token."))),
+        )
+            .into_response();
+    }
+    let id = random_hex();
+    let who = format!("token-sign-in-{}", id.get(..8).unwrap_or_default());
+    lock(&console.sign_ins).insert(
+        id.clone(),
+        SignIn {
+            who: who.clone(),
+            csrf: random_hex(),
+            expires: Instant::now() + console.config.sign_in_ttl,
+        },
+    );
+    tracing::info!(target: "portcullis::console", auditor = %who, "auditor signed in to the console");
+    let cookie = format!(
+        "{COOKIE}={id}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age={}",
+        console.config.sign_in_ttl.as_secs()
+    );
+    let mut response = Redirect::to("/sessions").into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    csrf: String,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn logout(
+    State(console): St,
+    auditor: Auditor,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if let Some(r) = refused_post(&auditor, &headers, &form.csrf) {
+        return r;
+    }
+    lock(&console.sign_ins).retain(|_, s| s.csrf != auditor.0.csrf);
+    tracing::info!(target: "portcullis::console", auditor = %auditor.0.who, "auditor signed out");
+    let mut response = Redirect::to("/login").into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static(
+            "portcullis_console=; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age=0",
+        ),
+    );
+    response
+}
+
+/// The ended sessions (every replica's, with a shared store).
+async fn ended(console: &Console) -> Result<Vec<crate::recording::SessionRecord>, String> {
+    if let Some(state) = &console.shared.state {
+        return state.sessions(false).await.map_err(|e| e.to_string());
+    }
+    let mut index = lock(&console.index);
+    index
+        .refresh()
+        .map(<[_]>::to_vec)
+        .map_err(|e| e.to_string())
+}
+
+/// The running sessions (every replica's, with a shared store).
+async fn running(console: &Console) -> Result<Vec<crate::recording::SessionRecord>, String> {
+    if let Some(state) = &console.shared.state {
+        return state.sessions(true).await.map_err(|e| e.to_string());
+    }
+    crate::recording::running_sessions(&console.shared.config.session_log)
+        .map_err(|e| e.to_string())
+}
+
+async fn sessions(State(console): St, auditor: Auditor, Query(q): Query<index::Query>) -> Response {
+    let all = match ended(&console).await {
+        Ok(a) => a,
+        Err(e) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot read the sessions: {e}"),
+            )
+                .into_response();
+        }
+    };
+    let rows = q.select(&all);
+    tracing::debug!(target: "portcullis::console", auditor = %auditor.0.who, "viewed the sessions");
+    Html(pages::sessions(&q, &rows, all.len(), &auditor.0.csrf)).into_response()
+}
+
+async fn sessions_json(
+    State(console): St,
+    _auditor: Auditor,
+    Query(q): Query<index::Query>,
+) -> Response {
+    match ended(&console).await {
+        Ok(all) => {
+            let rows = q.select(&all);
+            let page: Vec<_> = rows
+                .iter()
+                .skip(q.page * index::PAGE)
+                .take(index::PAGE)
+                .collect();
+            axum::Json(serde_json::json!({ "total": rows.len(), "page": q.page, "sessions": page }))
+                .into_response()
+        }
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+    }
+}
+
+async fn live(State(console): St, auditor: Auditor) -> Response {
+    match running(&console).await {
+        Ok(rows) => Html(pages::live(&rows, &auditor.0.csrf)).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot read the running sessions: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+async fn end_session(
+    State(console): St,
+    auditor: Auditor,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if let Some(r) = refused_post(&auditor, &headers, &form.csrf) {
+        return r;
+    }
+    let reason = crate::text::sanitize(form.reason.trim(), 200);
+    let reason = if reason.is_empty() {
+        "no reason given".to_string()
+    } else {
+        reason
+    };
+    let why = format!("ended by an auditor: {reason}");
+    let ended = console.shared.live.end(&id, why);
+    tracing::warn!(target: "portcullis::console", auditor = %auditor.0.who, session = %id, %reason, ended, "auditor ended a session");
+    if !ended {
+        return (
+            StatusCode::NOT_FOUND,
+            Html(pages::message(
+                "No such session runs on this proxy (it ended, or another replica holds it).",
+            )),
+        )
+            .into_response();
+    }
+    Redirect::to("/live").into_response()
+}
+
+/// A session's record: ended, or running.
+async fn find(console: &Console, id: &str) -> Option<(crate::recording::SessionRecord, bool)> {
+    if let Ok(all) = ended(console).await
+        && let Some(r) = all.into_iter().rev().find(|r| r.id == id)
+    {
+        return Some((r, false));
+    }
+    running(console)
+        .await
+        .ok()?
+        .into_iter()
+        .find(|r| r.id == id)
+        .map(|r| (r, true))
+}
+
+async fn session(State(console): St, auditor: Auditor, Path(id): Path<String>) -> Response {
+    match find(&console, &id).await {
+        Some((r, running)) => {
+            tracing::info!(target: "portcullis::console", auditor = %auditor.0.who, session = %id, "viewed a session");
+            Html(pages::session(&r, running, &auditor.0.csrf)).into_response()
+        }
+        None => (
+            StatusCode::NOT_FOUND,
+            Html(pages::message("No such session.")),
+        )
+            .into_response(),
+    }
+}
+
+/// The sealed bytes of a session's `n`-th command log, from the disk or the store.
+async fn download(
+    State(console): St,
+    auditor: Auditor,
+    Path((id, n)): Path<(String, usize)>,
+) -> Response {
+    let Some((record, _)) = find(&console, &id).await else {
+        return (StatusCode::NOT_FOUND, "no such session").into_response();
+    };
+    let Some(log) = record.command_logs.get(n) else {
+        return (StatusCode::NOT_FOUND, "no such command log").into_response();
+    };
+    let name = log
+        .rsplit('/')
+        .next()
+        .unwrap_or("command.sshlog")
+        .to_string();
+    let dir = &console.shared.config.recording_dir;
+    // A log is served from the recording directory only (a record names the file; it
+    // must not be able to name another), or from the store.
+    let local = dir.join(&name);
+    let body = if local.is_file() && !name.contains("..") {
+        match tokio::fs::File::open(&local).await {
+            Ok(f) => Body::from_stream(tokio_util::io::ReaderStream::new(f)),
+            Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        }
+    } else {
+        let Some((bucket, key)) = crate::recording::store::parse_url(log) else {
+            return (
+                StatusCode::GONE,
+                "the command log is no longer on this proxy's disk",
+            )
+                .into_response();
+        };
+        let store = match &console.shared.uploads {
+            Some(u) if u.bucket() == bucket => u.store().clone(),
+            _ => {
+                return (
+                    StatusCode::NOT_FOUND,
+                    "the command log's bucket is not this proxy's store",
+                )
+                    .into_response();
+            }
+        };
+        match store.stream(key).await {
+            Ok(s) => Body::from_stream(s),
+            Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+        }
+    };
+    tracing::info!(target: "portcullis::console", auditor = %auditor.0.who, session = %id, log = %log, "downloaded a sealed command log");
+    let disposition = format!(
+        "attachment; filename=\"{}\"",
+        name.replace(['"', '\\'], "_")
+    );
+    let mut response = Response::new(body);
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&disposition) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    response
+}
+
+async fn stylesheet() -> Response {
+    ([(header::CONTENT_TYPE, "text/css")], pages::CSS).into_response()
+}

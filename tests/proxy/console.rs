@@ -1,0 +1,306 @@
+//! The auditors' web console over real HTTP: sign-in with the token, the session
+//! table and its filters, a session's record and its sealed command log (byte for byte
+//! the file the proxy wrote, no plaintext), and a live session ended from the console
+//! with the real ssh client disconnected.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use super::common;
+use super::{Lab, OutputExt, ensure_user};
+
+const TOKEN: &str = "a-console-token-for-the-tests-0123456789";
+
+/// Sends one request (with `Connection: close`) and returns the status, the headers
+/// (lower-case names) and the body.
+fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    form: Option<&str>,
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    if let Some(c) = cookie {
+        req.push_str(&format!("Cookie: portcullis_console={c}\r\n"));
+    }
+    let body = form.unwrap_or("");
+    if form.is_some() {
+        req.push_str(&format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut body = raw[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+    {
+        body = dechunk(&body);
+    }
+    (status, headers, body)
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = b.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&b[..line_end]).unwrap().trim(), 16).unwrap();
+        b = &b[line_end + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[..size]);
+        b = &b[size + 2..];
+    }
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn text(r: &(u16, Vec<(String, String)>, Vec<u8>)) -> String {
+    String::from_utf8_lossy(&r.2).to_string()
+}
+
+#[test]
+fn auditors_sign_in_see_sessions_download_sealed_logs_and_end_a_live_session() {
+    ensure_user("jdoe");
+    let mut lab = Lab::new(&[("jdoe@example.com", &[])]);
+    common::portcullis()
+        .args(["keygen", "-o"])
+        .arg(lab.path().join("sshkey"))
+        .output()
+        .unwrap()
+        .success_or_panic("keygen");
+    let token_file = lab.path().join("console-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let port = common::lab::free_port();
+    lab.add_config(&format!(
+        "[recording]\npublic_key = \"sshkey.pub\"\ndir = \"command-logs\"\n\
+         [console]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"console-token\"\n"
+    ));
+    lab.policies
+        .module("20-network-audit.wasm", "network_audit")
+        .file(
+            "20-network-audit.toml",
+            b"[[rule]]\ndestinations = [\"127.0.0.1\"]\ncommand_logging = true\n",
+        )
+        .module("90-default-principal.wasm", "default_principal");
+    lab.start();
+
+    // Signed out: every page sends to the sign-in; a wrong token is refused.
+    let r = request(port, "GET", "/sessions", None, None);
+    assert_eq!((r.0, header(&r.1, "location")), (303, Some("/login")));
+    let r = request(port, "POST", "/login", None, Some("token=wrong"));
+    assert_eq!(r.0, 401);
+    let r = request(
+        port,
+        "POST",
+        "/login",
+        None,
+        Some(&format!("token={TOKEN}")),
+    );
+    assert_eq!(r.0, 303, "{}", text(&r));
+    let set_cookie = header(&r.1, "set-cookie").unwrap().to_string();
+    for attribute in ["HttpOnly", "Secure", "SameSite=Strict"] {
+        assert!(set_cookie.contains(attribute), "{set_cookie}");
+    }
+    let cookie = set_cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1
+        .to_string();
+    let csp = header(&r.1, "content-security-policy").unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+
+    // A recorded session shows in the table, filters find it or not.
+    lab.ssh_jump("jdoe", "jdoe", "echo the-console-must-not-see-this")
+        .success_or_panic("recorded session");
+    let record = lab.wait_sessions(1)[0].clone();
+    let id = record["id"].as_str().unwrap().to_string();
+    let page = text(&request(port, "GET", "/sessions", Some(&cookie), None));
+    assert!(
+        page.contains(&id) && page.contains("jdoe@example.com"),
+        "{page}"
+    );
+    assert!(page.contains("<svg class=\"chart\""));
+    let none = text(&request(
+        port,
+        "GET",
+        "/sessions?user=nobody",
+        Some(&cookie),
+        None,
+    ));
+    assert!(
+        !none.contains(&id) && none.contains("0 of 1 session(s) match"),
+        "{none}"
+    );
+    let recorded = text(&request(
+        port,
+        "GET",
+        "/sessions?recorded=yes&action=audit",
+        Some(&cookie),
+        None,
+    ));
+    assert!(recorded.contains(&id));
+    let json: serde_json::Value = serde_json::from_slice(
+        &request(port, "GET", "/sessions.json?user=jdoe", Some(&cookie), None).2,
+    )
+    .unwrap();
+    assert_eq!(json["total"], 1);
+
+    // The session's page, and its sealed log: the very bytes on the disk, sealed.
+    let detail = text(&request(
+        port,
+        "GET",
+        &format!("/session/{id}"),
+        Some(&cookie),
+        None,
+    ));
+    assert!(
+        detail.contains("20-network-audit.wasm") && detail.contains("Download"),
+        "{detail}"
+    );
+    let sealed = request(
+        port,
+        "GET",
+        &format!("/session/{id}/log/0"),
+        Some(&cookie),
+        None,
+    );
+    assert_eq!(sealed.0, 200);
+    let on_disk = std::fs::read(record["command_logs"][0].as_str().unwrap()).unwrap();
+    assert_eq!(sealed.2, on_disk);
+    assert!(!String::from_utf8_lossy(&sealed.2).contains("the-console-must-not-see-this"));
+
+    // A live session, ended from the console: the real client is disconnected with
+    // the auditor's reason, which the session log keeps.
+    let (mut ssh, _) = lab.spawn_jump_until("jdoe", "jdoe", "echo started; sleep 60", "started");
+    let live_id = {
+        let start = Instant::now();
+        loop {
+            let running = lab.running_ids();
+            if let Some(id) = running.into_iter().find(|r| *r != id) {
+                break id;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no running session"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let live = text(&request(port, "GET", "/live", Some(&cookie), None));
+    assert!(live.contains(&live_id), "{live}");
+    let csrf = live
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    // Without the sign-in's CSRF token, the form is refused.
+    let forged = request(
+        port,
+        "POST",
+        &format!("/live/{live_id}/end"),
+        Some(&cookie),
+        Some("csrf=guess&reason=x"),
+    );
+    assert_eq!(forged.0, 403);
+    assert!(
+        ssh.try_wait().unwrap().is_none(),
+        "a forged form ended the session"
+    );
+    let ended = request(
+        port,
+        "POST",
+        &format!("/live/{live_id}/end"),
+        Some(&cookie),
+        Some(&format!("csrf={csrf}&reason=suspicious+activity")),
+    );
+    assert_eq!(ended.0, 303, "{}", text(&ended));
+    let start = Instant::now();
+    while ssh.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the client was not disconnected"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut stderr = String::new();
+    ssh.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        stderr.contains("ended by an auditor: suspicious activity"),
+        "{stderr}"
+    );
+    let records = lab.wait_sessions(2);
+    let closed = records
+        .iter()
+        .find(|r| r["id"] == live_id.as_str())
+        .unwrap();
+    assert!(
+        closed["close_reason"]
+            .as_str()
+            .unwrap()
+            .contains("ended by an auditor: suspicious activity"),
+        "{closed}"
+    );
+    // Every action is in the proxy's log, with the sign-in.
+    let log = lab.proxy_log();
+    assert!(log.contains("auditor signed in to the console"));
+    assert!(log.contains("downloaded a sealed command log"));
+    assert!(log.contains("auditor ended a session"));
+    // Signed out, the cookie opens nothing.
+    let out = request(
+        port,
+        "POST",
+        "/logout",
+        Some(&cookie),
+        Some(&format!("csrf={csrf}")),
+    );
+    assert_eq!(out.0, 303);
+    let r = request(port, "GET", "/sessions", Some(&cookie), None);
+    assert_eq!((r.0, header(&r.1, "location")), (303, Some("/login")));
+}
