@@ -189,11 +189,13 @@ fn refused_post(auditor: &Auditor, headers: &HeaderMap, csrf: &str) -> Option<Re
         .is_some_and(|s| s != "same-origin" && s != "none");
     if foreign || !same(csrf.as_bytes(), auditor.0.csrf.as_bytes()) {
         tracing::warn!(target: "portcullis::console", auditor = %auditor.0.who, "refused a form without this sign-in's CSRF token");
-        return Some((
-            StatusCode::FORBIDDEN,
-            "refused: the form did not come from this console",
-        )
-            .into_response());
+        return Some(
+            (
+                StatusCode::FORBIDDEN,
+                "refused: the form did not come from this console",
+            )
+                .into_response(),
+        );
     }
     None
 }

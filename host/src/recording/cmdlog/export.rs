@@ -146,6 +146,16 @@ pub fn write_zip<R: Read>(
     })
 }
 
+/// Events held back while an export of a 0x0 pty waits for a window size.
+const HOLD_BACK: usize = 4 << 20;
+
+/// `COLSxROWS`, when both are positive.
+fn parse_size(s: &str) -> Option<(u32, u32)> {
+    let (c, r) = s.split_once('x')?;
+    let (c, r) = (c.parse().ok()?, r.parse().ok()?);
+    (c > 0 && r > 0).then_some((c, r))
+}
+
 /// Writes asciicast v2, streamed: a header line, then `[seconds, "o", text]` for
 /// output and `[seconds, "r", "COLSxROWS"]` for window changes.
 pub fn write_asciicast<R: Read>(mut r: LogReader<R>, out: &Path) -> Result<Exported, CmdLogError> {
@@ -157,14 +167,34 @@ pub fn write_asciicast<R: Read>(mut r: LogReader<R>, out: &Path) -> Result<Expor
         height: 24,
         modes: vec![],
     });
-    let header = serde_json::json!({
-        "version": 2,
-        "width": pty.width,
-        "height": pty.height,
-        "timestamp": r.meta().started_at,
-        "env": {"TERM": pty.term.unwrap_or_else(|| "xterm".into())},
-    });
-    writeln!(w, "{header}").map_err(|e| file_err(out, e))?;
+    // OpenSSH asks for a 0x0 pty for `ssh -tt` without a terminal: a player cannot
+    // draw that. The header then takes the first window change's size (the events
+    // before it are held back, up to a bound), or 80x24.
+    let no_size = pty.width == 0 || pty.height == 0;
+    let mut size = if no_size {
+        None
+    } else {
+        Some((pty.width, pty.height))
+    };
+    let mut held: Vec<String> = Vec::new();
+    let mut held_bytes = 0usize;
+    let started_at = r.meta().started_at;
+    let header = |size: Option<(u32, u32)>| {
+        let (width, height) = size.unwrap_or((80, 24));
+        serde_json::json!({
+            "version": 2,
+            "width": width,
+            "height": height,
+            "timestamp": started_at,
+            "env": {"TERM": pty.term.clone().unwrap_or_else(|| "xterm".into())},
+        })
+        .to_string()
+    };
+    let mut started = false;
+    if !no_size {
+        writeln!(w, "{}", header(size)).map_err(|e| file_err(out, e))?;
+        started = true;
+    }
     let mut packets = 0;
     while let Some(p) = r.next_packet()? {
         packets += 1;
@@ -172,7 +202,12 @@ pub fn write_asciicast<R: Read>(mut r: LogReader<R>, out: &Path) -> Result<Expor
         let event = if p.code == CODE_REQUEST {
             let text = String::from_utf8_lossy(&p.data);
             match text.strip_prefix("window-change\0") {
-                Some(size) => serde_json::json!([t, "r", size]),
+                Some(s) => {
+                    if size.is_none() {
+                        size = parse_size(s);
+                    }
+                    serde_json::json!([t, "r", s])
+                }
                 None => continue,
             }
         } else if p.source == SOURCE_SERVER {
@@ -180,7 +215,26 @@ pub fn write_asciicast<R: Read>(mut r: LogReader<R>, out: &Path) -> Result<Expor
         } else {
             continue;
         };
-        writeln!(w, "{event}").map_err(|e| file_err(out, e))?;
+        if started {
+            writeln!(w, "{event}").map_err(|e| file_err(out, e))?;
+            continue;
+        }
+        let event = event.to_string();
+        held_bytes += event.len();
+        held.push(event);
+        if size.is_some() || held_bytes > HOLD_BACK {
+            writeln!(w, "{}", header(size)).map_err(|e| file_err(out, e))?;
+            for e in held.drain(..) {
+                writeln!(w, "{e}").map_err(|e| file_err(out, e))?;
+            }
+            started = true;
+        }
+    }
+    if !started {
+        writeln!(w, "{}", header(size)).map_err(|e| file_err(out, e))?;
+        for e in held.drain(..) {
+            writeln!(w, "{e}").map_err(|e| file_err(out, e))?;
+        }
     }
     w.flush().map_err(|e| file_err(out, e))?;
     Ok(Exported {

@@ -373,3 +373,49 @@ fn asciicast_has_output_and_window_changes_only() {
         ("r".into(), "100x30".into())
     );
 }
+
+#[test]
+fn a_zero_sized_pty_casts_at_the_first_window_size_or_80x24() {
+    let cast_of = |resize: bool| {
+        let (d, open, path, mut w) = started("zero.sshlog");
+        // What OpenSSH asks for with `ssh -tt` and no terminal.
+        w.set_pty(PtyMeta {
+            term: Some("xterm".into()),
+            width: 0,
+            height: 0,
+            modes: vec![],
+        })
+        .unwrap();
+        w.packet(SOURCE_SERVER, CODE_DATA, b"before").unwrap();
+        if resize {
+            w.packet(SOURCE_CLIENT, CODE_REQUEST, b"window-change\x00120x40")
+                .unwrap();
+        }
+        w.packet(SOURCE_SERVER, CODE_DATA, b"after").unwrap();
+        w.finish(None).unwrap();
+        let cast = d.path().join("out.cast");
+        let bytes = fs::read(&path).unwrap();
+        write_asciicast(LogReader::new(&bytes[..], &open).unwrap(), &cast).unwrap();
+        let text = fs::read_to_string(&cast).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let lines = cast_of(true);
+    assert_eq!(
+        (lines[0]["width"].clone(), lines[0]["height"].clone()),
+        (120.into(), 40.into())
+    );
+    // Nothing held back is lost, in order.
+    let kinds: Vec<String> = lines[1..]
+        .iter()
+        .map(|e| e[1].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds, ["o", "r", "o"]);
+    let lines = cast_of(false);
+    assert_eq!(
+        (lines[0]["width"].clone(), lines[0]["height"].clone()),
+        (80.into(), 24.into())
+    );
+    assert_eq!(lines.len(), 3);
+}
