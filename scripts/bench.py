@@ -217,6 +217,21 @@ def s3_store(d, ports, size, runs):
         shutil.rmtree(data, ignore_errors=True)
 
 
+def proc_ticks(pid):
+    """CPU clock ticks (user + system) a process has used."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def machine_ticks():
+    """Busy clock ticks of the whole machine (every CPU; idle and iowait left out)."""
+    v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return sum(v) - v[3] - v[4]
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
 def timed(cmd, stdin=None):
     t = time.perf_counter()
     subprocess.run(cmd, check=True, stdin=stdin, stdout=subprocess.DEVNULL)
@@ -248,6 +263,8 @@ def main():
     ap.add_argument("--skip-criterion", action="store_true")
     ap.add_argument("--skip-s3", action="store_true", help="skip logged throughput with the S3 store")
     ap.add_argument("--no-write", action="store_true", help="print the table only, not into docs/benchmarks.md")
+    ap.add_argument("--idle-seconds", type=int, default=60,
+                    help="measure the proxy's CPU at rest (policies loaded, no connection) for this long; 0 to skip")
     ap.add_argument("--fleet-sessions", type=int, default=200,
                     help="sessions through HAProxy per fleet size (one, two replicas); 0 to skip")
     a = ap.parse_args()
@@ -264,13 +281,29 @@ def main():
             for name in os.listdir(logs) if os.path.isdir(logs) else []:
                 if name.endswith(".sshlog"):
                     os.remove(os.path.join(logs, name))
+        idle_ticks = None
+        if a.idle_seconds:
+            before = proc_ticks(proxy.pid)
+            time.sleep(a.idle_seconds)
+            idle_ticks = proc_ticks(proxy.pid) - before
+        # CPU seconds per GiB moved: the proxy's own, and the whole machine's.
+        cpu = {k: {"down": ([], []), "up": ([], [])} for k in bulk_paths}
+        gib = size / 2**30
+
+        def measured(k, direction, run_it):
+            p0, m0 = proc_ticks(proxy.pid), machine_ticks()
+            rate = run_it()
+            p1, m1 = proc_ticks(proxy.pid), machine_ticks()
+            cpu[k][direction][0].append((p1 - p0) / TICK / gib)
+            cpu[k][direction][1].append((m1 - m0) / TICK / gib)
+            return rate
         for _ in range(a.runs):  # alternate the paths so that noise hits all alike
             for k in bulk_paths:
                 drop_finished_logs()
-                down[k].append(size / timed(p[k] + [f"head -c {size} /dev/zero"]))
+                down[k].append(measured(k, "down", lambda: size / timed(p[k] + [f"head -c {size} /dev/zero"])))
                 with open("/dev/zero", "rb") as z:
                     src = subprocess.Popen(["head", "-c", str(size)], stdin=z, stdout=subprocess.PIPE)
-                    up[k].append(size / timed(p[k] + ["cat > /dev/null"], stdin=src.stdout))
+                    up[k].append(measured(k, "up", lambda: size / timed(p[k] + ["cat > /dev/null"], stdin=src.stdout)))
                     src.wait()
         stored = None if a.skip_s3 else s3_store(d, ports, size, a.runs)
         setup_paths = ["direct", "openssh-jump", "portcullis", "portcullis-user"]
@@ -323,6 +356,18 @@ def main():
         dd, ud = med(down["direct"]) / 2**20, med(up["direct"]) / 2**20
         dj, uj = med(down["openssh-jump"]) / 2**20, med(up["openssh-jump"]) / 2**20
         lines.append(f"| {k} | {dm:.0f} | {dm/dd:.2f} | {dm/dj:.2f} | {um:.0f} | {um/ud:.2f} | {um/uj:.2f} |")
+    lines += ["", "CPU seconds per GiB moved, median (the proxy process / the whole machine, both "
+              "directions; the machine also runs the client, the target and the bastion):", "",
+              "| path | proxy down | proxy up | machine down | machine up |", "| --- | ---: | ---: | ---: | ---: |"]
+    for k in bulk_paths:
+        c = cpu[k]
+        through = k.startswith("portcullis")
+        pd = f"{med(c['down'][0]):.2f}" if through else "-"
+        pu = f"{med(c['up'][0]):.2f}" if through else "-"
+        lines.append(f"| {k} | {pd} | {pu} | {med(c['down'][1]):.2f} | {med(c['up'][1]):.2f} |")
+    if idle_ticks is not None:
+        lines += ["", f"The proxy at rest (policies loaded, no connection) for {a.idle_seconds} s: "
+                  f"{idle_ticks} CPU tick(s) of 1/{TICK} s."]
     if stored:
         lines += ["", f"Logged throughput, {a.size_mib} MiB, median of {a.runs}: command logs on the local disk "
                   "against shipped to S3-compatible storage (s3s-fs on this machine, 16 MiB parts, each object "
