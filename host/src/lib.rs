@@ -45,6 +45,8 @@ pub enum Error {
     SignOn(String),
     #[error("shared state: {0}")]
     State(String),
+    #[error("console: {0}")]
+    Console(String),
     #[error("recording store: {0}")]
     RecordingStore(#[from] recording::store::StoreError),
     #[error("{what} {path}: {source}")]

@@ -195,16 +195,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     let console = match shared.config.console.clone() {
         Some(c) => {
-            // Bound here, so that a port in use stops the start rather than a task.
-            let probe = std::net::TcpListener::bind(c.listen).map_err(|source| Error::Io {
-                what: "cannot serve the console on",
-                path: c.listen.to_string(),
-                source,
-            })?;
-            drop(probe);
+            // Bound here: a port in use stops the start, and the console answers as
+            // soon as the proxy says it serves.
+            let listener = std::net::TcpListener::bind(c.listen)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|source| Error::Io {
+                    what: "cannot serve the console on",
+                    path: c.listen.to_string(),
+                    source,
+                })?;
+            // A certificate that does not load stops the start too.
+            if let Some((cert, key)) = &c.tls {
+                crate::console::tls_config(cert, key).map_err(Error::Console)?;
+            }
             let shared = Arc::clone(&shared);
             Some(tokio::spawn(async move {
-                if let Err(e) = crate::console::serve(shared, c).await {
+                if let Err(e) = crate::console::serve(shared, c, listener).await {
                     tracing::error!("the console stopped: {e}");
                 }
             }))

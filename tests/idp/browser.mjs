@@ -18,8 +18,9 @@ function cookies() {
   return [...jar].map(([k, v]) => `${k}=${v}`).join('; ');
 }
 
-// Fetches `url` (a form post when `form` is given) and follows redirects.
-async function browse(url, form) {
+// Fetches `url` (a form post when `form` is given) and follows redirects, but not one
+// to an address starting with `stopAt` (returned as `redirect`).
+async function browse(url, form, stopAt) {
   let method = form ? 'POST' : 'GET';
   let body = form ? new URLSearchParams(form).toString() : undefined;
   for (let hops = 0; hops < 20; hops++) {
@@ -30,6 +31,7 @@ async function browse(url, form) {
     const location = res.headers.get('location');
     if (res.status >= 300 && res.status < 400 && location) {
       url = new URL(location, url).toString();
+      if (stopAt && url.startsWith(stopAt)) return { url, status: res.status, html: '', redirect: url };
       method = 'GET';
       body = undefined;
       continue;
@@ -70,4 +72,18 @@ export async function approve(verificationUri, userCode, { account = 'jdoe', den
     page = await browse(form.action, { ...form.fields, ...extra });
   }
   return page;
+}
+
+// A browser sign-in (authorization code): opens the application's authorization URL at
+// the provider, logs in as `account` and consents, and returns where the provider
+// sends the browser back (an address starting with `back`), not followed.
+export async function authorize(authorizationUrl, back, { account = 'jdoe' } = {}) {
+  let page = await browse(authorizationUrl, undefined, back);
+  for (let step = 0; step < 6 && !page.redirect; step++) {
+    const form = firstForm(page);
+    const extra = form.fields.prompt === 'login' ? { login: account, password: 'secret' } : {};
+    page = await browse(form.action, { ...form.fields, ...extra }, back);
+  }
+  if (!page.redirect) throw new Error(`never sent back to ${back}: ${page.url} ${page.status}`);
+  return page.redirect;
 }

@@ -5,6 +5,8 @@
 //
 // Environment:
 //   IDP_DEVICE_CODE_TTL  seconds a device code lives (default 600)
+//   IDP_REDIRECT_URIS    comma-separated redirect URIs: the client then also takes the
+//                        authorization code grant (with PKCE), for the web console
 //   IDP_TAMPER           "audience": ID tokens carry another audience, re-signed with
 //                        the provider's own key; "unknown-key": ID tokens are signed by a
 //                        key the provider does not publish. Both stand for a provider
@@ -35,13 +37,15 @@ async function signingKey(kid) {
 const key = await signingKey(crypto.randomUUID());
 const stray = await signingKey('stray');
 
+const redirects = (process.env.IDP_REDIRECT_URIS || '').split(',').filter(Boolean);
 const provider = new Provider(issuer, {
   clients: [{
     client_id: 'portcullis',
     token_endpoint_auth_method: 'none',
-    grant_types: ['urn:ietf:params:oauth:grant-type:device_code'],
-    response_types: [],
-    redirect_uris: [],
+    grant_types: ['urn:ietf:params:oauth:grant-type:device_code',
+      ...(redirects.length ? ['authorization_code'] : [])],
+    response_types: redirects.length ? ['code'] : [],
+    redirect_uris: redirects,
   }],
   features: {
     deviceFlow: { enabled: true },

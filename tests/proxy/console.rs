@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use super::common;
+use super::common::idp::{Idp, idp_dir};
 use super::{Lab, OutputExt, ensure_user};
 
 const TOKEN: &str = "a-console-token-for-the-tests-0123456789";
@@ -26,7 +27,12 @@ fn request(
     let mut req =
         format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
     if let Some(c) = cookie {
-        req.push_str(&format!("Cookie: portcullis_console={c}\r\n"));
+        // A bare value is the console's session cookie.
+        if c.contains('=') {
+            req.push_str(&format!("Cookie: {c}\r\n"));
+        } else {
+            req.push_str(&format!("Cookie: portcullis_console={c}\r\n"));
+        }
     }
     let body = form.unwrap_or("");
     if form.is_some() {
@@ -303,4 +309,91 @@ fn auditors_sign_in_see_sessions_download_sealed_logs_and_end_a_live_session() {
     assert_eq!(out.0, 303);
     let r = request(port, "GET", "/sessions", Some(&cookie), None);
     assert_eq!((r.0, header(&r.1, "location")), (303, Some("/login")));
+}
+
+/// The cookie `name` a response sets, as `name=value`.
+fn set_cookie(headers: &[(String, String)], name: &str) -> Option<String> {
+    headers
+        .iter()
+        .filter(|(k, _)| k == "set-cookie")
+        .filter_map(|(_, v)| v.split(';').next())
+        .find(|c| c.starts_with(&format!("{name}=")))
+        .map(str::to_string)
+}
+
+#[test]
+fn auditors_sign_in_at_the_identity_provider_and_others_are_refused() {
+    ensure_user("jdoe");
+    let port = common::lab::free_port();
+    let back = format!("http://127.0.0.1:{port}/login/oidc/callback");
+    let idp = Idp::start(&[("IDP_REDIRECT_URIS", back.as_str())]);
+    let mut lab = Lab::new(&[("jdoe@example.com", &[])]);
+    lab.add_config(&idp.config(""));
+    // Members of "sre" at the provider are the auditors here (jdoe is; asmith is not).
+    lab.add_config(&format!(
+        "[console]\nlisten = \"127.0.0.1:{port}\"\nauditors_group = \"sre\"\n"
+    ));
+    lab.policies
+        .module("90-default-principal.wasm", "default_principal");
+    lab.start();
+    let page = text(&request(port, "GET", "/login", None, None));
+    assert!(
+        page.contains("/login/oidc") && !page.contains("name=\"token\""),
+        "{page}"
+    );
+
+    let sign_in = |account: &str| -> (u16, Option<String>, String) {
+        let start = request(port, "GET", "/login/oidc", None, None);
+        assert_eq!(start.0, 303, "{}", text(&start));
+        let pending = set_cookie(&start.1, "portcullis_console_pending").unwrap();
+        let to_provider = header(&start.1, "location").unwrap().to_string();
+        assert!(
+            to_provider.starts_with(&idp.issuer()) && to_provider.contains("code_challenge="),
+            "{to_provider}"
+        );
+        // The user at the provider's pages, as a browser.
+        let out = std::process::Command::new("node")
+            .arg(idp_dir().join("signin.mjs"))
+            .args([&to_provider, &back, account])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let returned = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let path = returned
+            .strip_prefix(&format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .to_string();
+        let r = request(port, "GET", &path, Some(&pending), None);
+        (r.0, set_cookie(&r.1, "portcullis_console"), text(&r))
+    };
+    let (status, cookie, page) = sign_in("jdoe");
+    assert_eq!(status, 200, "{page}");
+    let cookie = cookie.unwrap();
+    let sessions = request(port, "GET", "/sessions", Some(&cookie), None);
+    assert_eq!(sessions.0, 200);
+    assert!(
+        lab.proxy_log().contains("auditor=jdoe@example.com"),
+        "{}",
+        lab.proxy_log()
+    );
+    // Not in the auditors group: refused, and no sign-in.
+    let (status, cookie, page) = sign_in("asmith");
+    assert_eq!(status, 403);
+    assert!(
+        cookie.is_none() && page.contains("not in the auditors group"),
+        "{page}"
+    );
+    // A callback this console did not start is refused.
+    let forged = request(
+        port,
+        "GET",
+        "/login/oidc/callback?code=x&state=y",
+        None,
+        None,
+    );
+    assert_eq!(forged.0, 400);
 }

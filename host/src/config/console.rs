@@ -17,6 +17,12 @@ pub(super) struct RawConsole {
     tls_key: Option<PathBuf>,
     /// A file holding the sign-in token (only its owner may read it).
     token_file: Option<PathBuf>,
+    /// With `[identity.oidc]`: auditors sign in at the identity provider, and only
+    /// members of this group get in.
+    auditors_group: Option<String>,
+    /// The console's address as browsers reach it (the identity provider sends them
+    /// back to PUBLIC_URL/login/oidc/callback); default `http(s)://LISTEN`.
+    public_url: Option<String>,
     /// How long a sign-in lasts.
     #[serde(default, with = "humantime_serde")]
     sign_in_ttl: Option<Duration>,
@@ -27,7 +33,12 @@ pub(super) struct RawConsole {
 pub struct ConsoleConfig {
     pub listen: SocketAddr,
     pub tls: Option<(PathBuf, PathBuf)>,
-    pub token: String,
+    /// The sign-in token, if token sign-in is on.
+    pub token: Option<String>,
+    /// Sign-in at the identity provider for this group's members, if on.
+    pub auditors_group: Option<String>,
+    /// `https://console.example.com` (no trailing `/`).
+    pub public_url: String,
     pub sign_in_ttl: Duration,
 }
 
@@ -73,20 +84,41 @@ impl RawConsole {
                 ),
             ));
         }
-        let Some(token_file) = self.token_file else {
+        if self.token_file.is_none() && self.auditors_group.is_none() {
             return Err((
                 "console.token_file",
-                "is needed: auditors sign in with the token it holds".into(),
-            ));
-        };
-        let token =
-            super::oidc::read_secret(&abs(&token_file)).map_err(|e| ("console.token_file", e))?;
-        if token.len() < 16 {
-            return Err((
-                "console.token_file",
-                "the token must be at least 16 characters (e.g. openssl rand -hex 32)".into(),
+                "or console.auditors_group is needed: how auditors sign in".into(),
             ));
         }
+        let token = match self.token_file {
+            None => None,
+            Some(f) => {
+                let token =
+                    super::oidc::read_secret(&abs(&f)).map_err(|e| ("console.token_file", e))?;
+                if token.len() < 16 {
+                    return Err((
+                        "console.token_file",
+                        "the token must be at least 16 characters (e.g. openssl rand -hex 32)"
+                            .into(),
+                    ));
+                }
+                Some(token)
+            }
+        };
+        let public_url = match self.public_url {
+            Some(u) => {
+                let parsed = url::Url::parse(&u)
+                    .map_err(|e| ("console.public_url", format!("{u:?}: {e}")))?;
+                if !matches!(parsed.scheme(), "https" | "http") {
+                    return Err(("console.public_url", format!("{u:?}: not an http(s) URL")));
+                }
+                u.trim_end_matches('/').to_string()
+            }
+            None => format!(
+                "{}://{listen}",
+                if tls.is_some() { "https" } else { "http" }
+            ),
+        };
         let sign_in_ttl = self.sign_in_ttl.unwrap_or(Duration::from_secs(8 * 3600));
         if sign_in_ttl < Duration::from_secs(60) || sign_in_ttl > Duration::from_secs(7 * 86400) {
             return Err(("console.sign_in_ttl", "must be between 1m and 7d".into()));
@@ -95,6 +127,8 @@ impl RawConsole {
             listen,
             tls,
             token,
+            auditors_group: self.auditors_group,
+            public_url,
             sign_in_ttl,
         }))
     }

@@ -305,6 +305,13 @@ impl file::RawConfig {
                     .map_err(|(key, message)| invalid(key, message))?,
             ),
         };
+        if console.as_ref().is_some_and(|c| c.auditors_group.is_some()) && oidc.is_none() {
+            return Err(invalid(
+                "console.auditors_group",
+                "signs auditors in at the identity provider of [identity.oidc], which is not set"
+                    .into(),
+            ));
+        }
         Ok(Config {
             listen,
             transparent_listen,

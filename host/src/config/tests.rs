@@ -211,7 +211,8 @@ fn the_console_needs_a_private_token_and_tls_off_loopback() {
         )
     };
     let c = parse(&text("")).unwrap().console.unwrap();
-    assert_eq!(c.token, "0123456789abcdef0123");
+    assert_eq!(c.token.as_deref(), Some("0123456789abcdef0123"));
+    assert_eq!(c.public_url, "http://127.0.0.1:8443");
     assert!(c.tls.is_none());
     let e = parse(&text("").replace("127.0.0.1:8443", "0.0.0.0:8443"))
         .unwrap_err()
@@ -234,4 +235,11 @@ fn the_console_needs_a_private_token_and_tls_off_loopback() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("console.token_file"), "{e}");
+    let e = parse("[console]\nlisten = \"127.0.0.1:8443\"\nauditors_group = \"auditors\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("console.auditors_group") && e.contains("[identity.oidc]"),
+        "{e}"
+    );
 }

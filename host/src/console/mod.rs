@@ -47,6 +47,8 @@ struct Console {
     shared: Arc<Shared>,
     config: ConsoleConfig,
     sign_ins: Mutex<HashMap<String, SignIn>>,
+    /// Sign-ins at the identity provider not back yet, by their cookie.
+    pending: Mutex<HashMap<String, (crate::identity::sso::PendingSignIn, Instant)>>,
     index: Mutex<index::SessionIndex>,
 }
 
@@ -61,16 +63,23 @@ impl std::fmt::Debug for Console {
 type St = State<Arc<Console>>;
 
 /// Serves the console until the task is dropped.
-pub(crate) async fn serve(shared: Arc<Shared>, config: ConsoleConfig) -> Result<(), String> {
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    config: ConsoleConfig,
+    listener: std::net::TcpListener,
+) -> Result<(), String> {
     let console = Arc::new(Console {
         index: Mutex::new(index::SessionIndex::new(&shared.config.session_log)),
         shared,
         config: config.clone(),
         sign_ins: Mutex::new(HashMap::new()),
+        pending: Mutex::new(HashMap::new()),
     });
     let app = Router::new()
         .route("/", get(|| async { Redirect::to("/sessions") }))
         .route("/login", get(login_page).post(login))
+        .route("/login/oidc", get(oidc_start))
+        .route("/login/oidc/callback", get(oidc_callback))
         .route("/logout", post(logout))
         .route("/sessions", get(sessions))
         .route("/sessions.json", get(sessions_json))
@@ -83,8 +92,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, config: ConsoleConfig) -> Result<
         .with_state(console);
     match &config.tls {
         None => {
-            let listener = tokio::net::TcpListener::bind(config.listen)
-                .await
+            let listener = tokio::net::TcpListener::from_std(listener)
                 .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
             tracing::info!(listen = %config.listen, "serving the console (plain HTTP, loopback only)");
             axum::serve(listener, app).await.map_err(|e| e.to_string())
@@ -92,10 +100,11 @@ pub(crate) async fn serve(shared: Arc<Shared>, config: ConsoleConfig) -> Result<
         Some((cert, key)) => {
             let tls = tls_config(cert, key)?;
             tracing::info!(listen = %config.listen, "serving the console (HTTPS)");
-            axum_server::bind_rustls(
-                config.listen,
+            axum_server::from_tcp_rustls(
+                listener,
                 axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls)),
             )
+            .map_err(|e| format!("cannot serve on {}: {e}", config.listen))?
             .serve(app.into_make_service())
             .await
             .map_err(|e| format!("cannot serve on {}: {e}", config.listen))
@@ -103,7 +112,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, config: ConsoleConfig) -> Result<
     }
 }
 
-fn tls_config(
+pub(crate) fn tls_config(
     cert: &std::path::Path,
     key: &std::path::Path,
 ) -> Result<rustls::ServerConfig, String> {
@@ -170,13 +179,17 @@ impl FromRequestParts<Arc<Console>> for Auditor {
 }
 
 fn cookie(headers: &HeaderMap) -> Option<String> {
+    named_cookie(headers, COOKIE)
+}
+
+fn named_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v.to_string())
 }
 
@@ -209,31 +222,21 @@ fn random_hex() -> String {
     hex::encode(rand::random::<[u8; 32]>())
 }
 
-async fn login_page() -> Html<String> {
-    Html(pages::login(None))
+/// How auditors may sign in here: with the token, at the identity provider.
+fn methods(console: &Console) -> (bool, bool) {
+    (
+        console.config.token.is_some(),
+        console.config.auditors_group.is_some() && console.shared.sso.is_some(),
+    )
 }
 
-#[derive(Deserialize)]
-struct LoginForm {
-    token: String,
+async fn login_page(State(console): St) -> Html<String> {
+    Html(pages::login(None, methods(&console)))
 }
 
-async fn login(State(console): St, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
-    if !same(
-        form.token.trim().as_bytes(),
-        console.config.token.as_bytes(),
-    ) {
-        tracing::warn!(target: "portcullis::console", peer = ?headers.get("x-forwarded-for"), "console sign-in refused: wrong token");
-        // Slows guessing down.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        return (
-            StatusCode::UNAUTHORIZED,
-            Html(pages::login(Some("That is not the console's token."))),
-        )
-            .into_response();
-    }
+/// Starts a new sign-in for `who`: the session cookie, on `response`.
+fn signed_in(console: &Console, who: String, mut response: Response) -> Response {
     let id = random_hex();
-    let who = format!("token-sign-in-{}", id.get(..8).unwrap_or_default());
     lock(&console.sign_ins).insert(
         id.clone(),
         SignIn {
@@ -247,11 +250,162 @@ async fn login(State(console): St, headers: HeaderMap, Form(form): Form<LoginFor
         "{COOKIE}={id}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age={}",
         console.config.sign_in_ttl.as_secs()
     );
-    let mut response = Redirect::to("/sessions").into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+    response
+}
+
+const PENDING_COOKIE: &str = "portcullis_console_pending";
+/// How long a browser may take at the identity provider.
+const PENDING_TTL: Duration = Duration::from_secs(600);
+
+/// Sends the browser to the identity provider (authorization code with PKCE).
+async fn oidc_start(State(console): St) -> Response {
+    let (Some(sso), true) = (&console.shared.sso, methods(&console).1) else {
+        return (
+            StatusCode::NOT_FOUND,
+            "sign-in at the identity provider is not set up",
+        )
+            .into_response();
+    };
+    let back = format!("{}/login/oidc/callback", console.config.public_url);
+    let (url, pending) = match sso.sign_in_url(&back).await {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!(target: "portcullis::console", "console sign-in: {e}");
+            return (
+                StatusCode::BAD_GATEWAY,
+                Html(pages::message("The identity provider cannot be reached.")),
+            )
+                .into_response();
+        }
+    };
+    let id = random_hex();
+    {
+        let mut all = lock(&console.pending);
+        let now = Instant::now();
+        all.retain(|_, (_, at)| now.duration_since(*at) < PENDING_TTL);
+        if all.len() >= 1000 {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many sign-ins in progress",
+            )
+                .into_response();
+        }
+        all.insert(id.clone(), (pending, now));
+    }
+    // Lax: the provider sends the browser back with a cross-site navigation.
+    let cookie = format!(
+        "{PENDING_COOKIE}={id}; Path=/login/oidc; HttpOnly; Secure; SameSite=Lax; Max-Age={}",
+        PENDING_TTL.as_secs()
+    );
+    let mut response = Redirect::to(&url).into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, v);
     }
     response
+}
+
+#[derive(Deserialize)]
+struct Callback {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    error: String,
+}
+
+/// Where the identity provider sends the browser back: the code is exchanged, the ID
+/// token checked, and a member of the auditors group signed in.
+async fn oidc_callback(
+    State(console): St,
+    headers: HeaderMap,
+    Query(back): Query<Callback>,
+) -> Response {
+    let refuse =
+        |status: StatusCode, text: &str| (status, Html(pages::message(text))).into_response();
+    let (Some(sso), Some(group)) = (&console.shared.sso, &console.config.auditors_group) else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "Sign-in at the identity provider is not set up.",
+        );
+    };
+    let pending = named_cookie(&headers, PENDING_COOKIE)
+        .and_then(|id| lock(&console.pending).remove(&id))
+        .filter(|(_, at)| at.elapsed() < PENDING_TTL);
+    let Some((pending, _)) = pending else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "This sign-in was not started here, or took too long: sign in again.",
+        );
+    };
+    if !back.error.is_empty() {
+        tracing::warn!(target: "portcullis::console", error = %crate::text::sanitize(&back.error, 100), "console sign-in refused at the identity provider");
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "The identity provider refused the sign-in.",
+        );
+    }
+    if !same(back.state.as_bytes(), pending.state.as_bytes()) {
+        tracing::warn!(target: "portcullis::console", "console sign-in refused: the state does not match");
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "This sign-in was not started here: sign in again.",
+        );
+    }
+    let redirect = format!("{}/login/oidc/callback", console.config.public_url);
+    let claims = match sso.finish_sign_in(&redirect, &back.code, pending).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(target: "portcullis::console", "console sign-in refused: {e}");
+            return refuse(StatusCode::FORBIDDEN, &e.user_message());
+        }
+    };
+    if !claims.groups.iter().any(|g| g == group) {
+        tracing::warn!(target: "portcullis::console", user = %claims.email, %group, "console sign-in refused: not in the auditors group");
+        return refuse(
+            StatusCode::FORBIDDEN,
+            &format!("{} is not in the auditors group.", claims.email),
+        );
+    }
+    // A page that moves on by itself: a SameSite=Strict cookie set at the end of a
+    // cross-site redirect is not sent on a redirect that follows it.
+    signed_in(
+        &console,
+        claims.email,
+        Html(pages::moving_on("/sessions")).into_response(),
+    )
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+async fn login(State(console): St, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
+    let Some(token) = &console.config.token else {
+        return (StatusCode::NOT_FOUND, "token sign-in is off").into_response();
+    };
+    if !same(form.token.trim().as_bytes(), token.as_bytes()) {
+        tracing::warn!(target: "portcullis::console", peer = ?headers.get("x-forwarded-for"), "console sign-in refused: wrong token");
+        // Slows guessing down.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        return (
+            StatusCode::UNAUTHORIZED,
+            Html(pages::login(
+                Some("That is not the console's token."),
+                methods(&console),
+            )),
+        )
+            .into_response();
+    }
+    let who = format!(
+        "token-sign-in-{}",
+        random_hex().get(..8).unwrap_or_default()
+    );
+    signed_in(&console, who, Redirect::to("/sessions").into_response())
 }
 
 #[derive(Deserialize)]

@@ -60,18 +60,32 @@ fn page(title: &str, csrf: Option<&str>, body: &str) -> String {
     )
 }
 
-pub(super) fn login(error: Option<&str>) -> String {
+/// The sign-in page, with the methods configured: (token, identity provider).
+pub(super) fn login(error: Option<&str>, (token, provider): (bool, bool)) -> String {
     let error = error.map_or(String::new(), |e| {
         format!("<p class=\"block\">{}</p>", h(e))
     });
-    page(
-        "Sign in",
-        None,
-        &format!(
-            "<h1>Sign in</h1>{error}<form method=\"post\" action=\"/login\">\
-             <label>Console token <input type=\"password\" name=\"token\" autocomplete=\"off\" autofocus></label> \
-             <button>Sign in</button></form>"
-        ),
+    let mut body = format!("<h1>Sign in</h1>{error}");
+    if provider {
+        body.push_str("<p><a href=\"/login/oidc\">Sign in with the identity provider</a></p>");
+    }
+    if token {
+        body.push_str(
+            "<form method=\"post\" action=\"/login\">\
+             <label>Console token <input type=\"password\" name=\"token\" autocomplete=\"off\"></label> \
+             <button>Sign in</button></form>",
+        );
+    }
+    page("Sign in", None, &body)
+}
+
+/// A page that sends the browser on to `to` by itself (no script: a refresh).
+pub(super) fn moving_on(to: &str) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta http-equiv=\"refresh\" content=\"0;url={0}\"><title>Signed in</title></head>\
+         <body><p>Signed in. <a href=\"{0}\">Continue</a></p></body></html>",
+        h(to)
     )
 }
 

@@ -10,6 +10,8 @@
 mod logins;
 mod provider;
 
+pub use provider::PendingSignIn;
+
 pub use logins::{
     FileLogins, Login, LoginStore, LoginStoreError, any_gone, by_id, epoch_seconds, live_for_key,
 };
@@ -106,6 +108,29 @@ pub struct Sso {
 }
 
 impl Sso {
+    /// Where to send a browser to sign in (the console), returning to `redirect`.
+    pub async fn sign_in_url(
+        &self,
+        redirect: &str,
+    ) -> Result<(String, provider::PendingSignIn), SsoError> {
+        self.provider.sign_in_url(redirect).await
+    }
+
+    /// The identity a browser sign-in gives, once the code it came back with is
+    /// exchanged and the ID token checked (the same claims checks as device logins).
+    pub async fn finish_sign_in(
+        &self,
+        redirect: &str,
+        code: &str,
+        pending: provider::PendingSignIn,
+    ) -> Result<Claims, SsoError> {
+        let claims = self
+            .provider
+            .finish_sign_in(redirect, code, pending)
+            .await?;
+        provider::claims_of(&self.config, &claims)
+    }
+
     /// Sets up single sign-on with the logins kept in `config.logins_file`.
     pub fn new(config: OidcConfig) -> Result<Sso, String> {
         let logins = FileLogins::open(&config.logins_file).map_err(|e| e.to_string())?;

@@ -207,6 +207,93 @@ impl Provider {
     }
 }
 
+/// A browser sign-in in progress (authorization code with PKCE): what the callback
+/// must match.
+#[derive(Debug)]
+pub struct PendingSignIn {
+    pub state: String,
+    nonce: Nonce,
+    verifier: openidconnect::PkceCodeVerifier,
+}
+
+impl Provider {
+    /// Where to send a browser to sign in, returning to `redirect`, and what its
+    /// return must match.
+    pub(super) async fn sign_in_url(
+        &self,
+        redirect: &str,
+    ) -> Result<(String, PendingSignIn), SsoError> {
+        use openidconnect::core::CoreAuthenticationFlow;
+        use openidconnect::{CsrfToken, PkceCodeChallenge, RedirectUrl};
+        let metadata = self.metadata(false).await?;
+        let redirect = RedirectUrl::new(redirect.to_string())
+            .map_err(|e| SsoError::Unavailable(format!("bad redirect URL {redirect}: {e}")))?;
+        let client = CoreClient::from_provider_metadata(
+            (*metadata).clone(),
+            self.client_id.clone(),
+            self.client_secret.clone(),
+        )
+        .set_redirect_uri(redirect);
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let mut request = client.authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        );
+        for s in self.scopes.iter().filter(|s| *s != "openid") {
+            request = request.add_scope(Scope::new(s.clone()));
+        }
+        let (url, state, nonce) = request.set_pkce_challenge(challenge).url();
+        Ok((
+            url.to_string(),
+            PendingSignIn {
+                state: state.secret().clone(),
+                nonce,
+                verifier,
+            },
+        ))
+    }
+
+    /// Exchanges the code the browser came back with, checks the ID token (signature,
+    /// issuer, audience, expiry, nonce) and returns its claims.
+    pub(super) async fn finish_sign_in(
+        &self,
+        redirect: &str,
+        code: &str,
+        pending: PendingSignIn,
+    ) -> Result<serde_json::Value, SsoError> {
+        use openidconnect::{AuthorizationCode, RedirectUrl};
+        let metadata = self.metadata(false).await?;
+        let redirect = RedirectUrl::new(redirect.to_string())
+            .map_err(|e| SsoError::Unavailable(format!("bad redirect URL {redirect}: {e}")))?;
+        let client = CoreClient::from_provider_metadata(
+            (*metadata).clone(),
+            self.client_id.clone(),
+            self.client_secret.clone(),
+        )
+        .set_redirect_uri(redirect)
+        .set_auth_type(AuthType::RequestBody);
+        let token = client
+            .exchange_code(AuthorizationCode::new(code.to_string()))
+            .map_err(|e| SsoError::Unavailable(format!("no token endpoint: {e}")))?
+            .set_pkce_verifier(pending.verifier)
+            .request_async(&self.http)
+            .await
+            .map_err(|e| SsoError::Rejected {
+                user: "the identity provider refused the sign-in".into(),
+                log: format!("the code exchange failed: {}", chain(&e)),
+            })?;
+        let id_token = token.id_token().ok_or_else(|| SsoError::Rejected {
+            user: "the identity provider returned no ID token".into(),
+            log: "the token response has no id_token".into(),
+        })?;
+        id_token
+            .claims(&client.id_token_verifier(), &pending.nonce)
+            .map_err(|e| token_error(&e))?;
+        payload_of(&id_token.to_string())
+    }
+}
+
 type DeviceClient = CoreClient<
     openidconnect::EndpointSet,
     openidconnect::EndpointSet,
