@@ -163,7 +163,7 @@ fn a_recorded_session_is_uploaded_in_parts_while_it_runs_and_decrypts_from_the_s
     lab.start();
     let mut ssh = session(
         &lab,
-        &format!("head -c {SIZE} /dev/urandom | base64 -w 100; sleep 6"),
+        &format!("head -c {SIZE} /dev/urandom | base64 -w 100; sleep 10"),
     );
     let output = collect(&mut ssh);
     // Parts 2 and 3 (the spool's full parts after the first) are in the store while
@@ -238,8 +238,10 @@ fn a_store_down_mid_session_slows_nothing_and_gets_the_recording_when_it_is_back
     assert!(ssh.wait().unwrap().success());
     let seen = output.join().unwrap();
     assert!(seen.len() > 32_000_000);
+    // A session held up by the store would wait until it is back, which is after the
+    // session ends: any bound shows it; this one leaves room for a loaded machine.
     assert!(
-        started.elapsed() < Duration::from_secs(30),
+        started.elapsed() < Duration::from_secs(90),
         "the session waited for the store"
     );
     // Everything is on the disk, waiting; the failures are counted.
@@ -272,7 +274,9 @@ fn a_proxy_killed_mid_upload_completes_the_upload_when_it_starts_again() {
     lab.kill_proxy();
     let _ = ssh.wait();
     let seen = output.join().unwrap();
-    assert!(seen.len() > 16_000_000);
+    // The client got at least the parts already in the store (on a busy machine it may
+    // lag behind what the proxy recorded and sent).
+    assert!(seen.len() > 10_000_000, "{}", seen.len());
     // A spool, its side file and the upload's state are left.
     let files = local_files(&lab);
     assert!(
@@ -298,8 +302,14 @@ fn a_proxy_killed_mid_upload_completes_the_upload_when_it_starts_again() {
     let key = wait_uploaded(&lab, &server, Duration::from_secs(60));
     assert!(lab.proxy_log().contains("resuming the upload"));
     // Everything the client saw was recorded (before it was forwarded), and is in
-    // the store.
-    assert_eq!(decrypt_object(&lab, &key), seen);
+    // the store; what was recorded but not delivered before the kill is there too.
+    let stored = decrypt_object(&lab, &key);
+    assert!(
+        stored.len() >= seen.len() && stored[..seen.len()] == seen[..],
+        "the store has {} bytes, the client saw {}",
+        stored.len(),
+        seen.len()
+    );
 }
 
 #[test]
