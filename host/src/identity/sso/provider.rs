@@ -224,16 +224,8 @@ impl Provider {
         redirect: &str,
     ) -> Result<(String, PendingSignIn), SsoError> {
         use openidconnect::core::CoreAuthenticationFlow;
-        use openidconnect::{CsrfToken, PkceCodeChallenge, RedirectUrl};
-        let metadata = self.metadata(false).await?;
-        let redirect = RedirectUrl::new(redirect.to_string())
-            .map_err(|e| SsoError::Unavailable(format!("bad redirect URL {redirect}: {e}")))?;
-        let client = CoreClient::from_provider_metadata(
-            (*metadata).clone(),
-            self.client_id.clone(),
-            self.client_secret.clone(),
-        )
-        .set_redirect_uri(redirect);
+        use openidconnect::{CsrfToken, PkceCodeChallenge};
+        let client = self.code_client(redirect, false).await?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let mut request = client.authorize_url(
             CoreAuthenticationFlow::AuthorizationCode,
@@ -262,17 +254,8 @@ impl Provider {
         code: &str,
         pending: PendingSignIn,
     ) -> Result<serde_json::Value, SsoError> {
-        use openidconnect::{AuthorizationCode, RedirectUrl};
-        let metadata = self.metadata(false).await?;
-        let redirect = RedirectUrl::new(redirect.to_string())
-            .map_err(|e| SsoError::Unavailable(format!("bad redirect URL {redirect}: {e}")))?;
-        let client = CoreClient::from_provider_metadata(
-            (*metadata).clone(),
-            self.client_id.clone(),
-            self.client_secret.clone(),
-        )
-        .set_redirect_uri(redirect)
-        .set_auth_type(AuthType::RequestBody);
+        use openidconnect::AuthorizationCode;
+        let client = self.code_client(redirect, false).await?;
         let token = client
             .exchange_code(AuthorizationCode::new(code.to_string()))
             .map_err(|e| SsoError::Unavailable(format!("no token endpoint: {e}")))?
@@ -287,12 +270,46 @@ impl Provider {
             user: "the identity provider returned no ID token".into(),
             log: "the token response has no id_token".into(),
         })?;
-        id_token
-            .claims(&client.id_token_verifier(), &pending.nonce)
-            .map_err(|e| token_error(&e))?;
+        let verified = id_token.claims(&client.id_token_verifier(), &pending.nonce);
+        if let Err(openidconnect::ClaimsVerificationError::SignatureVerification(
+            openidconnect::SignatureVerificationError::NoMatchingKey,
+        )) = verified
+        {
+            // The provider may have rotated its keys since they were fetched.
+            let client = self.code_client(redirect, true).await?;
+            id_token
+                .claims(&client.id_token_verifier(), &pending.nonce)
+                .map_err(|e| token_error(&e))?;
+        } else {
+            verified.map_err(|e| token_error(&e))?;
+        }
         payload_of(&id_token.to_string())
     }
+
+    /// A client of the authorization code grant returning to `redirect`, from the
+    /// discovery document (fetched again when `refresh`).
+    async fn code_client(&self, redirect: &str, refresh: bool) -> Result<CodeClient, SsoError> {
+        let metadata = self.metadata(refresh).await?;
+        let redirect = openidconnect::RedirectUrl::new(redirect.to_string())
+            .map_err(|e| SsoError::Unavailable(format!("bad redirect URL {redirect}: {e}")))?;
+        Ok(CoreClient::from_provider_metadata(
+            (*metadata).clone(),
+            self.client_id.clone(),
+            self.client_secret.clone(),
+        )
+        .set_redirect_uri(redirect)
+        .set_auth_type(AuthType::RequestBody))
+    }
 }
+
+type CodeClient = CoreClient<
+    openidconnect::EndpointSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointMaybeSet,
+    openidconnect::EndpointMaybeSet,
+>;
 
 type DeviceClient = CoreClient<
     openidconnect::EndpointSet,
