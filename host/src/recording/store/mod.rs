@@ -6,7 +6,9 @@
 //! The store only ever sees sealed bytes: what is uploaded is the command log file,
 //! byte for byte.
 
+mod counters;
 mod credentials;
+mod spool;
 mod upload;
 
 use std::sync::Arc;
@@ -20,7 +22,8 @@ use object_store::{ClientOptions, ObjectStore, PutPayload, RetryConfig};
 
 use crate::config::{S3Config, S3Credentials};
 
-pub use upload::{LiveUpload, Uploads, day_of};
+pub use spool::day_of;
+pub use upload::{LiveUpload, Uploads};
 
 /// An error of the store, named by the object and the operation.
 #[derive(Debug, thiserror::Error)]

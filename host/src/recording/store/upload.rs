@@ -10,25 +10,25 @@
 //! read back against the local file's) before the local file is removed.
 //!
 //! The upload's state (object name, upload id, the parts' ETags) is kept beside the log
-//! in `NAME.upload`, written after every part: uploads that were pending when the
+//! in `NAME.upload` (spool.rs), written after every part: uploads that were pending when the
 //! proxy stopped, or died, resume at the next start, from the part they had reached.
 //! Every failure is retried with a doubling, jittered wait up to `retry_max_delay`,
 //! forever; the session never waits for the store (the writer only stores a length).
 //! A recording is removed from the disk only after the store has it, checked.
 
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use object_store::PutPayload;
 use object_store::multipart::PartId;
 use object_store::path::Path as ObjectPath;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, Semaphore, oneshot};
 
+use super::counters::Counters;
+use super::spool::{Job, Sidecar, day_of, name_of, read_range, sha256_of, sidecar_path};
 use super::{Store, StoreError};
 use crate::config::S3Config;
 use crate::recording::cmdlog::{self, HEADER_RESERVE, SpoolLength};
@@ -40,65 +40,12 @@ const MAX_PARTS: u64 = 10_000;
 /// forever).
 const MAX_VERIFY_FAILURES: u32 = 3;
 
-/// What is kept beside a log while it is uploaded (`NAME.upload`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-struct Sidecar {
-    /// The object's name in the bucket.
-    key: String,
-    /// The part size the parts were cut with.
-    part_size: u64,
-    /// The multipart upload, once started.
-    upload_id: Option<String>,
-    /// The ETag of each part uploaded, by index (part number - 1).
-    parts: Vec<Option<String>>,
-}
-
-fn sidecar_path(log: &Path) -> PathBuf {
-    PathBuf::from(format!("{}.upload", log.display()))
-}
-
-/// One recording being shipped.
-#[derive(Debug)]
-struct Job {
-    /// The finished log's path (`NAME`; `NAME.partial` while it is written).
-    path: PathBuf,
-    state: Sidecar,
-}
-
-impl Job {
-    fn save(&self) -> std::io::Result<()> {
-        let side = sidecar_path(&self.path);
-        let tmp = PathBuf::from(format!("{}.tmp", side.display()));
-        let json = serde_json::to_vec(&self.state).map_err(std::io::Error::other)?;
-        std::fs::write(&tmp, json)?;
-        std::fs::rename(&tmp, &side)
-    }
-
-    fn name(&self) -> String {
-        self.path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    }
-}
-
 /// Why an attempt at a recording stopped short of the end.
 enum Stop {
     /// The store lost the upload (or returned other bytes): start it over.
     Restart(String),
     /// The recording stays on the disk until the next start.
     Keep(String),
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    uploaded: AtomicU64,
-    kept: AtomicU64,
-    errors: AtomicU64,
-    verify_failures: AtomicU64,
-    parts: AtomicU64,
-    bytes: AtomicU64,
-    pending: AtomicI64,
 }
 
 /// The uploads of one proxy.
@@ -135,13 +82,6 @@ impl LiveUpload {
         let _ = self.done.send(path);
         self.url
     }
-}
-
-/// `YYYY/MM/DD` (UTC) of a Unix time.
-pub fn day_of(unix_seconds: u64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp(unix_seconds as i64)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!("{:04}/{:02}/{:02}", t.year(), u8::from(t.month()), t.day())
 }
 
 impl Uploads {
@@ -602,109 +542,6 @@ impl Uploads {
 
     /// The uploads' metrics, in the Prometheus text format.
     pub fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let c = &self.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let store = &self.location;
-        let _ = writeln!(
-            out,
-            "# HELP portcullis_recording_uploads_total Command logs shipped to object storage, by outcome \
-             (uploaded: checked and removed from the disk; kept: left on the disk until the next start).\n\
-             # TYPE portcullis_recording_uploads_total counter\n\
-             portcullis_recording_uploads_total{{store=\"{store}\",outcome=\"uploaded\"}} {}\n\
-             portcullis_recording_uploads_total{{store=\"{store}\",outcome=\"kept\"}} {}\n\
-             # HELP portcullis_recording_uploads_pending Command logs on the disk waiting for object storage.\n\
-             # TYPE portcullis_recording_uploads_pending gauge\n\
-             portcullis_recording_uploads_pending{{store=\"{store}\"}} {}\n\
-             # HELP portcullis_recording_upload_errors_total Failed requests to object storage (each retried).\n\
-             # TYPE portcullis_recording_upload_errors_total counter\n\
-             portcullis_recording_upload_errors_total{{store=\"{store}\"}} {}\n\
-             # HELP portcullis_recording_upload_check_failures_total Uploaded objects whose size or SHA-256 did not match the log.\n\
-             # TYPE portcullis_recording_upload_check_failures_total counter\n\
-             portcullis_recording_upload_check_failures_total{{store=\"{store}\"}} {}\n\
-             # HELP portcullis_recording_upload_parts_total Parts (and whole small logs) uploaded.\n\
-             # TYPE portcullis_recording_upload_parts_total counter\n\
-             portcullis_recording_upload_parts_total{{store=\"{store}\"}} {}\n\
-             # HELP portcullis_recording_upload_bytes_total Bytes of command logs uploaded.\n\
-             # TYPE portcullis_recording_upload_bytes_total counter\n\
-             portcullis_recording_upload_bytes_total{{store=\"{store}\"}} {}",
-            get(&c.uploaded),
-            get(&c.kept),
-            c.pending.load(Ordering::Relaxed).max(0),
-            get(&c.errors),
-            get(&c.verify_failures),
-            get(&c.parts),
-            get(&c.bytes),
-        );
-    }
-}
-
-fn name_of(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-/// `size` bytes of `file` from `start`, read off the runtime's threads.
-async fn read_range(
-    file: &Arc<std::fs::File>,
-    start: u64,
-    size: u64,
-) -> std::io::Result<bytes::Bytes> {
-    let file = Arc::clone(file);
-    tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; size as usize];
-        file.read_exact_at(&mut buf, start)?;
-        Ok(bytes::Bytes::from(buf))
-    })
-    .await
-    .map_err(std::io::Error::other)?
-}
-
-fn sha256_of(file: &std::fs::File, len: u64) -> std::io::Result<sha2::digest::Output<Sha256>> {
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut at = 0;
-    while at < len {
-        let n = file.read_at(&mut buf, at)?;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the log shrank while it was checked",
-            ));
-        }
-        h.update(buf.get(..n).unwrap_or_default());
-        at += n as u64;
-    }
-    Ok(h.finalize())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn days_are_utc_dates() {
-        assert_eq!(day_of(0), "1970/01/01");
-        assert_eq!(day_of(1_796_083_199), "2026/11/30");
-        assert_eq!(day_of(1_796_083_200), "2026/12/01");
-    }
-
-    #[test]
-    fn the_upload_state_reads_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let job = Job {
-            path: dir.path().join("abc-0.sshlog"),
-            state: Sidecar {
-                key: "audit/2026/12/01/abc-0.sshlog".into(),
-                part_size: 5 << 20,
-                upload_id: Some("id".into()),
-                parts: vec![None, Some("\"etag\"".into())],
-            },
-        };
-        job.save().unwrap();
-        let back: Sidecar =
-            serde_json::from_slice(&std::fs::read(sidecar_path(&job.path)).unwrap()).unwrap();
-        assert_eq!(back, job.state);
+        self.counters.render(&self.location, out);
     }
 }
