@@ -79,12 +79,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         path: config.listen.to_string(),
         source,
     })?;
-    tracing::info!(
-        listen = %local,
-        users = users.key_count(),
-        policies = ?policy.current().names(),
-        "portcullis is serving"
-    );
+    let user_count = users.key_count();
     let grace = config.shutdown_grace;
     let state = match &config.state {
         Some(c) => {
@@ -195,8 +190,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     let console = match shared.config.console.clone() {
         Some(c) => {
-            // Bound here: a port in use stops the start, and the console answers as
-            // soon as the proxy says it serves.
+            // Bound here: a port in use stops the start.
             let listener = std::net::TcpListener::bind(c.listen)
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
                 .map_err(|source| Error::Io {
@@ -243,6 +237,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         ));
     }
     drop(redirected_tx);
+    // Said once every listener (SSH, transparent, metrics, console) is bound: what
+    // waits for this line can connect to any of them.
+    tracing::info!(
+        listen = %local,
+        users = user_count,
+        policies = ?policy.current().names(),
+        "portcullis is serving"
+    );
     let mut sessions = tokio::task::JoinSet::new();
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|source| Error::Io {

@@ -14,7 +14,8 @@ use crate::recording::SessionRecord;
 pub(crate) struct SessionIndex {
     path: PathBuf,
     offset: u64,
-    records: Vec<SessionRecord>,
+    /// Shared with the requests reading it; appending copies only while one holds it.
+    records: std::sync::Arc<Vec<SessionRecord>>,
 }
 
 impl SessionIndex {
@@ -22,25 +23,25 @@ impl SessionIndex {
         SessionIndex {
             path: path.to_path_buf(),
             offset: 0,
-            records: Vec::new(),
+            records: std::sync::Arc::default(),
         }
     }
 
     /// Reads what was appended since the last call (everything again if the file is
     /// now shorter: it was rotated).
-    pub(crate) fn refresh(&mut self) -> std::io::Result<&[SessionRecord]> {
+    pub(crate) fn refresh(&mut self) -> std::io::Result<std::sync::Arc<Vec<SessionRecord>>> {
         let mut file = match std::fs::File::open(&self.path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.records.clear();
+                self.records = std::sync::Arc::default();
                 self.offset = 0;
-                return Ok(&self.records);
+                return Ok(std::sync::Arc::clone(&self.records));
             }
             Err(e) => return Err(e),
         };
         let len = file.metadata()?.len();
         if len < self.offset {
-            self.records.clear();
+            self.records = std::sync::Arc::default();
             self.offset = 0;
         }
         if len > self.offset {
@@ -58,7 +59,7 @@ impl SessionIndex {
                     continue;
                 }
                 match serde_json::from_slice::<SessionRecord>(line) {
-                    Ok(r) => self.records.push(r),
+                    Ok(r) => std::sync::Arc::make_mut(&mut self.records).push(r),
                     Err(e) => {
                         tracing::warn!(path = %self.path.display(), "not a session record: {e}")
                     }
@@ -66,7 +67,7 @@ impl SessionIndex {
             }
             self.offset += whole as u64;
         }
-        Ok(&self.records)
+        Ok(std::sync::Arc::clone(&self.records))
     }
 }
 

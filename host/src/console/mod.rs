@@ -147,15 +147,16 @@ async fn security_headers(
 }
 
 /// The ended sessions (every replica's, with a shared store).
-async fn ended(console: &Console) -> Result<Vec<crate::recording::SessionRecord>, String> {
+/// Shared, not copied: a page over 100,000 records clones none of them.
+async fn ended(console: &Console) -> Result<Arc<Vec<crate::recording::SessionRecord>>, String> {
     if let Some(state) = &console.shared.state {
-        return state.sessions(false).await.map_err(|e| e.to_string());
+        return state
+            .sessions(false)
+            .await
+            .map(Arc::new)
+            .map_err(|e| e.to_string());
     }
-    let mut index = lock(&console.index);
-    index
-        .refresh()
-        .map(<[_]>::to_vec)
-        .map_err(|e| e.to_string())
+    lock(&console.index).refresh().map_err(|e| e.to_string())
 }
 
 /// The running sessions (every replica's, with a shared store).
@@ -248,7 +249,7 @@ async fn end_session(
 /// A session's record: ended, or running.
 async fn find(console: &Console, id: &str) -> Option<(crate::recording::SessionRecord, bool)> {
     if let Ok(all) = ended(console).await
-        && let Some(r) = all.into_iter().rev().find(|r| r.id == id)
+        && let Some(r) = all.iter().rev().find(|r| r.id == id).cloned()
     {
         return Some((r, false));
     }
