@@ -17,6 +17,7 @@ mod common;
 
 mod balancer;
 mod console;
+mod console_browser;
 mod container;
 mod fleet;
 mod forwarding;

@@ -74,10 +74,13 @@ pub(crate) async fn serve(
         .route("/sessions", get(sessions))
         .route("/sessions.json", get(sessions_json))
         .route("/live", get(live))
+        .route("/live.json", get(live_json))
         .route("/live/{id}/end", post(end_session))
         .route("/session/{id}", get(session))
         .route("/session/{id}/log/{n}", get(download))
+        .route("/session/{id}/replay/{n}", get(replay))
         .route("/console.css", get(stylesheet))
+        .route("/assets/{name}", get(asset))
         .layer(axum::middleware::from_fn(security_headers))
         .with_state(console);
     match &config.tls {
@@ -133,8 +136,9 @@ async fn security_headers(
     for (name, value) in [
         (
             "content-security-policy",
-            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
-             frame-ancestors 'none'; base-uri 'none'",
+            "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; connect-src 'self'; \
+             style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; \
+             base-uri 'none'",
         ),
         ("x-content-type-options", "nosniff"),
         ("referrer-policy", "no-referrer"),
@@ -212,6 +216,17 @@ async fn live(State(console): St, auditor: Auditor) -> Response {
             format!("cannot read the running sessions: {e}"),
         )
             .into_response(),
+    }
+}
+
+async fn live_json(State(console): St, _auditor: Auditor) -> Response {
+    match running(&console).await {
+        Ok(rows) => {
+            let now = std::time::SystemTime::now();
+            let rows: Vec<_> = rows.iter().map(|r| pages::live_row(r, now)).collect();
+            axum::Json(serde_json::json!({ "sessions": rows })).into_response()
+        }
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
     }
 }
 
@@ -339,6 +354,61 @@ async fn download(
         h.insert(header::CONTENT_DISPOSITION, v);
     }
     response
+}
+
+/// The replay page of a session's `n`-th command log (the page decrypts; see
+/// [`pages::replay`]).
+async fn replay(
+    State(console): St,
+    auditor: Auditor,
+    Path((id, n)): Path<(String, usize)>,
+) -> Response {
+    let Some((record, _)) = find(&console, &id).await else {
+        return (
+            StatusCode::NOT_FOUND,
+            Html(pages::message("No such session.")),
+        )
+            .into_response();
+    };
+    let Some(log) = record.command_logs.get(n) else {
+        return (
+            StatusCode::NOT_FOUND,
+            Html(pages::message("No such command log.")),
+        )
+            .into_response();
+    };
+    tracing::info!(target: "portcullis::console", auditor = %auditor.0.who, session = %id, log = %log, "opened a command log's replay");
+    Html(pages::replay(&record, n, log, &auditor.0.csrf)).into_response()
+}
+
+/// The replay page's assets, built into the binary by host/build.rs: the decryptor
+/// (host/console-web built for WebAssembly), the page's script, and the terminal player
+/// from npm. Served without sign-in: none of them holds anything of a session.
+async fn asset(Path(name): Path<String>) -> Response {
+    let (kind, bytes): (&str, &'static [u8]) = match name.as_str() {
+        "decrypt.wasm" => (
+            "application/wasm",
+            include_bytes!(concat!(env!("OUT_DIR"), "/decrypt.wasm")),
+        ),
+        "player.js" => (
+            "text/javascript",
+            include_bytes!(concat!(env!("OUT_DIR"), "/player.js")),
+        ),
+        "player.css" => (
+            "text/css",
+            include_bytes!(concat!(env!("OUT_DIR"), "/player.css")),
+        ),
+        "replay.js" => (
+            "text/javascript",
+            include_bytes!("../../console-web/replay.js"),
+        ),
+        "live.js" => (
+            "text/javascript",
+            include_bytes!("../../console-web/live.js"),
+        ),
+        _ => return (StatusCode::NOT_FOUND, "no such asset").into_response(),
+    };
+    ([(header::CONTENT_TYPE, kind)], bytes).into_response()
 }
 
 async fn stylesheet() -> Response {

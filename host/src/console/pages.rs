@@ -1,5 +1,6 @@
-//! The console's pages: plain HTML, every value escaped, no script, no inline style
-//! (the Content-Security-Policy allows neither).
+//! The console's pages: plain HTML, every value escaped, no inline script or style
+//! (the Content-Security-Policy allows neither). Only the replay page loads scripts:
+//! the bundled player and host/console-web/replay.js, both served from /assets.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -16,8 +17,12 @@ th,td{border-bottom:1px solid #dde;padding:.3em .5em;text-align:left;vertical-al
 td.n{text-align:right}.block,.refused{color:#a40000}.audit{color:#8a5a00}\
 form.filters{display:flex;flex-wrap:wrap;gap:.5em;margin-bottom:1em}\
 form.filters input,form.filters select{padding:.2em}.pager{margin:1em 0;display:flex;gap:1em}\
-svg.chart{width:100%;height:120px;margin-bottom:1em}dl{display:grid;grid-template-columns:14em 1fr}\
-dt{font-weight:600}button{cursor:pointer}";
+svg.chart{width:100%;height:120px;background:#f5f6fa}.caption{margin:.2em 0 1em;font-size:.85em;color:#556}dl{display:grid;grid-template-columns:14em 1fr}\
+dt{font-weight:600}button{cursor:pointer}\
+.controls{display:flex;gap:2em;align-items:center;margin:.5em 0}.controls form{display:inline}\
+#hits{max-height:12em;overflow:auto;font-family:monospace;font-size:.85em}\
+#hits button{background:none;border:0;color:#0645ad;text-align:left;font:inherit;padding:0}\
+#player{max-width:900px}";
 
 /// Escapes text for HTML content and attribute values.
 pub(super) fn h(s: &str) -> String {
@@ -42,6 +47,11 @@ fn q(s: &str) -> String {
 }
 
 fn page(title: &str, csrf: Option<&str>, body: &str) -> String {
+    page_with(title, csrf, "", body)
+}
+
+/// A page with more in its head (the replay page's stylesheet).
+fn page_with(title: &str, csrf: Option<&str>, head: &str, body: &str) -> String {
     let nav = match csrf {
         Some(csrf) => format!(
             "<a href=\"/sessions\">Sessions</a><a href=\"/live\">Live sessions</a>\
@@ -54,7 +64,7 @@ fn page(title: &str, csrf: Option<&str>, body: &str) -> String {
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width\"><title>{} - Portcullis</title>\
-         <link rel=\"stylesheet\" href=\"/console.css\"></head><body>\
+         <link rel=\"stylesheet\" href=\"/console.css\">{head}</head><body>\
          <header><strong>Portcullis</strong>{nav}</header><main>{body}</main></body></html>",
         h(title)
     )
@@ -143,7 +153,8 @@ fn chart(rows: &[&SessionRecord]) -> String {
         .max()
         .unwrap_or(1)
         .max(1);
-    let n = buckets.len() as f64;
+    // At least 24 slots, so a few buckets are bars, not a wall.
+    let n = buckets.len().max(24) as f64;
     let w = 1000.0 / n;
     let mut svg = String::from(
         "<svg class=\"chart\" viewBox=\"0 0 1000 120\" preserveAspectRatio=\"none\" role=\"img\" \
@@ -166,6 +177,13 @@ fn chart(rows: &[&SessionRecord]) -> String {
         );
     }
     svg.push_str("</svg>");
+    let _ = write!(
+        svg,
+        "<p class=\"caption\">Sessions (blue) and refusals (red) per {}, {} to {}; the tallest bar is {max}.</p>",
+        if span_days { "day" } else { "hour" },
+        h(buckets.keys().next().copied().unwrap_or_default()),
+        h(buckets.keys().next_back().copied().unwrap_or_default()),
+    );
     svg
 }
 
@@ -263,35 +281,55 @@ pub(super) fn sessions(query: &Query, rows: &[&SessionRecord], total: usize, csr
     page("Sessions", Some(csrf), &body)
 }
 
+/// A running session as the live page's script gets it from `/live.json`.
+pub(super) fn live_row(r: &SessionRecord, now: std::time::SystemTime) -> serde_json::Value {
+    serde_json::json!({
+        "id": r.id,
+        "since": r.start.get(..19).unwrap_or(&r.start),
+        "user": r.email,
+        "source": r.source,
+        "target": format!("{}:{}", r.target_host, r.target_port),
+        "login": r.login,
+        "action": r.action,
+        "seconds": r.elapsed_at(now).as_secs(),
+        "replica": r.replica,
+    })
+}
+
+/// The running sessions; host/console-web/live.js keeps the table current (rows come
+/// and go, a reason being typed is kept) by polling `/live.json`.
 pub(super) fn live(rows: &[SessionRecord], csrf: &str) -> String {
     let now = std::time::SystemTime::now();
     let mut body = format!(
-        "<h1>Live sessions</h1><p>{} session(s) running. <a href=\"/live\">Refresh</a></p>\
-         <table><thead><tr><th>Since</th><th>User</th><th>Source</th><th>Target</th><th>Login</th>\
-         <th>Action</th><th>Seconds</th><th>Replica</th><th>End it</th></tr></thead><tbody>",
-        rows.len()
+        "<h1>Live sessions</h1><p><span id=\"count\">{}</span> session(s) running; \
+         <span id=\"updated\">this list updates by itself</span>.</p>\
+         <table id=\"live\" data-csrf=\"{}\"><thead><tr><th>Since</th><th>User</th><th>Source</th>\
+         <th>Target</th><th>Login</th><th>Action</th><th>Seconds</th><th>Replica</th><th>End it</th>\
+         </tr></thead><tbody>",
+        rows.len(),
+        h(csrf)
     );
     for r in rows {
         let _ = write!(
             body,
-            "<tr><td><a href=\"/session/{id}\">{}</a></td><td>{}</td><td>{}</td><td>{}:{}</td><td>{}</td>{}\
-             <td class=\"n\">{:.0}</td><td>{}</td><td><form method=\"post\" action=\"/live/{id}/end\">\
+            "<tr data-id=\"{}\"><td><a href=\"/session/{id}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td>\
+             <td>{}</td>{}<td class=\"n\">{}</td><td>{}</td><td><form method=\"post\" action=\"/live/{id}/end\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <input name=\"reason\" placeholder=\"reason\" required maxlength=\"200\"> <button>End session</button></form></td></tr>",
+            h(&r.id),
             h(r.start.get(..19).unwrap_or(&r.start)),
             h(&r.email),
             h(&r.source),
-            h(&r.target_host),
-            r.target_port,
+            h(&format!("{}:{}", r.target_host, r.target_port)),
             h(&r.login),
             action_cell(&r.action),
-            r.elapsed_at(now).as_secs_f64(),
+            r.elapsed_at(now).as_secs(),
             h(&r.replica),
             h(csrf),
             id = q(&r.id),
         );
     }
-    body.push_str("</tbody></table>");
+    body.push_str("</tbody></table><script src=\"/assets/live.js\"></script>");
     page("Live sessions", Some(csrf), &body)
 }
 
@@ -374,20 +412,58 @@ pub(super) fn session(r: &SessionRecord, running: bool, csrf: &str) -> String {
     if !r.command_logs.is_empty() {
         body.push_str(
             "<h2>Command logs</h2><p>Sealed to the auditor's key: the console cannot read them. \
-             Decrypt a download with <code>portcullis decrypt -i FILE -k KEY</code> \
-             (or <code>portcullis replay</code>).</p><ul>",
+             Replay one here (your browser decrypts it with the key you pick; the key and the \
+             text stay in the page), or decrypt a download with \
+             <code>portcullis decrypt -i FILE -k KEY</code> (or <code>portcullis replay</code>).</p><ul>",
         );
         for (n, log) in r.command_logs.iter().enumerate() {
             let _ = write!(
                 body,
-                "<li><a href=\"/session/{}/log/{n}\">Download</a> <code>{}</code></li>",
-                q(&r.id),
-                h(log)
+                "<li><a href=\"/session/{id}/replay/{n}\">Replay</a> \
+                 <a href=\"/session/{id}/log/{n}\">Download</a> <code>{}</code></li>",
+                h(log),
+                id = q(&r.id),
             );
         }
         body.push_str("</ul>");
     }
     page("Session", Some(csrf), &body)
+}
+
+/// The replay page of a session's `n`-th command log: the key is picked here and read
+/// by the page's script only (host/console-web/replay.js), which fetches the sealed
+/// bytes, decrypts them with the log reader built for WebAssembly, and plays them.
+pub(super) fn replay(r: &SessionRecord, n: usize, log: &str, csrf: &str) -> String {
+    let id = q(&r.id);
+    let body = format!(
+        "<h1>Replay</h1><p><a href=\"/session/{id}\">Session {}</a>: {} as {} on {}:{}, \
+         started {}. Command log <code>{}</code>.</p>\
+         <div id=\"replay\" data-log=\"/session/{id}/log/{n}\">\
+         <p>The log is sealed to the auditors' key. Pick your private key file (<code>sshkey</code>): \
+         this page decrypts the log in your browser; neither the key nor the text is sent anywhere.</p>\
+         <p><label>Private key file <input type=\"file\" id=\"key\"></label></p>\
+         <p id=\"status\" role=\"status\"></p>\
+         <div id=\"controls\" class=\"controls\" hidden>\
+         <label>Speed <select id=\"speed\"><option>0.5</option><option selected>1</option>\
+         <option>2</option><option>4</option><option>8</option><option>16</option></select></label>\
+         <form id=\"search\"><input id=\"query\" type=\"search\" placeholder=\"text in the output\"> \
+         <button>Search</button></form></div>\
+         <ol id=\"hits\"></ol><div id=\"player\"></div></div>\
+         <script src=\"/assets/player.js\"></script><script src=\"/assets/replay.js\"></script>",
+        h(&r.id),
+        h(&r.email),
+        h(&r.login),
+        h(&r.target_host),
+        r.target_port,
+        h(&r.start),
+        h(log),
+    );
+    page_with(
+        "Replay",
+        Some(csrf),
+        "<link rel=\"stylesheet\" href=\"/assets/player.css\">",
+        &body,
+    )
 }
 
 #[cfg(test)]

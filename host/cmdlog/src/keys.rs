@@ -1,9 +1,8 @@
 //! The auditor's key pair: `sshkey` (private, 0600) and `sshkey.pub`, each 32 bytes
 //! in standard base64 without a trailing newline.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::fs;
+use std::path::Path;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -11,6 +10,7 @@ use hpke::{Deserializable, Kem as _, Serializable};
 
 use super::format::*;
 
+#[cfg(feature = "files")]
 /// Generates a key pair: (private, public), each 32 bytes in standard base64.
 pub fn generate_keypair() -> (String, String) {
     let (private, public) = Kem::gen_keypair();
@@ -91,9 +91,13 @@ impl OpeningKey {
     }
 }
 
+#[cfg(feature = "files")]
 /// Writes `sshkey` (0600) and `sshkey.pub`, without trailing newlines.
-pub fn keygen(out: &Path) -> Result<PathBuf, CmdLogError> {
+pub fn keygen(out: &Path) -> Result<std::path::PathBuf, CmdLogError> {
+    use std::fs::OpenOptions;
+    use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    use std::path::PathBuf;
     let public_path = PathBuf::from(format!("{}.pub", out.display()));
     for p in [out, public_path.as_path()] {
         if p.exists() {

@@ -1,15 +1,19 @@
 //! Exports of a decrypted log: the hosted product's zip, and asciicast v2.
 
+#[cfg(feature = "files")]
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Read, Write};
+#[cfg(feature = "files")]
+use std::io::BufWriter;
+use std::io::{Read, Write};
+#[cfg(feature = "files")]
 use std::path::Path;
-use std::time::UNIX_EPOCH;
 
 use super::format::*;
 use super::reader::*;
 
+#[cfg(feature = "files")]
 fn format_date(secs: u64) -> String {
-    let t = UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
     let s = humantime::format_rfc3339_seconds(t).to_string(); // 2026-11-23T21:37:37Z
     format!("{}+00", s.trim_end_matches('Z').replace('T', " "))
 }
@@ -21,6 +25,7 @@ pub struct Exported {
     pub warning: Option<String>,
 }
 
+#[cfg(feature = "files")]
 fn session_started(meta: &Metadata, pty: &PtyMeta) -> String {
     format!(
         "Session started on {} [TERM=\"{}\" COLUMNS=\"{}\" LINES=\"{}\"]\n",
@@ -31,6 +36,7 @@ fn session_started(meta: &Metadata, pty: &PtyMeta) -> String {
     )
 }
 
+#[cfg(feature = "files")]
 fn session_done(meta: &Metadata) -> String {
     match &meta.exit_data {
         Some(e) => match (&e.error_msg, e.core_dumped) {
@@ -52,6 +58,7 @@ fn session_done(meta: &Metadata) -> String {
     }
 }
 
+#[cfg(feature = "files")]
 /// Creates (or truncates) an export readable by its owner only: it is the plaintext of
 /// a sealed recording.
 fn create_private(out: &Path) -> Result<File, CmdLogError> {
@@ -65,6 +72,7 @@ fn create_private(out: &Path) -> Result<File, CmdLogError> {
         .map_err(|e| file_err(out, e))
 }
 
+#[cfg(feature = "files")]
 /// Writes the decrypted zip: `term_data.txt` + `term_times.txt` for a pty session,
 /// `data_from_client.txt` + `data_from_server.txt` otherwise, and `requests.txt`.
 /// Each file is streamed, reading the log twice through `open` (a fresh reader per
@@ -156,11 +164,31 @@ fn parse_size(s: &str) -> Option<(u32, u32)> {
     (c > 0 && r > 0).then_some((c, r))
 }
 
-/// Writes asciicast v2, streamed: a header line, then `[seconds, "o", text]` for
-/// output and `[seconds, "r", "COLSxROWS"]` for window changes.
-pub fn write_asciicast<R: Read>(mut r: LogReader<R>, out: &Path) -> Result<Exported, CmdLogError> {
-    let file = create_private(out)?;
-    let mut w = BufWriter::new(file);
+/// Writes asciicast v2 to `out` (a file readable by its owner only), streamed: see
+/// [`asciicast`].
+#[cfg(feature = "files")]
+pub fn write_asciicast<R: Read>(r: LogReader<R>, out: &Path) -> Result<Exported, CmdLogError> {
+    let mut w = BufWriter::new(create_private(out)?);
+    let exported = cast(r, &mut w, |e| file_err(out, e))?;
+    w.flush().map_err(|e| file_err(out, e))?;
+    Ok(exported)
+}
+
+/// Writes asciicast v2 to `w`, streamed: a header line, then `[seconds, "o", text]` for
+/// output and `[seconds, "r", "COLSxROWS"]` for window changes. What the console's
+/// page plays (in memory, in the browser) and `portcullis decrypt --format asciicast`
+/// writes.
+pub fn asciicast<R: Read>(r: LogReader<R>, w: &mut impl Write) -> Result<Exported, CmdLogError> {
+    cast(r, w, |e| {
+        CmdLogError::Format(format!("cannot write the asciicast: {e}"))
+    })
+}
+
+fn cast<R: Read, W: Write>(
+    mut r: LogReader<R>,
+    w: &mut W,
+    write_err: impl Fn(std::io::Error) -> CmdLogError,
+) -> Result<Exported, CmdLogError> {
     let pty = r.meta().pty.clone().unwrap_or(PtyMeta {
         term: None,
         width: 80,
@@ -192,7 +220,7 @@ pub fn write_asciicast<R: Read>(mut r: LogReader<R>, out: &Path) -> Result<Expor
     };
     let mut started = false;
     if !no_size {
-        writeln!(w, "{}", header(size)).map_err(|e| file_err(out, e))?;
+        writeln!(w, "{}", header(size)).map_err(&write_err)?;
         started = true;
     }
     let mut packets = 0;
@@ -216,27 +244,26 @@ pub fn write_asciicast<R: Read>(mut r: LogReader<R>, out: &Path) -> Result<Expor
             continue;
         };
         if started {
-            writeln!(w, "{event}").map_err(|e| file_err(out, e))?;
+            writeln!(w, "{event}").map_err(&write_err)?;
             continue;
         }
         let event = event.to_string();
         held_bytes += event.len();
         held.push(event);
         if size.is_some() || held_bytes > HOLD_BACK {
-            writeln!(w, "{}", header(size)).map_err(|e| file_err(out, e))?;
+            writeln!(w, "{}", header(size)).map_err(&write_err)?;
             for e in held.drain(..) {
-                writeln!(w, "{e}").map_err(|e| file_err(out, e))?;
+                writeln!(w, "{e}").map_err(&write_err)?;
             }
             started = true;
         }
     }
     if !started {
-        writeln!(w, "{}", header(size)).map_err(|e| file_err(out, e))?;
+        writeln!(w, "{}", header(size)).map_err(&write_err)?;
         for e in held.drain(..) {
-            writeln!(w, "{e}").map_err(|e| file_err(out, e))?;
+            writeln!(w, "{e}").map_err(&write_err)?;
         }
     }
-    w.flush().map_err(|e| file_err(out, e))?;
     Ok(Exported {
         packets,
         warning: r.warning,

@@ -16,22 +16,32 @@
 //! every complete block kept).
 //!
 //! Reading streams: [`LogReader`] holds one block at a time, and the exports
-//! ([`write_zip`], [`write_asciicast`]) write as they read.
+//! (`write_zip`, [`asciicast`]) write as they read.
+//!
+//! The reader builds without the `files` feature, for wasm32-unknown-unknown too: the
+//! console's page decrypts with it in the auditor's browser (host/console-web).
 
 mod export;
 mod format;
 mod keys;
 mod reader;
+#[cfg(feature = "files")]
 mod writer;
 
-pub use export::{Exported, TerminalOutput, write_asciicast, write_zip};
+pub use export::{Exported, TerminalOutput, asciicast};
+#[cfg(feature = "files")]
+pub use export::{write_asciicast, write_zip};
 pub use format::{
     CODE_DATA, CODE_EXTENDED_DATA, CODE_REQUEST, CmdLogError, ExitData, Metadata, PtyMeta,
     SOURCE_CLIENT, SOURCE_SERVER, encode_packet,
 };
-pub use keys::{OpeningKey, SealingKey, generate_keypair, keygen, public_key_of};
+pub use keys::{OpeningKey, SealingKey, public_key_of};
+#[cfg(feature = "files")]
+pub use keys::{generate_keypair, keygen};
 pub use reader::{LogReader, Packet, read_metadata};
+#[cfg(feature = "files")]
 pub use writer::{HEADER_RESERVE, SpoolLength, Writer, recover, sealed_in_memory};
 
 #[cfg(test)]
+#[cfg(feature = "files")]
 mod tests;
