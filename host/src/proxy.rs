@@ -139,6 +139,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
         None => shared,
     });
+    // A console on any replica may end a session this one holds.
+    if let Some(state) = &shared.state {
+        let to = Arc::clone(&shared);
+        tokio::spawn(Arc::clone(state).listen_end_requests(move |id, why| {
+            if to.live.end(id, why.to_string()) {
+                tracing::warn!(session = %id, %why, "ending a session at another replica's request");
+            }
+        }));
+    }
     let _logins_watch = match &shared.sso {
         Some(sso) => {
             // A provider that is down or misconfigured is worth knowing at start; the

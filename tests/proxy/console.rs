@@ -11,11 +11,11 @@ use super::common;
 use super::common::idp::{Idp, idp_dir};
 use super::{Lab, OutputExt, ensure_user};
 
-const TOKEN: &str = "a-console-token-for-the-tests-0123456789";
+pub(super) const TOKEN: &str = "a-console-token-for-the-tests-0123456789";
 
 /// Sends one request (with `Connection: close`) and returns the status, the headers
 /// (lower-case names) and the body.
-fn request(
+pub(super) fn request(
     port: u16,
     method: &str,
     path: &str,
@@ -86,14 +86,14 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     }
 }
 
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub(super) fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers
         .iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
 }
 
-fn text(r: &(u16, Vec<(String, String)>, Vec<u8>)) -> String {
+pub(super) fn text(r: &(u16, Vec<(String, String)>, Vec<u8>)) -> String {
     String::from_utf8_lossy(&r.2).to_string()
 }
 

@@ -378,3 +378,115 @@ fn a_login_revoked_on_one_replica_ends_its_session_on_the_other() {
     fleet.lab.stop_proxy();
     fleet.b = None;
 }
+
+#[test]
+fn an_auditor_on_one_replica_ends_a_session_held_by_the_other() {
+    use super::console::{TOKEN, header, request, text};
+    use std::os::unix::fs::PermissionsExt;
+    let pg = Postgres::start();
+    let mut fleet = Fleet::start(&pg);
+    // Replica b again, with a console.
+    fleet.b = None;
+    let p = fleet.lab.path().to_path_buf();
+    let token = p.join("console-token");
+    std::fs::write(&token, TOKEN).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let console = common::lab::free_port();
+    let config_b = p.join("portcullis-b.toml");
+    let mut text_b = std::fs::read_to_string(&config_b).unwrap();
+    text_b.push_str(&format!(
+        "[console]\nlisten = \"127.0.0.1:{console}\"\ntoken_file = \"console-token\"\n"
+    ));
+    std::fs::write(&config_b, text_b).unwrap();
+    fleet.start_b();
+
+    // A session held by replica a.
+    let dest = format!("jdoe%127.0.0.1:{}@127.0.0.1", fleet.lab.sshd_port);
+    let port = fleet.lab.proxy_port.to_string();
+    let mut client = Command::new("ssh")
+        .args(fleet.lab.client_args("jdoe"))
+        .args([
+            "-b",
+            "127.0.0.3",
+            "-p",
+            &port,
+            &dest,
+            "echo started; sleep 60",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = [0u8; 8];
+    std::io::Read::read_exact(client.stdout.as_mut().unwrap(), &mut line).unwrap();
+    assert_eq!(&line, b"started\n");
+    let running = fleet.sessions("portcullis-b.toml", true);
+    assert_eq!(running[0]["replica"], "a", "{running:?}");
+    let id = running[0]["id"].as_str().unwrap().to_string();
+
+    // Ended from replica b's console.
+    let signed_in = request(
+        console,
+        "POST",
+        "/login",
+        None,
+        Some(&format!("token={TOKEN}")),
+    );
+    let cookie = header(&signed_in.1, "set-cookie").unwrap();
+    let cookie = cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1
+        .to_string();
+    let live = text(&request(console, "GET", "/live", Some(&cookie), None));
+    assert!(live.contains(&id), "{live}");
+    let csrf = live
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let ended = request(
+        console,
+        "POST",
+        &format!("/live/{id}/end"),
+        Some(&cookie),
+        Some(&format!("csrf={csrf}&reason=held+elsewhere")),
+    );
+    assert_eq!(ended.0, 303, "{}", text(&ended));
+    let start = Instant::now();
+    while client.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the session on a was not ended"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(client.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains("ended by an auditor: held elsewhere"),
+        "{stderr}"
+    );
+    assert!(
+        fleet
+            .lab
+            .proxy_log()
+            .contains("ending a session at another replica's request"),
+        "{}",
+        fleet.lab.proxy_log()
+    );
+    let log_b = std::fs::read_to_string(p.join("proxy-b.log")).unwrap();
+    assert!(
+        log_b.contains("replica=a") && log_b.contains("auditor ended a session"),
+        "{log_b}"
+    );
+    fleet.lab.stop_proxy();
+    fleet.b = None;
+}

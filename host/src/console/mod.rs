@@ -247,13 +247,29 @@ async fn end_session(
         reason
     };
     let why = format!("ended by an auditor: {reason}");
-    let ended = console.shared.live.end(&id, why);
-    tracing::warn!(target: "portcullis::console", auditor = %auditor.0.who, session = %id, %reason, ended, "auditor ended a session");
+    let mut ended = console.shared.live.end(&id, why.clone());
+    let mut held_by = console.shared.state.as_ref().map(|s| s.replica.clone());
+    // Held by another replica: ask it, through the shared store.
+    if !ended
+        && let Some(state) = &console.shared.state
+        && let Ok(running) = running(&console).await
+        && let Some(r) = running.iter().find(|r| r.id == id)
+    {
+        held_by = Some(r.replica.clone());
+        ended = match state.request_end(&id, &why).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(target: "portcullis::console", session = %id, "cannot ask replica {} to end the session: {e}", r.replica);
+                false
+            }
+        };
+    }
+    tracing::warn!(target: "portcullis::console", auditor = %auditor.0.who, session = %id, %reason, ended, replica = %held_by.as_deref().unwrap_or(""), "auditor ended a session");
     if !ended {
         return (
             StatusCode::NOT_FOUND,
             Html(pages::message(
-                "No such session runs on this proxy (it ended, or another replica holds it).",
+                "No such session is running (it ended, or the replica that holds it cannot be reached).",
             )),
         )
             .into_response();

@@ -5,7 +5,7 @@
 //! whichever replica runs them.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use super::{Postgres, error_text};
 use crate::identity::sso::{
@@ -192,38 +192,9 @@ impl Postgres {
     }
 
     /// Listens for changes to the logins made by any replica (or the command line) and
-    /// calls `changed` for each; reconnects after a failure, and calls `changed` then
-    /// too (a notification may have been missed).
+    /// calls `changed` for each, and after every reconnection (a notification may have
+    /// been missed).
     pub async fn listen_logins(self: Arc<Self>, changed: impl Fn() + Send + 'static) {
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            match self.listen_once(&changed).await {
-                Ok(()) => {}
-                Err(e) => {
-                    tracing::warn!(replica = %self.replica, "listening for login changes: {e}")
-                }
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-            changed();
-        }
-    }
-
-    async fn listen_once(&self, changed: &(impl Fn() + Send)) -> Result<(), String> {
-        let (client, mut messages) = self.connect_one().await?;
-        client
-            .batch_execute(&format!("LISTEN {CHANNEL}"))
-            .await
-            .map_err(|e| error_text(&e))?;
-        // Changes made before the LISTEN took effect.
-        changed();
-        while let Some(message) = messages.recv().await {
-            match message {
-                Ok(tokio_postgres::AsyncMessage::Notification(_)) => changed(),
-                Ok(_) => {}
-                Err(e) => return Err(error_text(&e)),
-            }
-        }
-        Err("the connection closed".into())
+        self.listen(CHANNEL, move |_| changed()).await
     }
 }

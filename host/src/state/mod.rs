@@ -10,6 +10,7 @@
 //! records are written when it is back.
 
 mod logins;
+mod notices;
 mod schema;
 
 pub use logins::PgLogins;
