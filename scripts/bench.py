@@ -217,6 +217,66 @@ def s3_store(d, ports, size, runs):
         shutil.rmtree(data, ignore_errors=True)
 
 
+def console_index(d, records):
+    """The web console over a session log of `records` records: the first page (reading
+    the log into the index), then filtered, sorted and deep-paged queries. Returns
+    {"first_ms", "queries": [(what, median ms)], "rss_mib"}. The records are copies of
+    a real one the bench made, with users, targets, actions, bytes and days varied."""
+    base = json.loads(open(f"{d}/sessions.jsonl").readline())
+    cd = f"{d}/console"; os.makedirs(cd)
+    with open(f"{cd}/sessions.jsonl", "w") as f:
+        for i in range(records):
+            r = dict(base)
+            r["id"] = f"{i:016x}"; r["email"] = f"user-{i % 500}@example.com"
+            r["target_host"] = f"host-{i % 2000}.example.com"; r["login"] = ["root", "deploy", USER][i % 3]
+            r["action"] = ["allow", "audit", "block"][i % 3]
+            r["start"] = f"2026-{1 + i % 12:02}-{1 + i % 28:02}T{i % 24:02}:00:00.000Z"
+            r["bytes_to_client"] = i * 37 % 100000
+            f.write(json.dumps(r) + "\n")
+    token = "bench-console-token-0123456789abcdef"
+    open(f"{cd}/token", "w").write(token); os.chmod(f"{cd}/token", 0o600)
+    port, cport = free_port(), free_port()
+    conf = open(f"{d}/portcullis.toml").read().replace(f'listen = "127.0.0.1:', f'listen = "127.0.0.1:{port}" #', 1)
+    conf = conf.replace('dir = "policies"', f'dir = "{d}/policies"').replace('"sshkey.pub"', f'"{d}/sshkey.pub"')
+    conf += f'[session_log]\npath = "{cd}/sessions.jsonl"\n[console]\nlisten = "127.0.0.1:{cport}"\ntoken_file = "{cd}/token"\n'
+    open(f"{cd}/portcullis.toml", "w").write(conf)
+    for name in ["ca", "host_key", "users.toml"]:
+        src = f"{d}/{name}"
+        (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, f"{cd}/{name}")
+    pr = subprocess.Popen([BIN, "serve", "--config", f"{cd}/portcullis.toml"], stderr=open(f"{cd}/proxy.log", "w"))
+    try:
+        wait_port(cport, pr, "portcullis (console)")
+        import http.client
+        def get(path, cookie=None, body=None):
+            c = http.client.HTTPConnection("127.0.0.1", cport, timeout=120)
+            headers = {"Cookie": f"portcullis_console={cookie}"} if cookie else {}
+            if body:
+                headers["Content-Type"] = "application/x-www-form-urlencoded"
+            c.request("POST" if body else "GET", path, body=body, headers=headers)
+            resp = c.getresponse(); resp.read()
+            if resp.status not in (200, 303):
+                raise RuntimeError(f"console {path}: {resp.status}")
+            return resp
+        cookie = get("/login", body=f"token={token}").getheader("Set-Cookie").split(";")[0].split("=", 1)[1]
+        start = time.perf_counter(); get("/sessions", cookie); first = time.perf_counter() - start
+        queries = [("the newest page", "/sessions"),
+                   ("one user", "/sessions?user=user-7%40example.com"),
+                   ("a target and an action", "/sessions?target=host-42&action=block"),
+                   ("a month, by bytes", "/sessions?from=2026-03-01&to=2026-03-31&sort=bytes"),
+                   ("page 1,000 by user", f"/sessions?sort=user&order=asc&page={records // 100}"),
+                   ("JSON, recorded only", "/sessions.json?recorded=yes")]
+        out = []
+        for what, path in queries:
+            times = []
+            for _ in range(7):
+                t0 = time.perf_counter(); get(path, cookie); times.append(time.perf_counter() - t0)
+            out.append((what, statistics.median(times) * 1000))
+        rss = int([l for l in open(f"/proc/{pr.pid}/status") if l.startswith("VmRSS")][0].split()[1]) / 1024
+        return {"first_ms": first * 1000, "queries": out, "rss_mib": rss}
+    finally:
+        pr.terminate(); pr.wait()
+
+
 def proc_ticks(pid):
     """CPU clock ticks (user + system) a process has used."""
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
@@ -265,6 +325,8 @@ def main():
     ap.add_argument("--no-write", action="store_true", help="print the table only, not into docs/benchmarks.md")
     ap.add_argument("--idle-seconds", type=int, default=60,
                     help="measure the proxy's CPU at rest (policies loaded, no connection) for this long; 0 to skip")
+    ap.add_argument("--console-records", type=int, default=100000,
+                    help="session records behind the web console's timed pages; 0 to skip")
     ap.add_argument("--fleet-sessions", type=int, default=200,
                     help="sessions through HAProxy per fleet size (one, two replicas); 0 to skip")
     a = ap.parse_args()
@@ -326,6 +388,7 @@ def main():
             # Reference: the same client straight to the target's sshd, at the first level.
             conc_direct = idle_sessions(f"127.0.0.1:{ports['target']}", USER, a.sessions.split(",")[0])
         fleet_rates = fleet(d, ports, a.fleet_sessions, 16) if a.fleet_sessions else None
+        console = console_index(d, a.console_records) if a.console_records else None
         crit = ""
         if not a.skip_criterion:
             out = subprocess.run(["cargo", "bench", "-q", "-p", "portcullis", "--bench", "decision", "--",
@@ -389,13 +452,15 @@ def main():
         lines += ["", "Concurrent idle interactive sessions (pty + shell) through Portcullis, opened 16 at a time "
                   "by one russh client (proxy RSS after each level; per session = growth over one warm session; "
                   "accepted/s = sessions opened per second of that level, end to end through the target's shell):", "",
-                    "| sessions | proxy RSS (MiB) | per session (KiB) | accepted/s | ratio to direct | failed |",
-                  "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+                    "| sessions | proxy RSS (MiB) | per session (KiB) | accepted/s | ratio to direct | failed | proxy CPU idle (% of a core) |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         direct_rate = conc_direct[0]["accept_per_s"] if conc_direct else None
         for c in conc:
             ratio = f"{c['accept_per_s'] / direct_rate:.2f}" if direct_rate else "n/a"
+            idle = c.get("idle_cpu_percent")
+            idle = f"{idle:.2f}" if idle is not None else "-"
             lines.append(f"| {c['open']} | {c['rss_kib']/1024:.1f} | {c['per_session_kib']:.0f} | "
-                         f"{c['accept_per_s']:.0f} | {ratio} | {c['failed']} |")
+                         f"{c['accept_per_s']:.0f} | {ratio} | {c['failed']} | {idle} |")
             if c.get("first_error"):
                 lines.append(f"|  | first error: {c['first_error']} | | | | |")
         if direct_rate:
@@ -409,6 +474,13 @@ def main():
                   "| replicas | sessions/s | ratio to one | failed |", "| ---: | ---: | ---: | ---: |"]
         for n, (rate, failed) in sorted(fleet_rates.items()):
             lines.append(f"| {n} | {rate:.1f} | {rate / one:.2f} | {failed} |")
+    if console:
+        lines += ["", f"The web console over {a.console_records:,} session records (the first page reads the "
+                  f"log into the in-memory index, {console['first_ms']:.0f} ms; then the median of 7 of each "
+                  f"query; the proxy's RSS afterwards {console['rss_mib']:.0f} MiB):", "",
+                  "| query | ms |", "| --- | ---: |"]
+        for what, ms in console["queries"]:
+            lines.append(f"| {what} | {ms:.1f} |")
     if crit:
         lines += ["", "Policy decision (criterion; [low median high]):", "", "```", crit, "```"]
     table = "\n".join(lines)

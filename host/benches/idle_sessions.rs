@@ -16,6 +16,10 @@
 //! level. Without `--pid` it measures only the rate (the bench uses that to open
 //! sessions straight to the target's sshd, for reference). The client does not check
 //! host keys: it is a load generator on loopback, not a user.
+//!
+//! With `--pid`, each level also reports the proxy's CPU while the sessions sit idle:
+//! its user + system ticks over `--idle-window` seconds (10), as a percentage of one
+//! core.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -55,12 +59,13 @@ struct Args {
     pid: Option<u32>,
     levels: Vec<usize>,
     parallel: usize,
+    idle_window: u64,
 }
 
 fn args() -> Result<Args> {
     let mut it = std::env::args().skip(1);
     let (mut proxy, mut user, mut key, mut pid) = (None, None, None, None);
-    let (mut levels, mut parallel) = (vec![200, 500, 1000], 16);
+    let (mut levels, mut parallel, mut idle_window) = (vec![200, 500, 1000], 16, 10);
     while let Some(flag) = it.next() {
         // `cargo bench` passes `--bench` to every bench target.
         if flag == "--bench" {
@@ -73,6 +78,7 @@ fn args() -> Result<Args> {
             "--key" => key = Some(PathBuf::from(value)),
             "--pid" => pid = Some(value.parse().context("--pid")?),
             "--parallel" => parallel = value.parse().context("--parallel")?,
+            "--idle-window" => idle_window = value.parse().context("--idle-window")?,
             "--levels" => {
                 levels = value
                     .split(',')
@@ -90,7 +96,37 @@ fn args() -> Result<Args> {
         pid,
         levels,
         parallel,
+        idle_window,
     })
+}
+
+/// The process's CPU time (user + system) in clock ticks, from /proc/PID/stat.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("no process {pid}"))?;
+    // Fields after the command name (which may hold spaces): state is field 3, utime
+    // and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').context("bad stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| -> Result<u64> {
+        fields
+            .get(n - 3)
+            .context("short stat")?
+            .parse()
+            .context("bad stat field")
+    };
+    Ok(field(14)? + field(15)?)
+}
+
+/// Clock ticks per second.
+fn clock_ticks() -> u64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100)
 }
 
 /// The proxy's resident set size in KiB, from /proc (0 when no process is watched).
@@ -178,6 +214,16 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let rss = rss_kib(args.pid)?;
         let open_now = sessions.len();
+        // The proxy's CPU while every session sits idle.
+        let idle_cpu_percent = match args.pid {
+            Some(pid) if args.idle_window > 0 => {
+                let before = cpu_ticks(pid)?;
+                tokio::time::sleep(Duration::from_secs(args.idle_window)).await;
+                let ticks = cpu_ticks(pid)?.saturating_sub(before);
+                Some(ticks as f64 / clock_ticks() as f64 / args.idle_window as f64 * 100.0)
+            }
+            _ => None,
+        };
         println!(
             "{}",
             serde_json::json!({
@@ -189,6 +235,7 @@ async fn main() -> Result<()> {
                 "baseline_kib": baseline,
                 "per_session_kib": (rss.saturating_sub(baseline)) as f64 / (open_now.max(2) - 1) as f64,
                 "accept_per_s": want.saturating_sub(failures) as f64 / elapsed,
+                "idle_cpu_percent": idle_cpu_percent,
             })
         );
         if failures > 0 {
