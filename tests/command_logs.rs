@@ -26,28 +26,9 @@ fn audited_lab(command_logging: bool) -> Lab {
 
 fn audited_lab_unstarted(command_logging: bool) -> Lab {
     ensure_user("jdoe");
-    let lab = Lab::new(&[("jdoe@example.com", &[])]);
-    let out = common::portcullis()
-        .args(["keygen", "-o"])
-        .arg(lab.path().join("sshkey"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut lab = Lab::new(&[("jdoe@example.com", &[])]);
+    lab.audit_loopback(command_logging);
     lab.add_config("[recording]\npublic_key = \"sshkey.pub\"\ndir = \"command-logs\"\n");
-    lab.policies
-        .module("20-network-audit.wasm", "network_audit")
-        .file(
-            "20-network-audit.toml",
-            format!(
-                "[[rule]]\ndestinations = [\"127.0.0.1\"]\ncommand_logging = {command_logging}\n"
-            )
-            .as_bytes(),
-        )
-        .module("90-default-principal.wasm", "default_principal");
     lab
 }
 

@@ -272,7 +272,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     continue;
                 };
                 shared.metrics.connection();
-                let _ = socket.set_nodelay(true);
+                crate::upstream::socket::tune_accepted(&socket);
                 let balancers = &shared.config.proxy_protocol_from;
                 if balancers.iter().any(|n| n.contains(peer.ip())) {
                     // Admitted once its header names the client.
@@ -466,7 +466,7 @@ async fn accept_redirected(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
+        crate::upstream::socket::tune_accepted(&stream);
         let redirected = crate::transparent::Redirected {
             stream,
             peer,

@@ -526,6 +526,46 @@ impl Lab {
         (child, seen)
     }
 
+    /// Waits up to `within` for `client` to exit (ended by the proxy) and returns what
+    /// it printed on stderr.
+    pub fn wait_disconnected(client: &mut Child, within: Duration) -> String {
+        use std::io::Read;
+        let start = Instant::now();
+        while client.try_wait().unwrap().is_none() {
+            assert!(start.elapsed() < within, "the client was not disconnected");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut stderr = String::new();
+        if let Some(mut e) = client.stderr.take() {
+            e.read_to_string(&mut stderr).unwrap();
+        }
+        stderr
+    }
+
+    /// The auditor's key pair (`sshkey`, `sshkey.pub`) in the lab's directory, and
+    /// policies that audit every session to 127.0.0.1 (with command logging when
+    /// `command_logging`), then the default principal. The `[recording]` section is
+    /// the test's to add.
+    pub fn audit_loopback(&mut self, command_logging: bool) -> &mut Lab {
+        let out = portcullis()
+            .args(["keygen", "-o"])
+            .arg(self.path().join("sshkey"))
+            .output()
+            .unwrap();
+        out.success_or_panic("keygen");
+        self.policies
+            .module("20-network-audit.wasm", "network_audit")
+            .file(
+                "20-network-audit.toml",
+                format!(
+                    "[[rule]]\ndestinations = [\"127.0.0.1\"]\ncommand_logging = {command_logging}\n"
+                )
+                .as_bytes(),
+            )
+            .module("90-default-principal.wasm", "default_principal");
+        self
+    }
+
     /// An interactive session with a terminal (`ssh -tt`) by ProxyJump as `user`,
     /// typing `input`.
     pub fn ssh_pty(&self, user: &str, login: &str, input: &str) -> Output {

@@ -101,12 +101,7 @@ pub(super) fn text(r: &(u16, Vec<(String, String)>, Vec<u8>)) -> String {
 fn auditors_sign_in_see_sessions_download_sealed_logs_and_end_a_live_session() {
     ensure_user("jdoe");
     let mut lab = Lab::new(&[("jdoe@example.com", &[])]);
-    common::portcullis()
-        .args(["keygen", "-o"])
-        .arg(lab.path().join("sshkey"))
-        .output()
-        .unwrap()
-        .success_or_panic("keygen");
+    lab.audit_loopback(true);
     let token_file = lab.path().join("console-token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -115,13 +110,6 @@ fn auditors_sign_in_see_sessions_download_sealed_logs_and_end_a_live_session() {
         "[recording]\npublic_key = \"sshkey.pub\"\ndir = \"command-logs\"\n\
          [console]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"console-token\"\n"
     ));
-    lab.policies
-        .module("20-network-audit.wasm", "network_audit")
-        .file(
-            "20-network-audit.toml",
-            b"[[rule]]\ndestinations = [\"127.0.0.1\"]\ncommand_logging = true\n",
-        )
-        .module("90-default-principal.wasm", "default_principal");
     lab.start();
 
     // Signed out: every page sends to the sign-in; a wrong token is refused.
@@ -234,14 +222,7 @@ fn auditors_sign_in_see_sessions_download_sealed_logs_and_end_a_live_session() {
     };
     let live = text(&request(port, "GET", "/live", Some(&cookie), None));
     assert!(live.contains(&live_id), "{live}");
-    let csrf = live
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_string();
+    let csrf = csrf_of(&live);
     // Without the sign-in's CSRF token, the form is refused.
     let forged = request(
         port,
@@ -263,20 +244,7 @@ fn auditors_sign_in_see_sessions_download_sealed_logs_and_end_a_live_session() {
         Some(&format!("csrf={csrf}&reason=suspicious+activity")),
     );
     assert_eq!(ended.0, 303, "{}", text(&ended));
-    let start = Instant::now();
-    while ssh.try_wait().unwrap().is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "the client was not disconnected"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let mut stderr = String::new();
-    ssh.stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = Lab::wait_disconnected(&mut ssh, Duration::from_secs(15));
     assert!(
         stderr.contains("ended by an auditor: suspicious activity"),
         "{stderr}"
@@ -309,6 +277,38 @@ fn auditors_sign_in_see_sessions_download_sealed_logs_and_end_a_live_session() {
     assert_eq!(out.0, 303);
     let r = request(port, "GET", "/sessions", Some(&cookie), None);
     assert_eq!((r.0, header(&r.1, "location")), (303, Some("/login")));
+}
+
+/// The CSRF token in a page's first form.
+pub(super) fn csrf_of(page: &str) -> String {
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Signs in to the console on `port` with [`TOKEN`]; returns the session cookie's value.
+pub(super) fn token_sign_in(port: u16) -> String {
+    let r = request(
+        port,
+        "POST",
+        "/login",
+        None,
+        Some(&format!("token={TOKEN}")),
+    );
+    assert_eq!(r.0, 303, "{}", text(&r));
+    let set_cookie = header(&r.1, "set-cookie").unwrap();
+    set_cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1
+        .to_string()
 }
 
 /// The cookie `name` a response sets, as `name=value`.

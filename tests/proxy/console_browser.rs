@@ -5,7 +5,6 @@
 //! player's terminal and by the search), and a live session ended from the page with
 //! the `ssh` client disconnected. Screenshots land in target/test-artifacts/console.
 
-use std::io::Read;
 use std::time::{Duration, Instant};
 
 use super::common;
@@ -51,24 +50,12 @@ fn an_auditor_replays_a_session_in_the_browser_and_ends_a_live_one() {
     let back = format!("{console}/login/oidc/callback");
     let idp = Idp::start(&[("IDP_REDIRECT_URIS", back.as_str())]);
     let mut lab = Lab::new(&[("jdoe@example.com", &[])]);
-    common::portcullis()
-        .args(["keygen", "-o"])
-        .arg(lab.path().join("sshkey"))
-        .output()
-        .unwrap()
-        .success_or_panic("keygen");
+    lab.audit_loopback(true);
     lab.add_config(&idp.config(""));
     lab.add_config(&format!(
         "[recording]\npublic_key = \"sshkey.pub\"\ndir = \"command-logs\"\n\
          [console]\nlisten = \"127.0.0.1:{port}\"\nauditors_group = \"sre\"\n"
     ));
-    lab.policies
-        .module("20-network-audit.wasm", "network_audit")
-        .file(
-            "20-network-audit.toml",
-            b"[[rule]]\ndestinations = [\"127.0.0.1\"]\ncommand_logging = true\n",
-        )
-        .module("90-default-principal.wasm", "default_principal");
     lab.start();
 
     // A recorded terminal session. The shell prints 42 where the user typed $((6*7)),
@@ -155,20 +142,7 @@ fn an_auditor_replays_a_session_in_the_browser_and_ends_a_live_one() {
     browser.fill("input[name=reason]", "left a root shell open");
     browser.screenshot("live");
     browser.click("form[action$='/end'] button");
-    let start = Instant::now();
-    while ssh.try_wait().unwrap().is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "the client was not disconnected"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let mut stderr = String::new();
-    ssh.stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = Lab::wait_disconnected(&mut ssh, Duration::from_secs(15));
     assert!(
         stderr.contains("ended by an auditor: left a root shell open"),
         "{stderr}"

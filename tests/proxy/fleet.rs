@@ -94,6 +94,32 @@ impl Fleet {
             .ssh("jdoe", &["-b", "127.0.0.3", "-p", &port, &dest, command])
     }
 
+    /// A session held by replica a (`ssh` straight to it, stderr piped), once its
+    /// command has started.
+    fn hold_on_a(&self) -> std::process::Child {
+        let dest = format!("jdoe%127.0.0.1:{}@127.0.0.1", self.lab.sshd_port);
+        let port = self.lab.proxy_port.to_string();
+        let mut client = Command::new("ssh")
+            .args(self.lab.client_args("jdoe"))
+            .args([
+                "-b",
+                "127.0.0.3",
+                "-p",
+                &port,
+                &dest,
+                "echo started; sleep 60",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = [0u8; 8];
+        std::io::Read::read_exact(client.stdout.as_mut().unwrap(), &mut line).unwrap();
+        assert_eq!(&line, b"started\n");
+        client
+    }
+
     /// `portcullis sessions --json` with replica `config`'s configuration.
     fn sessions(&self, config: &str, running: bool) -> Vec<serde_json::Value> {
         let mut args = vec!["sessions", "--json", "--limit", "1000", "--config"];
@@ -187,26 +213,7 @@ fn a_replica_killed_mid_session_is_marked_interrupted_by_the_other() {
     let pg = Postgres::start();
     let mut fleet = Fleet::start(&pg);
     // A session held by replica a.
-    let dest = format!("jdoe%127.0.0.1:{}@127.0.0.1", fleet.lab.sshd_port);
-    let port = fleet.lab.proxy_port.to_string();
-    let mut client = Command::new("ssh")
-        .args(fleet.lab.client_args("jdoe"))
-        .args([
-            "-b",
-            "127.0.0.3",
-            "-p",
-            &port,
-            &dest,
-            "echo started; sleep 60",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = [0u8; 8];
-    std::io::Read::read_exact(client.stdout.as_mut().unwrap(), &mut line).unwrap();
-    assert_eq!(&line, b"started\n");
+    let mut client = fleet.hold_on_a();
     let running = fleet.sessions("portcullis-b.toml", true);
     assert_eq!(running.len(), 1, "{running:?}");
     assert_eq!(running[0]["replica"], "a");
@@ -381,7 +388,7 @@ fn a_login_revoked_on_one_replica_ends_its_session_on_the_other() {
 
 #[test]
 fn an_auditor_on_one_replica_ends_a_session_held_by_the_other() {
-    use super::console::{TOKEN, header, request, text};
+    use super::console::{TOKEN, csrf_of, request, text, token_sign_in};
     use std::os::unix::fs::PermissionsExt;
     let pg = Postgres::start();
     let mut fleet = Fleet::start(&pg);
@@ -401,57 +408,16 @@ fn an_auditor_on_one_replica_ends_a_session_held_by_the_other() {
     fleet.start_b();
 
     // A session held by replica a.
-    let dest = format!("jdoe%127.0.0.1:{}@127.0.0.1", fleet.lab.sshd_port);
-    let port = fleet.lab.proxy_port.to_string();
-    let mut client = Command::new("ssh")
-        .args(fleet.lab.client_args("jdoe"))
-        .args([
-            "-b",
-            "127.0.0.3",
-            "-p",
-            &port,
-            &dest,
-            "echo started; sleep 60",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = [0u8; 8];
-    std::io::Read::read_exact(client.stdout.as_mut().unwrap(), &mut line).unwrap();
-    assert_eq!(&line, b"started\n");
+    let mut client = fleet.hold_on_a();
     let running = fleet.sessions("portcullis-b.toml", true);
     assert_eq!(running[0]["replica"], "a", "{running:?}");
     let id = running[0]["id"].as_str().unwrap().to_string();
 
     // Ended from replica b's console.
-    let signed_in = request(
-        console,
-        "POST",
-        "/login",
-        None,
-        Some(&format!("token={TOKEN}")),
-    );
-    let cookie = header(&signed_in.1, "set-cookie").unwrap();
-    let cookie = cookie
-        .split(';')
-        .next()
-        .unwrap()
-        .split_once('=')
-        .unwrap()
-        .1
-        .to_string();
+    let cookie = token_sign_in(console);
     let live = text(&request(console, "GET", "/live", Some(&cookie), None));
     assert!(live.contains(&id), "{live}");
-    let csrf = live
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_string();
+    let csrf = csrf_of(&live);
     let ended = request(
         console,
         "POST",
@@ -460,16 +426,7 @@ fn an_auditor_on_one_replica_ends_a_session_held_by_the_other() {
         Some(&format!("csrf={csrf}&reason=held+elsewhere")),
     );
     assert_eq!(ended.0, 303, "{}", text(&ended));
-    let start = Instant::now();
-    while client.try_wait().unwrap().is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "the session on a was not ended"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(client.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let stderr = Lab::wait_disconnected(&mut client, Duration::from_secs(15));
     assert!(
         stderr.contains("ended by an auditor: held elsewhere"),
         "{stderr}"

@@ -20,13 +20,8 @@ const SIZE: &str = "12000000";
 /// retries; the proxy is not started.
 fn stored_lab(server: &S3Server, secret: &str) -> (Lab, u16) {
     ensure_user("jdoe");
-    let lab = Lab::new(&[("jdoe@example.com", &[])]);
-    common::portcullis()
-        .args(["keygen", "-o"])
-        .arg(lab.path().join("sshkey"))
-        .output()
-        .unwrap()
-        .success_or_panic("keygen");
+    let mut lab = Lab::new(&[("jdoe@example.com", &[])]);
+    lab.audit_loopback(true);
     let credentials = server.credentials_file(lab.path(), secret);
     let metrics = common::lab::free_port();
     lab.add_config(&format!(
@@ -37,13 +32,6 @@ fn stored_lab(server: &S3Server, secret: &str) -> (Lab, u16) {
         server.endpoint(),
         credentials.display()
     ));
-    lab.policies
-        .module("20-network-audit.wasm", "network_audit")
-        .file(
-            "20-network-audit.toml",
-            b"[[rule]]\ndestinations = [\"127.0.0.1\"]\ncommand_logging = true\n",
-        )
-        .module("90-default-principal.wasm", "default_principal");
     (lab, metrics)
 }
 

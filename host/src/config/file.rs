@@ -49,6 +49,11 @@ pub(super) struct RawServer {
     pub(super) shutdown_grace: Duration,
     #[serde(with = "humantime_serde")]
     pub(super) idle_timeout: Duration,
+    /// SSH keepalives on both legs (0: off); dead peers are also found by TCP
+    /// keepalives, which cost the proxy nothing.
+    #[serde(with = "humantime_serde")]
+    pub(super) keepalive_interval: Duration,
+    pub(super) keepalive_count_max: usize,
     pub(super) max_startups: String,
     pub(super) per_source_max_startups: usize,
     pub(super) max_connections_per_user: usize,
@@ -130,6 +135,8 @@ impl Default for RawConfig {
                 auth_timeout: Duration::from_secs(60),
                 shutdown_grace: Duration::from_secs(30),
                 idle_timeout: Duration::ZERO,
+                keepalive_interval: Duration::from_secs(300),
+                keepalive_count_max: 3,
                 max_startups: "10:30:100".into(),
                 per_source_max_startups: 8,
                 max_connections_per_user: 64,

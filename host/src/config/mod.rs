@@ -79,6 +79,16 @@ pub struct HostKeyPolicy {
     pub connect_timeout: Duration,
     /// The firewall mark set on connections to targets, if any.
     pub socket_mark: Option<u32>,
+    /// SSH keepalives to the target (`server.keepalive_interval`; None: off).
+    pub keepalive: Keepalive,
+}
+
+/// SSH keepalives, on either leg: a keepalive request after `interval` without
+/// traffic, the connection closed after `count_max` unanswered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub interval: Option<Duration>,
+    pub count_max: usize,
 }
 
 /// The checked configuration.
@@ -97,6 +107,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Sessions with no channel data either way for this long are disconnected.
     pub idle_timeout: Option<Duration>,
+    /// SSH keepalives to clients (and, in `host_keys`, to targets).
+    pub keepalive: Keepalive,
     /// Limits on unauthenticated connections and on connections per user.
     pub admission: AdmissionLimits,
     pub ca_dir: PathBuf,
@@ -265,6 +277,27 @@ impl file::RawConfig {
             }
             t => Some(t),
         };
+        let keepalive = Keepalive {
+            interval: match self.server.keepalive_interval {
+                Duration::ZERO => None,
+                t if t < Duration::from_secs(1) => {
+                    return Err(invalid(
+                        "server.keepalive_interval",
+                        "must be 0 (off) or at least 1s".into(),
+                    ));
+                }
+                t => Some(t),
+            },
+            count_max: match self.server.keepalive_count_max {
+                0 => {
+                    return Err(invalid(
+                        "server.keepalive_count_max",
+                        "must be at least 1".into(),
+                    ));
+                }
+                n => n,
+            },
+        };
         let admission = AdmissionLimits {
             max_startups: self
                 .server
@@ -321,6 +354,7 @@ impl file::RawConfig {
             auth_timeout: self.server.auth_timeout,
             shutdown_grace: self.server.shutdown_grace,
             idle_timeout,
+            keepalive,
             admission,
             ca_dir: abs(&self.ca.dir),
             cert_validity,
@@ -346,6 +380,7 @@ impl file::RawConfig {
                 known_hosts: abs(&self.upstream.known_hosts),
                 connect_timeout: self.upstream.connect_timeout,
                 socket_mark: self.upstream.socket_mark,
+                keepalive,
             },
             session_log: abs(&self.session_log.path),
             recording_key: self.recording.public_key.as_deref().map(abs),

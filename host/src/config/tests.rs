@@ -67,6 +67,29 @@ fn idle_timeout_is_off_by_default_and_at_least_a_second() {
 }
 
 #[test]
+fn keepalives_are_rare_by_default_configurable_and_checked() {
+    let c = parse("").unwrap();
+    assert_eq!(c.keepalive.interval, Some(Duration::from_secs(300)));
+    assert_eq!(c.keepalive.count_max, 3);
+    // The target leg uses the same.
+    assert_eq!(c.host_keys.keepalive, c.keepalive);
+    let c = parse("[server]\nkeepalive_interval = \"30s\"\nkeepalive_count_max = 5\n").unwrap();
+    assert_eq!(c.keepalive.interval, Some(Duration::from_secs(30)));
+    assert_eq!(c.host_keys.keepalive.count_max, 5);
+    let off = parse("[server]\nkeepalive_interval = \"0s\"\n").unwrap();
+    assert_eq!(off.keepalive.interval, None);
+    for (text, key) in [
+        ("keepalive_interval = \"10ms\"", "server.keepalive_interval"),
+        ("keepalive_count_max = 0", "server.keepalive_count_max"),
+    ] {
+        let err = parse(&format!("[server]\n{text}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{err}");
+    }
+}
+
+#[test]
 fn a_misspelt_key_is_an_error_naming_it() {
     let err = parse("[policy]\ntimout = \"1s\"\n")
         .unwrap_err()

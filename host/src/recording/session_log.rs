@@ -2,7 +2,7 @@
 //! one when a session is refused). No command text ever appears here.
 //!
 //! While a session runs, its record so far is kept as `<id>.json` in a directory beside
-//! the log (`sessions.jsonl.running/`), rewritten every minute. `portcullis sessions
+//! the log (`sessions.jsonl.running/`), rewritten every minute (ten while idle). `portcullis sessions
 //! --running` lists them; a proxy that starts and finds records left there (it was
 //! killed) appends them to the log as interrupted, so no session goes unrecorded.
 

@@ -213,7 +213,11 @@ impl Shared {
             window_size: 2 * 1024 * 1024,
             maximum_packet_size: 65535,
             inactivity_timeout: Some(Duration::from_secs(3600)),
-            keepalive_interval: Some(Duration::from_secs(30)),
+            // Every keepalive wakes the proxy for a round trip on each leg: with
+            // thousands of idle sessions that was most of its CPU at rest. The default
+            // (5 minutes) leaves dead peers to TCP keepalives (see upstream/socket.rs).
+            keepalive_interval: self.config.keepalive.interval,
+            keepalive_max: self.config.keepalive.count_max,
             nodelay: true,
             preferred: russh::Preferred {
                 // `server.ciphers` (default AES-GCM only: see config::DEFAULT_CIPHERS).

@@ -1,5 +1,5 @@
 //! A session's record in the session log: written as "running" when it is allowed (a
-//! session whose record cannot be written is refused), rewritten every minute by the
+//! session whose record cannot be written is refused), rewritten every minute (ten while idle) by the
 //! watchdogs, and written in full when the connection ends, after its channels
 //! finished.
 

@@ -1,7 +1,8 @@
 //! A connection's watchdogs: no authentication within `server.auth_timeout`, idle for
 //! `server.idle_timeout`, no longer allowed after a reload of the policies or the
-//! users file. Meanwhile a running session's record is rewritten every minute, so a
-//! proxy that dies loses none.
+//! users file. Meanwhile a running session's record is rewritten every minute while
+//! anything moves (every ten minutes while it sits idle), so a proxy that dies loses
+//! none of what happened.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,8 +20,12 @@ use crate::policy::DecisionRequest;
 use crate::recording::{SessionLog, SessionRecord, timestamp};
 use crate::sync::lock;
 
-/// How often a running session's record is rewritten.
+/// How often a running session's record is rewritten when something moved (traffic,
+/// channels, command logs)...
 const RUNNING_RECORD_EVERY: Duration = Duration::from_secs(60);
+/// ...and when nothing did: a thousand idle sessions rewriting their records every
+/// minute kept the proxy busy at rest, for records that only said "still idle".
+const RUNNING_RECORD_IDLE_EVERY: Duration = Duration::from_secs(600);
 
 /// A connection's state as its watchdogs see it.
 #[derive(Debug, Default)]
@@ -99,6 +104,17 @@ impl Watch {
         record.command_logs = lock(&running.live.command_logs).clone();
         // A failure is reported by the log; the previous version of the record stays.
         let _ = log.running(&record);
+    }
+
+    /// What a running record would change with: the traffic, the channels and the
+    /// command logs so far (None before the session is allowed).
+    fn activity(&self) -> Option<(u64, usize, usize)> {
+        let running = self.running.get()?;
+        Some((
+            self.traffic.total(),
+            lock(&running.live.channels).len(),
+            lock(&running.live.command_logs).len(),
+        ))
     }
 
     /// Returns once a running (allowed) session has moved no channel data for `idle`.
@@ -239,9 +255,16 @@ pub(crate) async fn watchdogs(
         }
     };
     let running_record = async {
+        let (mut written, mut quiet) = (None, Duration::ZERO);
         loop {
             tokio::time::sleep(RUNNING_RECORD_EVERY).await;
-            watch.write_running(&shared.session_log);
+            let now = watch.activity();
+            if now != written || quiet >= RUNNING_RECORD_IDLE_EVERY {
+                watch.write_running(&shared.session_log);
+                (written, quiet) = (now, Duration::ZERO);
+            } else {
+                quiet += RUNNING_RECORD_EVERY;
+            }
         }
     };
     tokio::select! {

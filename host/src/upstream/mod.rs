@@ -13,7 +13,6 @@ pub(crate) use target_handler::refuse_opened;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use russh::client;
 use russh::keys::PrivateKey;
@@ -235,7 +234,8 @@ fn client_config() -> client::Config {
         window_size: 8 * 1024 * 1024,
         maximum_packet_size: 65535,
         inactivity_timeout: None,
-        keepalive_interval: Some(Duration::from_secs(30)),
+        // `server.keepalive_interval`, set by `connect`.
+        keepalive_interval: None,
         preferred: russh::Preferred {
             // AES-GCM first (AES-NI); the rest as fallbacks for older targets.
             cipher: std::borrow::Cow::Borrowed(&[
@@ -301,6 +301,8 @@ pub async fn connect(
         }
     }
     let mut config = client_config();
+    config.keepalive_interval = policy.keepalive.interval;
+    config.keepalive_max = policy.keepalive.count_max;
     if known.has_ca() {
         // Certificates only: a target covered by @cert-authority never gets to offer a
         // plain key that could be taken for it.

@@ -60,6 +60,23 @@ impl Drop for Outgoing {
     }
 }
 
+/// TCP keepalives: a probe after a minute without traffic, then every 15 s, the
+/// connection dropped after 4 unanswered (about two minutes). The kernel sends them,
+/// so a dead peer is found without waking the proxy; SSH keepalives
+/// (`server.keepalive_interval`) can then be rare.
+pub(crate) fn tcp_keepalive() -> socket2::TcpKeepalive {
+    socket2::TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(60))
+        .with_interval(std::time::Duration::from_secs(15))
+        .with_retries(4)
+}
+
+/// Sets [`tcp_keepalive`] and nodelay on an accepted connection.
+pub(crate) fn tune_accepted(stream: &tokio::net::TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&tcp_keepalive());
+}
+
 /// Connects to `addr`, marked with `mark` when set; keep the [`Outgoing`] until the
 /// login on the connection is over.
 pub(crate) async fn connect(
@@ -78,6 +95,7 @@ pub(crate) async fn connect(
     }
     socket.set_nonblocking(true)?;
     socket.set_tcp_nodelay(true)?;
+    socket.set_tcp_keepalive(&tcp_keepalive())?;
     let mut outgoing = Outgoing { port: None };
     if WATCH_LOOPS.load(Ordering::Relaxed) {
         let any: SocketAddr = match addr {
