@@ -451,7 +451,9 @@ def main():
     if conc:
         lines += ["", "Concurrent idle interactive sessions (pty + shell) through Portcullis, opened 16 at a time "
                   "by one russh client (proxy RSS after each level; per session = growth over one warm session; "
-                  "accepted/s = sessions opened per second of that level, end to end through the target's shell):", "",
+                  "accepted/s = sessions opened per second of that level, end to end through the target's shell; "
+                  "proxy CPU idle = the proxy's ticks over 30 s with every session idle, from 65 s after the level "
+                  "opened):", "",
                     "| sessions | proxy RSS (MiB) | per session (KiB) | accepted/s | ratio to direct | failed | proxy CPU idle (% of a core) |",
                   "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         direct_rate = conc_direct[0]["accept_per_s"] if conc_direct else None

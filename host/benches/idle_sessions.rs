@@ -18,8 +18,10 @@
 //! host keys: it is a load generator on loopback, not a user.
 //!
 //! With `--pid`, each level also reports the proxy's CPU while the sessions sit idle:
-//! its user + system ticks over `--idle-window` seconds (10), as a percentage of one
-//! core.
+//! its user + system ticks over `--idle-window` seconds (30), as a percentage of one
+//! core, measured after `--idle-settle` seconds (65): a session's record is first
+//! rewritten a minute after it starts (its shell channel is new), which is set-up, not
+//! rest.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -60,12 +62,14 @@ struct Args {
     levels: Vec<usize>,
     parallel: usize,
     idle_window: u64,
+    idle_settle: u64,
 }
 
 fn args() -> Result<Args> {
     let mut it = std::env::args().skip(1);
     let (mut proxy, mut user, mut key, mut pid) = (None, None, None, None);
-    let (mut levels, mut parallel, mut idle_window) = (vec![200, 500, 1000], 16, 10);
+    let (mut levels, mut parallel) = (vec![200, 500, 1000], 16);
+    let (mut idle_window, mut idle_settle) = (30, 65);
     while let Some(flag) = it.next() {
         // `cargo bench` passes `--bench` to every bench target.
         if flag == "--bench" {
@@ -79,6 +83,7 @@ fn args() -> Result<Args> {
             "--pid" => pid = Some(value.parse().context("--pid")?),
             "--parallel" => parallel = value.parse().context("--parallel")?,
             "--idle-window" => idle_window = value.parse().context("--idle-window")?,
+            "--idle-settle" => idle_settle = value.parse().context("--idle-settle")?,
             "--levels" => {
                 levels = value
                     .split(',')
@@ -97,6 +102,7 @@ fn args() -> Result<Args> {
         levels,
         parallel,
         idle_window,
+        idle_settle,
     })
 }
 
@@ -217,6 +223,7 @@ async fn main() -> Result<()> {
         // The proxy's CPU while every session sits idle.
         let idle_cpu_percent = match args.pid {
             Some(pid) if args.idle_window > 0 => {
+                tokio::time::sleep(Duration::from_secs(args.idle_settle)).await;
                 let before = cpu_ticks(pid)?;
                 tokio::time::sleep(Duration::from_secs(args.idle_window)).await;
                 let ticks = cpu_ticks(pid)?.saturating_sub(before);

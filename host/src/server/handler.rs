@@ -265,6 +265,10 @@ impl ConnHandler {
     }
 }
 
+// russh awaits these methods inside each connection's task, whose future is as large
+// as the largest of them: the heavy ones (deciding, single sign-on, forwarding, a
+// ProxyJump's inner connection) are boxed, so that an idle connection does not carry
+// their state (about 40 KiB per connection before).
 impl russh::server::Handler for ConnHandler {
     type Error = russh::Error;
 
@@ -317,7 +321,7 @@ impl russh::server::Handler for ConnHandler {
         _submethods: &str,
         response: Option<Response<'a>>,
     ) -> Result<Auth, Self::Error> {
-        Ok(self.sign_on(user, response).await)
+        Ok(Box::pin(self.sign_on(user, response)).await)
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
@@ -327,7 +331,7 @@ impl russh::server::Handler for ConnHandler {
             .authenticated
             .store(!refused_sign_on, Ordering::Relaxed);
         let version = String::from_utf8_lossy(session.remote_sshid()).into_owned();
-        self.decide(version).await;
+        Box::pin(self.decide(version)).await;
         Ok(())
     }
 
@@ -473,7 +477,7 @@ impl russh::server::Handler for ConnHandler {
             port: port16,
         };
         let (Some(target), Some(s)) = (
-            self.forwarding_target("tcpip-forward", request).await,
+            Box::pin(self.forwarding_target("tcpip-forward", request)).await,
             self.allowed(),
         ) else {
             return Ok(false);
@@ -535,13 +539,11 @@ impl russh::server::Handler for ConnHandler {
         match &self.stage {
             // Port forwarding (`-L`) on a decided session: to the target's side.
             Stage::Decided(_) => {
-                self.forward_local(channel, host_to_connect, port, reply, place)
-                    .await
+                Box::pin(self.forward_local(channel, host_to_connect, port, reply, place)).await
             }
             // ProxyJump: the inner SSH connection is terminated here.
             Stage::Authenticated { .. } if self.forced_target.is_none() => {
-                self.jump(channel, host_to_connect, port, reply, place)
-                    .await;
+                Box::pin(self.jump(channel, host_to_connect, port, reply, place)).await;
             }
             // The outer connection of a ProxyJump refused at authentication: a channel
             // refusal carries no text, a disconnection does (OpenSSH shows it).

@@ -147,6 +147,9 @@ impl TargetHandler {
     }
 }
 
+// As for the client side's handler (server/handler.rs): the host-key check (which
+// may wait on the shared store) is boxed so that russh's connection task, which
+// awaits these methods inline, stays small for the session's whole life.
 impl client::Handler for TargetHandler {
     type Error = russh::Error;
 
@@ -173,8 +176,7 @@ impl client::Handler for TargetHandler {
                         })
                     }
                     known_targets::CertCheck::UnknownCa => {
-                        self.check(&PublicKey::from(cert.public_key().clone()))
-                            .await
+                        Box::pin(self.check(&PublicKey::from(cert.public_key().clone()))).await
                     }
                 }
             }
@@ -186,7 +188,7 @@ impl client::Handler for TargetHandler {
                         fingerprint: key.fingerprint(HashAlg::Sha256).to_string(),
                         at: format!("{}:{line}", self.policy.known_hosts.display()),
                     }),
-                    None => self.check(key).await,
+                    None => Box::pin(self.check(key)).await,
                 }
             }
         };
