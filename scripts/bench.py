@@ -1,5 +1,5 @@
 """Benchmark driver for scripts/bench: see that script for what it measures."""
-import argparse, json, os, platform, shutil, socket, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, platform, re, shutil, socket, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target/release/portcullis")
@@ -236,7 +236,8 @@ def console_index(d, records):
     token = "bench-console-token-0123456789abcdef"
     open(f"{cd}/token", "w").write(token); os.chmod(f"{cd}/token", 0o600)
     port, cport = free_port(), free_port()
-    conf = open(f"{d}/portcullis.toml").read().replace(f'listen = "127.0.0.1:', f'listen = "127.0.0.1:{port}" #', 1)
+    conf = re.sub(r'^listen = "127\.0\.0\.1:\d+"$', f'listen = "127.0.0.1:{port}"',
+                  open(f"{d}/portcullis.toml").read(), count=1, flags=re.M)
     conf = conf.replace('dir = "policies"', f'dir = "{d}/policies"').replace('"sshkey.pub"', f'"{d}/sshkey.pub"')
     conf += f'[session_log]\npath = "{cd}/sessions.jsonl"\n[console]\nlisten = "127.0.0.1:{cport}"\ntoken_file = "{cd}/token"\n'
     open(f"{cd}/portcullis.toml", "w").write(conf)

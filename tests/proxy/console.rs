@@ -129,14 +129,7 @@ fn auditors_sign_in_see_sessions_download_sealed_logs_and_end_a_live_session() {
     for attribute in ["HttpOnly", "Secure", "SameSite=Strict"] {
         assert!(set_cookie.contains(attribute), "{set_cookie}");
     }
-    let cookie = set_cookie
-        .split(';')
-        .next()
-        .unwrap()
-        .split_once('=')
-        .unwrap()
-        .1
-        .to_string();
+    let cookie = session_cookie(&r.1);
     let csp = header(&r.1, "content-security-policy").unwrap();
     assert!(
         csp.contains("default-src 'none'") && !csp.contains("unsafe-inline"),
@@ -300,10 +293,12 @@ pub(super) fn token_sign_in(port: u16) -> String {
         Some(&format!("token={TOKEN}")),
     );
     assert_eq!(r.0, 303, "{}", text(&r));
-    let set_cookie = header(&r.1, "set-cookie").unwrap();
-    set_cookie
-        .split(';')
-        .next()
+    session_cookie(&r.1)
+}
+
+/// The value of the console's session cookie a response sets.
+fn session_cookie(headers: &[(String, String)]) -> String {
+    set_cookie(headers, "portcullis_console")
         .unwrap()
         .split_once('=')
         .unwrap()
@@ -356,12 +351,8 @@ fn auditors_sign_in_at_the_identity_provider_and_others_are_refused() {
             .arg(idp_dir().join("signin.mjs"))
             .args([&to_provider, &back, account])
             .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .unwrap()
+            .success_or_panic("signin.mjs");
         let returned = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let path = returned
             .strip_prefix(&format!("http://127.0.0.1:{port}"))

@@ -121,17 +121,13 @@ fn a_scaffolded_policy_goes_from_new_to_deciding_a_real_session() {
 /// Signs `file` (writing `file.sig`) with `key` in `namespace`.
 fn sign(key: &Path, namespace: &str, file: &Path) {
     let _ = std::fs::remove_file(format!("{}.sig", file.display()));
-    let out = Command::new("ssh-keygen")
+    Command::new("ssh-keygen")
         .args(["-Y", "sign", "-n", namespace, "-f"])
         .arg(key)
         .arg(file)
         .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .unwrap()
+        .success_or_panic("ssh-keygen -Y sign");
 }
 
 #[test]

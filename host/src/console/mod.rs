@@ -292,6 +292,21 @@ async fn find(console: &Console, id: &str) -> Option<(crate::recording::SessionR
         .map(|r| (r, true))
 }
 
+/// A session's record and the name of its `n`-th command log, or what is missing.
+async fn find_log(
+    console: &Console,
+    id: &str,
+    n: usize,
+) -> Result<(crate::recording::SessionRecord, String), &'static str> {
+    let (record, _) = find(console, id).await.ok_or("no such session")?;
+    let log = record
+        .command_logs
+        .get(n)
+        .cloned()
+        .ok_or("no such command log")?;
+    Ok((record, log))
+}
+
 async fn session(State(console): St, auditor: Auditor, Path(id): Path<String>) -> Response {
     match find(&console, &id).await {
         Some((r, running)) => {
@@ -312,11 +327,9 @@ async fn download(
     auditor: Auditor,
     Path((id, n)): Path<(String, usize)>,
 ) -> Response {
-    let Some((record, _)) = find(&console, &id).await else {
-        return (StatusCode::NOT_FOUND, "no such session").into_response();
-    };
-    let Some(log) = record.command_logs.get(n) else {
-        return (StatusCode::NOT_FOUND, "no such command log").into_response();
+    let (_, log) = match find_log(&console, &id, n).await {
+        Ok(found) => found,
+        Err(missing) => return (StatusCode::NOT_FOUND, missing).into_response(),
     };
     let name = log
         .rsplit('/')
@@ -333,7 +346,7 @@ async fn download(
             Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
         }
     } else {
-        let Some((bucket, key)) = crate::recording::store::parse_url(log) else {
+        let Some((bucket, key)) = crate::recording::store::parse_url(&log) else {
             return (
                 StatusCode::GONE,
                 "the command log is no longer on this proxy's disk",
@@ -379,22 +392,14 @@ async fn replay(
     auditor: Auditor,
     Path((id, n)): Path<(String, usize)>,
 ) -> Response {
-    let Some((record, _)) = find(&console, &id).await else {
-        return (
-            StatusCode::NOT_FOUND,
-            Html(pages::message("No such session.")),
-        )
-            .into_response();
-    };
-    let Some(log) = record.command_logs.get(n) else {
-        return (
-            StatusCode::NOT_FOUND,
-            Html(pages::message("No such command log.")),
-        )
-            .into_response();
+    let (record, log) = match find_log(&console, &id, n).await {
+        Ok(found) => found,
+        Err(missing) => {
+            return (StatusCode::NOT_FOUND, Html(pages::message(missing))).into_response();
+        }
     };
     tracing::info!(target: "portcullis::console", auditor = %auditor.0.who, session = %id, log = %log, "opened a command log's replay");
-    Html(pages::replay(&record, n, log, &auditor.0.csrf)).into_response()
+    Html(pages::replay(&record, n, &log, &auditor.0.csrf)).into_response()
 }
 
 /// The replay page's assets, built into the binary by host/build.rs: the decryptor
