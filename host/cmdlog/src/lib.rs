@@ -22,6 +22,8 @@
 //! console's page decrypts with it in the auditor's browser (host/console-web).
 
 mod export;
+#[cfg(feature = "files")]
+mod fast_aead;
 mod format;
 mod keys;
 mod reader;

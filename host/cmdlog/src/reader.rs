@@ -4,7 +4,7 @@ use std::io::Read;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use hpke::aead::{AeadCtxR, ChaCha20Poly1305};
+use hpke::aead::AeadCtxR;
 use hpke::kdf::HkdfSha256;
 use hpke::{Deserializable, OpModeR};
 
@@ -41,7 +41,7 @@ fn read_up_to(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 pub struct LogReader<R> {
     pub(super) input: R,
     pub(super) meta: Metadata,
-    pub(super) ctx: AeadCtxR<ChaCha20Poly1305, HkdfSha256, Kem>,
+    pub(super) ctx: AeadCtxR<LogAead, HkdfSha256, Kem>,
     /// Bytes of the file read so far.
     pub(super) consumed: u64,
     pub(super) blocks: usize,
@@ -99,13 +99,9 @@ impl<R: Read> LogReader<R> {
         let enc =
             hex::decode(&meta.encapsulated_key).map_err(|_| not_a_log("bad encapsulated_key"))?;
         let enc = EncappedKey::from_bytes(&enc).map_err(|_| not_a_log("bad encapsulated_key"))?;
-        let ctx = hpke::setup_receiver::<ChaCha20Poly1305, HkdfSha256, Kem>(
-            &OpModeR::Base,
-            &key.0,
-            &enc,
-            &[],
-        )
-        .map_err(|e| CmdLogError::Crypto(format!("{e:?}")))?;
+        let ctx =
+            hpke::setup_receiver::<LogAead, HkdfSha256, Kem>(&OpModeR::Base, &key.0, &enc, &[])
+                .map_err(|e| CmdLogError::Crypto(format!("{e:?}")))?;
         let mut r = LogReader {
             input,
             meta,

@@ -57,7 +57,7 @@ pub struct SpoolLength {
 pub struct Writer {
     pub(super) path: PathBuf,
     pub(super) blocks: File,
-    pub(super) ctx: AeadCtxS<ChaCha20Poly1305, HkdfSha256, Kem>,
+    pub(super) ctx: AeadCtxS<LogAead, HkdfSha256, Kem>,
     pub(super) meta: SideMeta,
     pub(super) start: Instant,
     pub(super) last_elapsed: u64,
@@ -82,7 +82,7 @@ impl Writer {
     /// Starts a log that will be `path` once finished.
     pub fn create(path: &Path, key: &SealingKey) -> Result<Writer, CmdLogError> {
         let (enc, ctx) =
-            hpke::setup_sender::<ChaCha20Poly1305, HkdfSha256, Kem>(&OpModeS::Base, &key.0, &[])
+            hpke::setup_sender::<LogAead, HkdfSha256, Kem>(&OpModeS::Base, &key.0, &[])
                 .map_err(|e| CmdLogError::Crypto(format!("{e:?}")))?;
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
@@ -358,7 +358,9 @@ pub fn recover(dir: &Path) -> Result<Vec<PathBuf>, CmdLogError> {
 
 /// A whole log in memory: the header, then each of `blocks` sealed as one block, in
 /// order, to `key`. For tests and fuzzing: it can seal plaintext that is not a valid
-/// packet stream, which the writer never does.
+/// packet stream, which the writer never does. It seals with the portable
+/// ChaCha20-Poly1305 (the writer uses aws-lc's), so the tests that read these logs also
+/// check that the two agree.
 pub fn sealed_in_memory(key: &SealingKey, blocks: &[&[u8]]) -> Result<Vec<u8>, CmdLogError> {
     let (enc, mut ctx) =
         hpke::setup_sender::<ChaCha20Poly1305, HkdfSha256, Kem>(&OpModeS::Base, &key.0, &[])
