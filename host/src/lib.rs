@@ -23,6 +23,7 @@ pub mod server;
 pub mod state;
 mod sync;
 mod text;
+mod threads;
 mod transparent;
 pub mod upstream;
 

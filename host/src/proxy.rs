@@ -252,8 +252,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         listen = %local,
         users = user_count,
         policies = ?policy.current().names(),
+        threads = shared.config.threads,
         "portcullis is serving"
     );
+    // Each connection lives on one of these threads (see threads.rs).
+    let threads =
+        crate::threads::ConnectionThreads::start(shared.config.threads).map_err(|source| {
+            Error::Io {
+                what: "cannot start the connection threads",
+                path: "server.threads".into(),
+                source,
+            }
+        })?;
     let mut sessions = tokio::task::JoinSet::new();
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|source| Error::Io {
@@ -276,12 +286,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 let balancers = &shared.config.proxy_protocol_from;
                 if balancers.iter().any(|n| n.contains(peer.ip())) {
                     // Admitted once its header names the client.
-                    sessions.spawn(serve_balanced(
-                        Arc::clone(&shared),
-                        Arc::clone(&server_config),
-                        socket,
-                        peer,
-                    ));
+                    let (shared, config) = (Arc::clone(&shared), Arc::clone(&server_config));
+                    threads.spawn(&mut sessions, socket, move |socket| {
+                        serve_balanced(shared, config, socket, peer)
+                    });
                     continue;
                 }
                 // Admitted or refused before a byte is read.
@@ -293,7 +301,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     server::ConnHandler::new(Arc::clone(&shared), peer, None, server::Via::Username)
                         .with_ticket(ticket);
                 let config = Arc::clone(&server_config);
-                sessions.spawn(async move {
+                threads.spawn(&mut sessions, socket, move |socket| async move {
                     // Only a trusted balancer may say where a connection comes from.
                     if check_header
                         && server::proxy_protocol::starts_with_header(&socket, std::time::Duration::from_secs(5)).await
@@ -315,7 +323,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     continue;
                 };
                 let shared = Arc::clone(&shared);
-                sessions.spawn(async move {
+                threads.spawn(&mut sessions, stream, move |stream| async move {
                     let ip = destination.ip().to_string();
                     // The host certificate names the address, and the name it has in
                     // the reverse DNS when that name resolves back to it.

@@ -57,6 +57,8 @@ pub(super) struct RawServer {
     pub(super) max_startups: String,
     pub(super) per_source_max_startups: usize,
     pub(super) max_connections_per_user: usize,
+    /// Threads that serve connections, each connection on one; 0: one per CPU.
+    pub(super) threads: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,6 +142,7 @@ impl Default for RawConfig {
                 max_startups: "10:30:100".into(),
                 per_source_max_startups: 8,
                 max_connections_per_user: 64,
+                threads: 0,
             },
             ca: RawCa {
                 dir: "ca".into(),

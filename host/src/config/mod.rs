@@ -51,6 +51,9 @@ pub enum ConfigError {
 /// sessions use it; add it (or CTR) for clients that cannot do GCM.
 pub const DEFAULT_CIPHERS: &[&str] = &["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"];
 
+/// The most connection threads `server.threads` may ask for.
+pub const MAX_THREADS: usize = 1024;
+
 /// The ciphers that may be offered (no CBC, no 3DES, no `none`).
 pub const SUPPORTED_CIPHERS: &[&str] = &[
     "aes128-gcm@openssh.com",
@@ -111,6 +114,8 @@ pub struct Config {
     pub keepalive: Keepalive,
     /// Limits on unauthenticated connections and on connections per user.
     pub admission: AdmissionLimits,
+    /// The connection threads (`server.threads`, 0 resolved to the CPU count).
+    pub threads: usize,
     pub ca_dir: PathBuf,
     pub cert_validity: Duration,
     pub users_file: PathBuf,
@@ -309,6 +314,16 @@ impl file::RawConfig {
             max_connections_per_user: (self.server.max_connections_per_user > 0)
                 .then_some(self.server.max_connections_per_user),
         };
+        let threads = match self.server.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n if n > MAX_THREADS => {
+                return Err(invalid(
+                    "server.threads",
+                    format!("must be 0 (one per CPU) to {MAX_THREADS}, not {n}"),
+                ));
+            }
+            n => n,
+        };
         let host_key_check = match self.upstream.host_key_check.as_str() {
             "tofu" => HostKeyCheck::Tofu,
             "strict" => HostKeyCheck::Strict,
@@ -356,6 +371,7 @@ impl file::RawConfig {
             idle_timeout,
             keepalive,
             admission,
+            threads,
             ca_dir: abs(&self.ca.dir),
             cert_validity,
             users_file: abs(&self.identity.users_file),

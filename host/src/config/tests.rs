@@ -90,6 +90,19 @@ fn keepalives_are_rare_by_default_configurable_and_checked() {
 }
 
 #[test]
+fn connection_threads_default_to_the_cpu_count_and_are_bounded() {
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(parse("").unwrap().threads, cpus);
+    assert_eq!(parse("[server]\nthreads = 0\n").unwrap().threads, cpus);
+    assert_eq!(parse("[server]\nthreads = 3\n").unwrap().threads, 3);
+    let err = parse("[server]\nthreads = 5000\n").unwrap_err().to_string();
+    assert!(
+        err.contains("server.threads") && err.contains("5000"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_misspelt_key_is_an_error_naming_it() {
     let err = parse("[policy]\ntimout = \"1s\"\n")
         .unwrap_err()
