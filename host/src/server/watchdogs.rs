@@ -150,7 +150,9 @@ impl super::handler::ConnHandler {
         // russh reads the client's version line before it returns: a client that sends
         // nothing is bounded by auth_timeout from the accept, like one that stalls later.
         let auth_deadline = self.accepted + shared.config.auth_timeout;
-        let running = russh::server::run_stream(config, stream, self);
+        // Boxed: the handshake's state (russh's session before it is spawned) is freed
+        // once it is done instead of staying in this future for the connection's life.
+        let running = Box::pin(russh::server::run_stream(config, stream, self));
         let session = match tokio::time::timeout_at(auth_deadline, running).await {
             Ok(Ok(session)) => session,
             Ok(Err(e)) => {
