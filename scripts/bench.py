@@ -217,6 +217,41 @@ def s3_store(d, ports, size, runs):
         shutil.rmtree(data, ignore_errors=True)
 
 
+def spare_proxy(d, sd, extra=""):
+    """A second proxy with the bench's configuration, keys and users, its own state in
+    directory `sd` and `extra` appended to its configuration. Returns (process, SSH port)."""
+    port = free_port()
+    conf = re.sub(r'^listen = "127\.0\.0\.1:\d+"$', f'listen = "127.0.0.1:{port}"',
+                  open(f"{d}/portcullis.toml").read(), count=1, flags=re.M)
+    conf = conf.replace('dir = "policies"', f'dir = "{d}/policies"').replace('"sshkey.pub"', f'"{d}/sshkey.pub"')
+    open(f"{sd}/portcullis.toml", "w").write(conf + extra)
+    for name in ["ca", "host_key", "users.toml"]:
+        src = f"{d}/{name}"
+        (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, f"{sd}/{name}")
+    pr = subprocess.Popen([BIN, "serve", "--config", f"{sd}/portcullis.toml"], stderr=open(f"{sd}/proxy.log", "w"))
+    wait_port(port, pr, "portcullis (spare)")
+    return pr, port
+
+
+def light_sessions(d, n):
+    """`n` idle sessions through a fresh proxy to the bench's light target (a russh server
+    in the client's process: sshd cannot hold 10,000 sessions here). Returns the
+    idle_sessions row, or None when it failed."""
+    sd = f"{d}/light"; os.makedirs(sd)
+    pr, port = spare_proxy(d, sd)
+    try:
+        out = subprocess.run(["cargo", "bench", "-q", "-p", "portcullis", "--bench", "idle_sessions", "--",
+                              "--proxy", f"127.0.0.1:{port}", "--light-target", USER, "--key", f"{d}/client",
+                              "--levels", str(n), "--pid", str(pr.pid)], cwd=ROOT, capture_output=True, text=True)
+        rows = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
+        if out.returncode != 0 or not rows:
+            print(f"light-target step failed: {out.stderr.strip()[-2000:]}", file=sys.stderr)
+            return None
+        return rows[-1]
+    finally:
+        pr.terminate(); pr.wait()
+
+
 def console_index(d, records):
     """The web console over a session log of `records` records: the first page (reading
     the log into the index), then filtered, sorted and deep-paged queries. Returns
@@ -235,16 +270,9 @@ def console_index(d, records):
             f.write(json.dumps(r) + "\n")
     token = "bench-console-token-0123456789abcdef"
     open(f"{cd}/token", "w").write(token); os.chmod(f"{cd}/token", 0o600)
-    port, cport = free_port(), free_port()
-    conf = re.sub(r'^listen = "127\.0\.0\.1:\d+"$', f'listen = "127.0.0.1:{port}"',
-                  open(f"{d}/portcullis.toml").read(), count=1, flags=re.M)
-    conf = conf.replace('dir = "policies"', f'dir = "{d}/policies"').replace('"sshkey.pub"', f'"{d}/sshkey.pub"')
-    conf += f'[session_log]\npath = "{cd}/sessions.jsonl"\n[console]\nlisten = "127.0.0.1:{cport}"\ntoken_file = "{cd}/token"\n'
-    open(f"{cd}/portcullis.toml", "w").write(conf)
-    for name in ["ca", "host_key", "users.toml"]:
-        src = f"{d}/{name}"
-        (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, f"{cd}/{name}")
-    pr = subprocess.Popen([BIN, "serve", "--config", f"{cd}/portcullis.toml"], stderr=open(f"{cd}/proxy.log", "w"))
+    cport = free_port()
+    pr, _ = spare_proxy(d, cd, f'[session_log]\npath = "{cd}/sessions.jsonl"\n[console]\n'
+                               f'listen = "127.0.0.1:{cport}"\ntoken_file = "{cd}/token"\n')
     try:
         wait_port(cport, pr, "portcullis (console)")
         import http.client
@@ -328,6 +356,9 @@ def main():
                     help="measure the proxy's CPU at rest (policies loaded, no connection) for this long; 0 to skip")
     ap.add_argument("--console-records", type=int, default=100000,
                     help="session records behind the web console's timed pages; 0 to skip")
+    ap.add_argument("--light-sessions", type=int, default=9900,
+                    help="idle sessions through a fresh proxy to the light target (10,000 needs more than "
+                         "the 20,000 open files a process may have here); 0 to skip")
     ap.add_argument("--fleet-sessions", type=int, default=200,
                     help="sessions through HAProxy per fleet size (one, two replicas); 0 to skip")
     a = ap.parse_args()
@@ -388,6 +419,7 @@ def main():
                                  proxy.pid)
             # Reference: the same client straight to the target's sshd, at the first level.
             conc_direct = idle_sessions(f"127.0.0.1:{ports['target']}", USER, a.sessions.split(",")[0])
+        light = light_sessions(d, a.light_sessions) if a.light_sessions else None
         fleet_rates = fleet(d, ports, a.fleet_sessions, 16) if a.fleet_sessions else None
         console = console_index(d, a.console_records) if a.console_records else None
         crit = ""
@@ -469,6 +501,14 @@ def main():
         if direct_rate:
             lines += ["", f"Reference: the same client opening {conc_direct[0]['open']} sessions straight to the "
                       f"target's sshd: {direct_rate:.0f} accepted/s."]
+    if light:
+        idle = light.get("idle_cpu_percent")
+        lines += ["", f"{light['open']:,} idle sessions through a fresh proxy to the light target (a russh server "
+                  f"in the client's process; failed {light['failed']}): proxy RSS {light['rss_kib']/1024:.0f} MiB, "
+                  f"{light['per_session_kib']:.0f} KiB per session, {light['accept_per_s']:.0f} accepted/s, "
+                  f"proxy CPU idle {idle if idle is None else f'{idle:.2f}'}% of a core."]
+        if light.get("first_error"):
+            lines.append(f"First error: {light['first_error']}")
     if fleet_rates:
         one = fleet_rates[1][0]
         lines += ["", f"Sessions accepted per second through HAProxy (send-proxy-v2), replicas sharing "

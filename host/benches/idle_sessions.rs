@@ -17,6 +17,11 @@
 //! sessions straight to the target's sshd, for reference). The client does not check
 //! host keys: it is a load generator on loopback, not a user.
 //!
+//! `--light-target LOGIN` starts a target in this process instead (a russh server that
+//! accepts any key or certificate and answers a shell with a prompt) and logs in to it
+//! as `LOGIN%127.0.0.1:PORT`: sshd needs two processes and a shell per session, which
+//! this machine cannot hold 10,000 times; the proxy's side is the same either way.
+//!
 //! With `--pid`, each level also reports the proxy's CPU while the sessions sit idle:
 //! its user + system ticks over `--idle-window` seconds (30), as a percentage of one
 //! core, measured after `--idle-settle` seconds (65): a session's record is first
@@ -48,6 +53,110 @@ impl client::Handler for AnyHost {
     }
 }
 
+/// The light target: every session costs it a russh connection and nothing else.
+mod light_target {
+    use std::sync::Arc;
+
+    use russh::keys::Certificate;
+    use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+    use russh::{Channel, ChannelId};
+
+    struct Conn {
+        /// Held so that the channels stay open.
+        channels: Vec<Channel<Msg>>,
+    }
+
+    impl russh::server::Handler for Conn {
+        type Error = russh::Error;
+
+        async fn auth_publickey_offered(
+            &mut self,
+            _: &str,
+            _: PublicKeyOffer<'_>,
+        ) -> Result<Auth, Self::Error> {
+            Ok(Auth::Accept)
+        }
+
+        async fn auth_publickey(
+            &mut self,
+            _: &str,
+            _: VerifiedPublicKey<'_>,
+        ) -> Result<Auth, Self::Error> {
+            Ok(Auth::Accept)
+        }
+
+        async fn auth_openssh_certificate(
+            &mut self,
+            _: &str,
+            _: &Certificate,
+        ) -> Result<Auth, Self::Error> {
+            Ok(Auth::Accept)
+        }
+
+        async fn channel_open_session(
+            &mut self,
+            channel: Channel<Msg>,
+            reply: ChannelOpenHandle,
+            _: &mut Session,
+        ) -> Result<(), Self::Error> {
+            self.channels.push(channel);
+            reply.accept().await;
+            Ok(())
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        async fn pty_request(
+            &mut self,
+            channel: ChannelId,
+            _: &str,
+            _: u32,
+            _: u32,
+            _: u32,
+            _: u32,
+            _: &[(russh::Pty, u32)],
+            session: &mut Session,
+        ) -> Result<(), Self::Error> {
+            session.channel_success(channel)
+        }
+
+        async fn shell_request(
+            &mut self,
+            channel: ChannelId,
+            session: &mut Session,
+        ) -> Result<(), Self::Error> {
+            session.channel_success(channel)?;
+            session.data(channel, bytes::Bytes::from_static(b"$ "))
+        }
+    }
+
+    /// Serves on a free loopback port; returns it.
+    pub async fn start() -> anyhow::Result<u16> {
+        let key =
+            russh::keys::PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519)?;
+        let config = Arc::new(russh::server::Config {
+            keys: vec![key],
+            inactivity_timeout: None,
+            ..Default::default()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let config = Arc::clone(&config);
+                tokio::spawn(async move {
+                    let conn = Conn {
+                        channels: Vec::new(),
+                    };
+                    if let Ok(session) = russh::server::run_stream(config, socket, conn).await {
+                        let _ = session.await;
+                    }
+                });
+            }
+        });
+        Ok(port)
+    }
+}
+
 /// An open session: kept alive by holding the handle and the channel.
 struct Session {
     _handle: client::Handle<AnyHost>,
@@ -59,6 +168,8 @@ struct Args {
     user: String,
     key: PathBuf,
     pid: Option<u32>,
+    /// The login on the in-process light target, instead of `user`'s target.
+    light: Option<String>,
     levels: Vec<usize>,
     parallel: usize,
     idle_window: u64,
@@ -67,7 +178,7 @@ struct Args {
 
 fn args() -> Result<Args> {
     let mut it = std::env::args().skip(1);
-    let (mut proxy, mut user, mut key, mut pid) = (None, None, None, None);
+    let (mut proxy, mut user, mut key, mut pid, mut light) = (None, None, None, None, None);
     let (mut levels, mut parallel) = (vec![200, 500, 1000], 16);
     let (mut idle_window, mut idle_settle) = (30, 65);
     while let Some(flag) = it.next() {
@@ -79,6 +190,7 @@ fn args() -> Result<Args> {
         match flag.as_str() {
             "--proxy" => proxy = Some(value.parse().context("--proxy")?),
             "--user" => user = Some(value),
+            "--light-target" => light = Some(value),
             "--key" => key = Some(PathBuf::from(value)),
             "--pid" => pid = Some(value.parse().context("--pid")?),
             "--parallel" => parallel = value.parse().context("--parallel")?,
@@ -96,7 +208,12 @@ fn args() -> Result<Args> {
     }
     Ok(Args {
         proxy: proxy.context("--proxy is required")?,
-        user: user.context("--user is required")?,
+        user: match (&user, &light) {
+            (Some(u), None) => u.clone(),
+            (None, Some(_)) => String::new(), // set once the light target listens
+            _ => bail!("give one of --user and --light-target"),
+        },
+        light,
         key: key.context("--key is required")?,
         pid,
         levels,
@@ -185,7 +302,14 @@ async fn open(args: &Args, key: &Arc<PrivateKey>) -> Result<Session> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args = Arc::new(args()?);
+    let mut args = args()?;
+    if let Some(login) = &args.light {
+        let port = light_target::start().await?;
+        args.user = format!("{login}%127.0.0.1:{port}");
+    }
+    // Both ends of every session are in this process at 10,000 sessions.
+    rlimit::increase_nofile_limit(u64::MAX).context("cannot raise the open file limit")?;
+    let args = Arc::new(args);
     let key = Arc::new(russh::keys::load_secret_key(&args.key, None).context("--key")?);
     // One session first so that the proxy's lazily built state (policy instances, the
     // host certificate cache, the tokio workers) is not counted per session.
