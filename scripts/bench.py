@@ -2,7 +2,8 @@
 import argparse, json, os, platform, re, shutil, socket, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target/release/portcullis")
+# PORTCULLIS_BIN runs another build (an older commit's, to compare) with the same bench.
+BIN = os.environ.get("PORTCULLIS_BIN", os.path.join(ROOT, "target/release/portcullis"))
 WASM = os.path.join(ROOT, "target/wasm/wasm32-wasip2/release")
 USER = "pclbench"
 
