@@ -246,15 +246,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         ));
     }
     drop(redirected_tx);
-    // Said once every listener (SSH, transparent, metrics, console) is bound: what
-    // waits for this line can connect to any of them.
-    tracing::info!(
-        listen = %local,
-        users = user_count,
-        policies = ?policy.current().names(),
-        threads = shared.config.threads,
-        "portcullis is serving"
-    );
     // Each connection lives on one of these threads (see threads.rs).
     let threads =
         crate::threads::ConnectionThreads::start(shared.config.threads).map_err(|source| {
@@ -264,6 +255,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 source,
             }
         })?;
+    // Said once every listener (SSH, transparent, metrics, console) is bound: what
+    // waits for this line can connect to any of them.
+    tracing::info!(
+        listen = %local,
+        users = user_count,
+        policies = ?policy.current().names(),
+        threads = shared.config.threads,
+        "portcullis is serving"
+    );
     let mut sessions = tokio::task::JoinSet::new();
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|source| Error::Io {
