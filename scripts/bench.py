@@ -234,6 +234,18 @@ def spare_proxy(d, sd, extra=""):
     return pr, port
 
 
+def idle_bench(d, server, levels, *args):
+    """The idle_sessions bench (host/benches/idle_sessions.rs) against `server` with the
+    bench's client key: one JSON row per level it reached (said on stderr when it failed)."""
+    out = subprocess.run(["cargo", "bench", "-q", "-p", "portcullis", "--bench", "idle_sessions", "--",
+                          "--proxy", server, "--key", f"{d}/client", "--levels", str(levels), *args],
+                         cwd=ROOT, capture_output=True, text=True)
+    rows = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
+    if out.returncode != 0 or not rows:
+        print(f"idle sessions step failed: {out.stderr.strip()[-2000:]}", file=sys.stderr)
+    return rows
+
+
 def light_sessions(d, n):
     """`n` idle sessions through a fresh proxy to the bench's light target (a russh server
     in the client's process: sshd cannot hold 10,000 sessions here). Returns the
@@ -241,14 +253,8 @@ def light_sessions(d, n):
     sd = f"{d}/light"; os.makedirs(sd)
     pr, port = spare_proxy(d, sd)
     try:
-        out = subprocess.run(["cargo", "bench", "-q", "-p", "portcullis", "--bench", "idle_sessions", "--",
-                              "--proxy", f"127.0.0.1:{port}", "--light-target", USER, "--key", f"{d}/client",
-                              "--levels", str(n), "--pid", str(pr.pid)], cwd=ROOT, capture_output=True, text=True)
-        rows = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
-        if out.returncode != 0 or not rows:
-            print(f"light-target step failed: {out.stderr.strip()[-2000:]}", file=sys.stderr)
-            return None
-        return rows[-1]
+        rows = idle_bench(d, f"127.0.0.1:{port}", n, "--light-target", USER, "--pid", str(pr.pid))
+        return rows[-1] if rows else None
     finally:
         pr.terminate(); pr.wait()
 
@@ -408,18 +414,10 @@ def main():
                 setups[k].append(timed(p[k] + ["true"]))
         conc, conc_direct = [], []
         if a.sessions:
-            def idle_sessions(server, user, levels, pid=None):
-                cmd = ["cargo", "bench", "-q", "-p", "portcullis", "--bench", "idle_sessions", "--",
-                       "--proxy", server, "--user", user, "--key", f"{d}/client", "--levels", levels]
-                out = subprocess.run(cmd + (["--pid", str(pid)] if pid else []), cwd=ROOT, capture_output=True, text=True)
-                rows = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
-                if out.returncode != 0 or not rows:
-                    print(f"concurrency step failed: {out.stderr.strip()[-2000:]}", file=sys.stderr)
-                return rows
-            conc = idle_sessions(f"127.0.0.1:{ports['proxy']}", f"{USER}%127.0.0.1:{ports['target']}", a.sessions,
-                                 proxy.pid)
+            conc = idle_bench(d, f"127.0.0.1:{ports['proxy']}", a.sessions,
+                              "--user", f"{USER}%127.0.0.1:{ports['target']}", "--pid", str(proxy.pid))
             # Reference: the same client straight to the target's sshd, at the first level.
-            conc_direct = idle_sessions(f"127.0.0.1:{ports['target']}", USER, a.sessions.split(",")[0])
+            conc_direct = idle_bench(d, f"127.0.0.1:{ports['target']}", a.sessions.split(",")[0], "--user", USER)
         light = light_sessions(d, a.light_sessions) if a.light_sessions else None
         fleet_rates = fleet(d, ports, a.fleet_sessions, 16) if a.fleet_sessions else None
         console = console_index(d, a.console_records) if a.console_records else None

@@ -29,7 +29,7 @@ pub(crate) struct ConnectionThreads {
 
 #[derive(Debug)]
 struct Thread {
-    runtime: Option<tokio::runtime::Runtime>,
+    runtime: tokio::runtime::Runtime,
     /// Connections on this thread now.
     live: Arc<AtomicUsize>,
 }
@@ -56,7 +56,7 @@ impl ConnectionThreads {
                     .enable_all()
                     .build()?;
                 Ok(Thread {
-                    runtime: Some(runtime),
+                    runtime,
                     live: Arc::new(AtomicUsize::new(0)),
                 })
             })
@@ -88,9 +88,6 @@ impl ConnectionThreads {
         else {
             return;
         };
-        let Some(runtime) = &thread.runtime else {
-            return;
-        };
         let socket = match socket.into_std() {
             Ok(s) => s,
             Err(e) => {
@@ -108,7 +105,7 @@ impl ConnectionThreads {
                     Err(e) => tracing::warn!("connection dropped: {e}"),
                 }
             },
-            runtime.handle(),
+            thread.runtime.handle(),
         );
     }
 }
@@ -118,10 +115,8 @@ impl Drop for ConnectionThreads {
         // From inside the main runtime a runtime cannot be dropped by blocking on it;
         // what is left (nothing once the sessions are drained) is stopped in the
         // background.
-        for t in &mut self.threads {
-            if let Some(rt) = t.runtime.take() {
-                rt.shutdown_background();
-            }
+        for t in std::mem::take(&mut self.threads) {
+            t.runtime.shutdown_background();
         }
     }
 }

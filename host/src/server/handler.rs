@@ -265,10 +265,11 @@ impl ConnHandler {
     }
 }
 
-// russh awaits these methods inside each connection's task, whose future is as large
-// as the largest of them: the heavy ones (deciding, single sign-on, forwarding, a
-// ProxyJump's inner connection) are boxed, so that an idle connection does not carry
-// their state (about 40 KiB per connection before).
+// russh awaits these methods inside the future that handles one packet, which is as
+// large as the largest of them and which the patched russh (third_party/README.md)
+// allocates for every packet, data included: the heavy ones (deciding, single
+// sign-on, forwarding, a ProxyJump's inner connection) are boxed so that it stays
+// small (they were about 40 KiB, then held in each connection's task for its life).
 impl russh::server::Handler for ConnHandler {
     type Error = russh::Error;
 

@@ -148,8 +148,8 @@ impl TargetHandler {
 }
 
 // As for the client side's handler (server/handler.rs): the host-key check (which
-// may wait on the shared store) is boxed so that russh's connection task, which
-// awaits these methods inline, stays small for the session's whole life.
+// may wait on the shared store) is boxed so that the future russh allocates for each
+// packet, which awaits these methods inline, stays small.
 impl client::Handler for TargetHandler {
     type Error = russh::Error;
 
