@@ -143,8 +143,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if let Some(state) = &shared.state {
         let to = Arc::clone(&shared);
         tokio::spawn(Arc::clone(state).listen_end_requests(move |id, why| {
-            if to.live.end(id, why.to_string()) {
+            // Said before the session is told: it ends on its connection thread, which
+            // may have closed the client's connection before this one writes a line.
+            if to.live.holds(id) {
                 tracing::warn!(session = %id, %why, "ending a session at another replica's request");
+                to.live.end(id, why.to_string());
             }
         }));
     }

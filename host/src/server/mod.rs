@@ -87,6 +87,11 @@ impl LiveSessions {
         Listed(self, id.to_string())
     }
 
+    /// Whether the session `id` runs here.
+    pub(crate) fn holds(&self, id: &str) -> bool {
+        crate::sync::lock(&self.0).contains_key(id)
+    }
+
     /// Ends the session `id` with `why` (sent to the client, and in the session log).
     /// False when no such session runs here.
     pub(crate) fn end(&self, id: &str, why: String) -> bool {
