@@ -58,7 +58,9 @@ impl ConnHandler {
         let decided = Arc::clone(&s.decided);
         tokio::spawn(async move {
             let id = channel.id();
-            let opened = match target.connect(&shared, &conn, &decided).await {
+            // Boxed: connecting (the target's handshake and login) is the largest
+            // future here, and only the bridge that follows lasts the session's life.
+            let opened = match Box::pin(target.connect(&shared, &conn, &decided)).await {
                 Ok((t, notice)) => {
                     if let Some(notice) = notice {
                         crate::channels::tell(&handle, id, &notice).await;
