@@ -75,6 +75,9 @@ pub(crate) struct CommonSession<Config> {
     pub disconnected: bool,
     // Non-sensitive incoming-packet scratch buffer.
     pub buffer: Vec<u8>,
+    /// The payload of the packet being handled, so that channel data can be handed on
+    /// as a view into it (`packet_bytes`); empty between packets.
+    pub packet: bytes::Bytes,
     pub strict_kex: bool,
     pub alive_timeouts: usize,
     pub received_data: bool,
@@ -129,6 +132,20 @@ impl ChannelFlushResult {
 }
 
 impl<C> CommonSession<C> {
+    /// `data`, a part of the packet being handled, as `Bytes`: a view into the packet
+    /// (no copy) when it is one, a copy otherwise.
+    pub(crate) fn packet_bytes(&self, data: &[u8]) -> bytes::Bytes {
+        let (packet, start) = (self.packet.as_ptr() as usize, data.as_ptr() as usize);
+        if !data.is_empty()
+            && start >= packet
+            && start + data.len() <= packet + self.packet.len()
+        {
+            self.packet.slice_ref(data)
+        } else {
+            bytes::Bytes::copy_from_slice(data)
+        }
+    }
+
     pub(crate) fn has_any_pending_data(&self) -> bool {
         self.encrypted
             .as_ref()

@@ -384,10 +384,12 @@ impl PacketBytesWriter {
 }
 
 /// Incoming SSH packet after decryption and optional decompression.
-/// Uses Vec<u8> (not CryptoVec/mlocked) because incoming network data is not secret.
+/// Uses plain memory (not CryptoVec/mlocked) because incoming network data is not secret.
 #[derive(Debug)]
 pub(crate) struct IncomingSshPacket {
-    pub buffer: Vec<u8>,
+    /// The payload. When the packet was not compressed, a view into the buffer it was
+    /// read into, which the session hands over instead of copying (see `maybe_decompress`).
+    pub buffer: bytes::Bytes,
     pub seqn: Wrapping<u32>,
 }
 

@@ -26,6 +26,7 @@ use aes::{Aes128, Aes192, Aes256};
 #[cfg(feature = "aws-lc-rs")]
 use aws_lc_rs::aead::{AES_128_GCM as ALGORITHM_AES_128_GCM, AES_256_GCM as ALGORITHM_AES_256_GCM};
 use byteorder::{BigEndian, ByteOrder};
+use bytes::BufMut;
 use block::CtrWrapper;
 use ctr::Ctr128BE;
 use delegate::delegate;
@@ -298,16 +299,15 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
     cipher: &mut (dyn OpeningKey + Send),
 ) -> Result<usize, Error> {
     if buffer.len == 0 {
-        let mut len = vec![0; cipher.packet_length_to_read_for_block_length()];
+        let mut len_block = vec![0; cipher.packet_length_to_read_for_block_length()];
 
-        stream.read_exact(&mut len).await?;
-        trace!("reading, len = {len:?}");
+        stream.read_exact(&mut len_block).await?;
+        trace!("reading, len = {len_block:?}");
         {
             let seqn = buffer.seqn.0;
             buffer.buffer.clear();
-            buffer.buffer.extend_from_slice(&len);
             trace!("reading, seqn = {seqn:?}");
-            let len = cipher.decrypt_packet_length(seqn, &len);
+            let len = cipher.decrypt_packet_length(seqn, &len_block);
             let len = BigEndian::read_u32(&len) as usize;
 
             if len > MAXIMUM_PACKET_LEN {
@@ -328,16 +328,28 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
 
             buffer.len = len + cipher.tag_len();
             trace!("reading, clear len = {:?}", buffer.len);
+            // The whole packet's room at once: the buffer is often a new one (the last
+            // packet's became that packet's storage).
+            buffer.buffer.reserve(buffer.len + PACKET_LENGTH_LEN);
+            buffer.buffer.extend_from_slice(&len_block);
         }
     }
 
-    buffer.buffer.resize(buffer.len + 4, 0);
-    trace!("read_exact {:?}", buffer.len + 4);
+    let total = buffer.len + 4;
+    trace!("read_exact {total:?}");
 
     let l = cipher.packet_length_to_read_for_block_length();
 
-    #[allow(clippy::indexing_slicing)] // length checked
-    stream.read_exact(&mut buffer.buffer[l..]).await?;
+    // The rest of the packet goes into the buffer's spare capacity: no zero-filling it
+    // first (a memset of every byte received), and never more than this packet.
+    buffer.buffer.truncate(l);
+    buffer.buffer.reserve(total.saturating_sub(l));
+    while buffer.buffer.len() < total {
+        let want = total - buffer.buffer.len();
+        if stream.read_buf(&mut (&mut buffer.buffer).limit(want)).await? == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+    }
 
     trace!("read_exact done");
     let seqn = buffer.seqn.0;

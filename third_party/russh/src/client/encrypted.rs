@@ -71,7 +71,10 @@ impl Session {
             pkt.buffer.len()
         );
 
-        self.process_packet(client, &pkt.buffer).await
+        self.common.packet = pkt.buffer.clone();
+        let handled = self.process_packet(client, &pkt.buffer).await;
+        self.common.packet = bytes::Bytes::new();
+        handled
     }
 
     pub(crate) async fn process_packet<H: Handler>(
@@ -286,7 +289,7 @@ impl Session {
 
                                     self.sender
                                         .send(Reply::SignRequest {
-                                            key: key.clone(),
+                                            key: Box::new(key.clone()),
                                             data: buf,
                                         })
                                         .map_err(|_| crate::Error::SendError)?;
@@ -329,7 +332,7 @@ impl Session {
 
                                     self.sender
                                         .send(Reply::SignRequestCert {
-                                            cert: cert.clone(),
+                                            cert: Box::new(cert.clone()),
                                             hash_alg,
                                             data: buf,
                                         })
@@ -590,7 +593,7 @@ impl Session {
             Some((&msg::CHANNEL_DATA, mut r)) => {
                 trace!("channel_data");
                 let channel_num = map_err!(ChannelId::decode(&mut r))?;
-                let data = map_err!(crate::parsing::decode_data(&mut r))?;
+                let data = self.common.packet_bytes(map_err!(crate::parsing::decode_data(&mut r))?);
                 map_err!(ensure_end(&r))?;
                 if !self.common.is_established_channel(channel_num) {
                     return Ok(());
@@ -617,7 +620,7 @@ impl Session {
                 debug!("channel_extended_data");
                 let channel_num = map_err!(ChannelId::decode(&mut r))?;
                 let extended_code = map_err!(u32::decode(&mut r))?;
-                let data = map_err!(crate::parsing::decode_data(&mut r))?;
+                let data = self.common.packet_bytes(map_err!(crate::parsing::decode_data(&mut r))?);
                 map_err!(ensure_end(&r))?;
                 if !self.common.is_established_channel(channel_num) {
                     return Ok(());

@@ -56,7 +56,8 @@ use crate::{CryptoVec, Error, cipher};
 #[derive(Debug)]
 pub(crate) enum SessionKexState<K> {
     Idle,
-    InProgress(K),
+    /// Boxed: a key exchange is short, the session that holds this state is not.
+    InProgress(Box<K>),
     Taken, // some async activity still going on such as host key checks
 }
 

@@ -39,7 +39,10 @@ impl Session {
         handler: &mut H,
         pkt: &mut IncomingSshPacket,
     ) -> Result<(), H::Error> {
-        self.process_packet(handler, &pkt.buffer).await
+        self.common.packet = pkt.buffer.clone();
+        let handled = self.process_packet(handler, &pkt.buffer).await;
+        self.common.packet = bytes::Bytes::new();
+        handled
     }
 
     pub(crate) async fn process_packet<H: Handler + Send>(
@@ -848,6 +851,7 @@ mod tests {
                 wants_reply: false,
                 disconnected: false,
                 buffer: Vec::new(),
+                packet: bytes::Bytes::new(),
                 strict_kex: false,
                 alive_timeouts: 0,
                 received_data: false,
@@ -1485,7 +1489,7 @@ impl Session {
                     Some(map_err!(u32::decode(r))?)
                 };
                 trace!("handler.data {ext:?} {channel_num:?}");
-                let data = map_err!(crate::parsing::decode_data(r))?;
+                let data = self.common.packet_bytes(map_err!(crate::parsing::decode_data(r))?);
                 map_err!(ensure_end(r))?;
                 let target = self.target_window_size;
 

@@ -1130,7 +1130,10 @@ where
 
     session.begin_rekey()?;
 
-    let join = russh_util::runtime::spawn(session.run(stream, handler));
+    // Boxed: `russh_util::runtime::spawn` awaits the future inside an async block that
+    // also keeps it as a captured variable, so an unboxed session future would take its
+    // space twice in the spawned task for the connection's whole life.
+    let join = russh_util::runtime::spawn(Box::pin(session.run(stream, handler)));
 
     Ok(RunningSession { handle, join })
 }
@@ -1157,6 +1160,7 @@ async fn read_ssh_id<R: AsyncRead + Unpin>(
         wants_reply: false,
         disconnected: false,
         buffer: Vec::new(),
+        packet: bytes::Bytes::new(),
         strict_kex: false,
         alive_timeouts: 0,
         received_data: false,
@@ -1246,7 +1250,7 @@ async fn reply<H: Handler + Send>(
             match progress {
                 KexProgress::NeedsReply { kex, reset_seqn } => {
                     debug!("kex impl continues: {kex:?}");
-                    session.kex = SessionKexState::InProgress(kex);
+                    session.kex = SessionKexState::InProgress(Box::new(kex));
                     if reset_seqn {
                         debug!("kex impl requests seqno reset");
                         session.common.reset_seqn();

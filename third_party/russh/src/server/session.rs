@@ -472,23 +472,28 @@ impl Handle {
 }
 
 impl Session {
-    fn maybe_decompress(&mut self, buffer: &SSHBuffer) -> Result<IncomingSshPacket, Error> {
-        if let Some(ref mut enc) = self.common.encrypted {
-            let mut decomp = Vec::new();
-            Ok(IncomingSshPacket {
-                #[allow(clippy::indexing_slicing)] // length checked
-                buffer: enc.decompress.decompress(
-                    &buffer.buffer[5..],
-                    &mut decomp,
-                )?.into(),
-                seqn: buffer.seqn,
-            })
-        } else {
-            Ok(IncomingSshPacket {
-                #[allow(clippy::indexing_slicing)] // length checked
-                buffer: buffer.buffer[5..].into(),
-                seqn: buffer.seqn,
-            })
+    fn maybe_decompress(&mut self, buffer: &mut SSHBuffer) -> Result<IncomingSshPacket, Error> {
+        match self.common.encrypted {
+            Some(ref mut enc) if !matches!(enc.decompress, crate::compression::Decompress::None) => {
+                let mut decomp = Vec::new();
+                Ok(IncomingSshPacket {
+                    buffer: bytes::Bytes::copy_from_slice(
+                        #[allow(clippy::indexing_slicing)] // length checked
+                        enc.decompress.decompress(&buffer.buffer[5..], &mut decomp)?,
+                    ),
+                    seqn: buffer.seqn,
+                })
+            }
+            // Not compressed: the read buffer becomes the packet's storage instead of
+            // being copied (the next read takes a new one). Channel data is then handed
+            // on as views into it (`CommonSession::packet_bytes`), without a copy either.
+            _ => {
+                let read = bytes::Bytes::from(std::mem::take(&mut buffer.buffer));
+                Ok(IncomingSshPacket {
+                    buffer: read.get(5..).map(|p| read.slice_ref(p)).unwrap_or_default(),
+                    seqn: buffer.seqn,
+                })
+            }
         }
     }
 
@@ -629,10 +634,26 @@ impl Session {
         Ok(())
     }
 
-    pub(crate) async fn run<H, R>(
+    /// Runs the session to its end. A plain function returning an `async move` block
+    /// rather than an `async fn`: an `async fn` moves its by-value parameters into
+    /// locals, so the session and the handler would take their space twice in the
+    /// future for the connection's whole life.
+    pub(crate) fn run<H, R>(
         mut self,
-        mut stream: SshRead<R>,
+        stream: SshRead<R>,
         mut handler: H,
+    ) -> impl Future<Output = Result<(), H::Error>>
+    where
+        H: Handler + Send + 'static,
+        R: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        async move { self.run_in_place(stream, &mut handler).await }
+    }
+
+    async fn run_in_place<H, R>(
+        &mut self,
+        mut stream: SshRead<R>,
+        handler: &mut H,
     ) -> Result<(), H::Error>
     where
         H: Handler + Send + 'static,
@@ -725,7 +746,7 @@ impl Session {
                         break
                     }
 
-                    let mut pkt = self.maybe_decompress(&buffer)?;
+                    let mut pkt = self.maybe_decompress(&mut buffer)?;
 
                     match pkt.buffer.first() {
                         None => (),
@@ -740,7 +761,7 @@ impl Session {
                             std::mem::swap(&mut opening_cipher, &mut self.common.remote_to_local);
 
                             let kex_was_active = self.kex.active();
-                            match Box::pin(reply(&mut self, &mut handler, &mut pkt)).await {
+                            match Box::pin(reply(&mut *self, &mut *handler, &mut pkt)).await {
                                 Ok(_) => {},
                                 Err(e) => return Err(e),
                             }
@@ -1571,7 +1592,7 @@ impl Session {
         );
 
         kex.kexinit(&mut self.common.packet_writer)?;
-        self.kex = SessionKexState::InProgress(kex);
+        self.kex = SessionKexState::InProgress(Box::new(kex));
         Ok(())
     }
 }
@@ -1659,6 +1680,7 @@ mod tests {
                 wants_reply: false,
                 disconnected: false,
                 buffer: Vec::new(),
+                packet: bytes::Bytes::new(),
                 strict_kex: false,
                 alive_timeouts: 0,
                 received_data: false,
@@ -1697,8 +1719,8 @@ mod tests {
     async fn compressed_debug_is_ignored_after_server_parses_it() {
         let mut session = authenticated_session();
         let mut handler = TestHandler;
-        let buffer = incoming_packet(compressed_debug_payload(200 * 1024));
-        let mut pkt: IncomingSshPacket = session.maybe_decompress(&buffer).unwrap();
+        let mut buffer = incoming_packet(compressed_debug_payload(200 * 1024));
+        let mut pkt: IncomingSshPacket = session.maybe_decompress(&mut buffer).unwrap();
 
         super::super::reply(&mut session, &mut handler, &mut pkt)
             .await
@@ -1710,7 +1732,7 @@ mod tests {
     #[test]
     fn oversized_compressed_debug_is_rejected_before_server_ignores_it() {
         let mut session = authenticated_session();
-        let buffer = incoming_packet(compressed_debug_payload(
+        let mut buffer = incoming_packet(compressed_debug_payload(
             crate::cipher::MAXIMUM_DECOMPRESSED_PACKET_LEN + 1024,
         ));
 
