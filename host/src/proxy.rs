@@ -258,6 +258,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 source,
             }
         })?;
+    let _ = shared.metrics.threads.set(threads.counters());
     // Said once every listener (SSH, transparent, metrics, console) is bound: what
     // waits for this line can connect to any of them.
     tracing::info!(

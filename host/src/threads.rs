@@ -73,6 +73,11 @@ impl ConnectionThreads {
             .collect()
     }
 
+    /// Each thread's count of the connections it holds, for the metrics.
+    pub(crate) fn counters(&self) -> Vec<Arc<AtomicUsize>> {
+        self.threads.iter().map(|t| Arc::clone(&t.live)).collect()
+    }
+
     /// Runs `serve(socket)` on the thread with the fewest connections, in `set` (which
     /// the shutdown drains). The socket moves to that thread's reactor, so its
     /// readiness wakes that thread only.

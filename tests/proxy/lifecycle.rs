@@ -296,4 +296,33 @@ fn metrics_count_decisions_sessions_and_bytes() {
     assert!(get("/nothing").starts_with("HTTP/1.1 404"));
     let post = http(port, "POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+
+    // A running session holds its connection on one of the connection threads (one
+    // per CPU by default): the counts add up to that one client once the connections
+    // before it have closed.
+    let (mut held, _) = lab.spawn_jump_until("jdoe", "jdoe", "echo started; sleep 60", "started");
+    let per_thread = |metrics: &str| -> Vec<f64> {
+        metrics
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("portcullis_connection_thread_connections{thread=\"")?;
+                rest.split_once("\"} ")?.1.parse().ok()
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let running = loop {
+        let running = get("/metrics");
+        let counts = per_thread(&running);
+        if counts.iter().sum::<f64>() == 1.0 || std::time::Instant::now() > deadline {
+            break running;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let counts = per_thread(&running);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(counts.len(), cpus, "one gauge per thread: {running}");
+    assert_eq!(counts.iter().sum::<f64>(), 1.0, "{running}");
+    let _ = held.kill();
+    let _ = held.wait();
 }

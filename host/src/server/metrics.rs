@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -48,6 +48,8 @@ pub(crate) struct Metrics {
     pub(crate) uploads: std::sync::OnceLock<Arc<crate::recording::store::Uploads>>,
     /// The replica's name in the shared store, if there is one.
     pub(crate) replica: std::sync::OnceLock<String>,
+    /// The connections each connection thread holds (threads.rs), once they run.
+    pub(crate) threads: std::sync::OnceLock<Vec<Arc<AtomicUsize>>>,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -250,6 +252,22 @@ impl Metrics {
             "Reloads of the users file refused (the previous one stayed in force).",
             &[("", get(&self.users_reload_failures).to_string())],
         );
+        if let Some(threads) = self.threads.get() {
+            let labels: Vec<String> = (0..threads.len())
+                .map(|i| format!("{{thread=\"{i}\"}}"))
+                .collect();
+            let samples: Vec<(&str, String)> = labels
+                .iter()
+                .zip(threads)
+                .map(|(label, n)| (label.as_str(), n.load(Ordering::Relaxed).to_string()))
+                .collect();
+            metric(
+                "portcullis_connection_thread_connections",
+                "gauge",
+                "Client connections each connection thread serves now (server.threads).",
+                &samples,
+            );
+        }
         let set = policy.current();
         metric(
             "portcullis_policy_modules",
