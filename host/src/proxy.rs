@@ -145,9 +145,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tokio::spawn(Arc::clone(state).listen_end_requests(move |id, why| {
             // Said before the session is told: it ends on its connection thread, which
             // may have closed the client's connection before this one writes a line.
-            if to.live.holds(id) {
+            if let Some(watch) = to.live.get(id) {
                 tracing::warn!(session = %id, %why, "ending a session at another replica's request");
-                to.live.end(id, why.to_string());
+                watch.request_end(why.to_string());
             }
         }));
     }

@@ -87,20 +87,15 @@ impl LiveSessions {
         Listed(self, id.to_string())
     }
 
-    /// Whether the session `id` runs here.
-    pub(crate) fn holds(&self, id: &str) -> bool {
-        crate::sync::lock(&self.0).contains_key(id)
+    /// The session `id`'s watch, if it runs here.
+    pub(crate) fn get(&self, id: &str) -> Option<Arc<watchdogs::Watch>> {
+        crate::sync::lock(&self.0).get(id).cloned()
     }
 
     /// Ends the session `id` with `why` (sent to the client, and in the session log).
     /// False when no such session runs here.
     pub(crate) fn end(&self, id: &str, why: String) -> bool {
-        let Some(watch) = crate::sync::lock(&self.0).get(id).cloned() else {
-            return false;
-        };
-        *crate::sync::lock(&watch.end_request) = Some(why);
-        watch.end_requested.notify_one();
-        true
+        self.get(id).map(|watch| watch.request_end(why)).is_some()
     }
 }
 

@@ -85,6 +85,12 @@ pub(crate) struct Recheck {
 }
 
 impl Watch {
+    /// Asks the session to end with `why` (sent to the client, and in the session log).
+    pub(crate) fn request_end(&self, why: String) {
+        *lock(&self.end_request) = Some(why);
+        self.end_requested.notify_one();
+    }
+
     /// Writes the running session's record as it stands now, unless it has ended.
     pub(crate) fn write_running(&self, log: &SessionLog) {
         let Some(running) = self.running.get() else {

@@ -77,7 +77,7 @@ pub(crate) struct CommonSession<Config> {
     pub buffer: Vec<u8>,
     /// The payload of the packet being handled, so that channel data can be handed on
     /// as a view into it (`packet_bytes`); empty between packets.
-    pub packet: bytes::Bytes,
+    pub packet: Bytes,
     pub strict_kex: bool,
     pub alive_timeouts: usize,
     pub received_data: bool,
@@ -134,7 +134,7 @@ impl ChannelFlushResult {
 impl<C> CommonSession<C> {
     /// `data`, a part of the packet being handled, as `Bytes`: a view into the packet
     /// (no copy) when it is one, a copy otherwise.
-    pub(crate) fn packet_bytes(&self, data: &[u8]) -> bytes::Bytes {
+    pub(crate) fn packet_bytes(&self, data: &[u8]) -> Bytes {
         let (packet, start) = (self.packet.as_ptr() as usize, data.as_ptr() as usize);
         if !data.is_empty()
             && start >= packet
@@ -142,8 +142,37 @@ impl<C> CommonSession<C> {
         {
             self.packet.slice_ref(data)
         } else {
-            bytes::Bytes::copy_from_slice(data)
+            Bytes::copy_from_slice(data)
         }
+    }
+
+    /// The packet just read into `buffer`, decompressed if it was compressed. When it
+    /// was not, the read buffer becomes the packet's storage instead of being copied
+    /// (the next read takes a new one), and channel data is handed on as views into it
+    /// (`packet_bytes`), without a copy either.
+    pub(crate) fn incoming_packet(
+        &mut self,
+        buffer: &mut crate::sshbuffer::SSHBuffer,
+    ) -> Result<crate::sshbuffer::IncomingSshPacket, crate::Error> {
+        let payload = match self.encrypted {
+            Some(ref mut enc)
+                if !matches!(enc.decompress, crate::compression::Decompress::None) =>
+            {
+                let mut decomp = Vec::new();
+                Bytes::copy_from_slice(
+                    #[allow(clippy::indexing_slicing)] // length checked
+                    enc.decompress.decompress(&buffer.buffer[5..], &mut decomp)?,
+                )
+            }
+            _ => {
+                let read = Bytes::from(std::mem::take(&mut buffer.buffer));
+                read.get(5..).map(|p| read.slice_ref(p)).unwrap_or_default()
+            }
+        };
+        Ok(crate::sshbuffer::IncomingSshPacket {
+            buffer: payload,
+            seqn: buffer.seqn,
+        })
     }
 
     pub(crate) fn has_any_pending_data(&self) -> bool {

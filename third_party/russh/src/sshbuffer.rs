@@ -388,7 +388,8 @@ impl PacketBytesWriter {
 #[derive(Debug)]
 pub(crate) struct IncomingSshPacket {
     /// The payload. When the packet was not compressed, a view into the buffer it was
-    /// read into, which the session hands over instead of copying (see `maybe_decompress`).
+    /// read into, which the session hands over instead of copying (see
+    /// `CommonSession::incoming_packet`).
     pub buffer: bytes::Bytes,
     pub seqn: Wrapping<u32>,
 }

@@ -340,10 +340,10 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
 
     let l = cipher.packet_length_to_read_for_block_length();
 
-    // The rest of the packet goes into the buffer's spare capacity: no zero-filling it
-    // first (a memset of every byte received), and never more than this packet.
+    // The rest of the packet goes into the spare capacity reserved with the length: no
+    // zero-filling it first (a memset of every byte received), and never more than
+    // this packet.
     buffer.buffer.truncate(l);
-    buffer.buffer.reserve(total.saturating_sub(l));
     while buffer.buffer.len() < total {
         let want = total - buffer.buffer.len();
         if stream.read_buf(&mut (&mut buffer.buffer).limit(want)).await? == 0 {

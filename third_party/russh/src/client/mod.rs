@@ -1300,28 +1300,7 @@ async fn start_reading<R: AsyncRead + Unpin>(
 
 impl Session {
     fn maybe_decompress(&mut self, buffer: &mut SSHBuffer) -> Result<IncomingSshPacket, Error> {
-        match self.common.encrypted {
-            Some(ref mut enc) if !matches!(enc.decompress, crate::compression::Decompress::None) => {
-                let mut decomp = Vec::new();
-                Ok(IncomingSshPacket {
-                    buffer: bytes::Bytes::copy_from_slice(
-                        #[allow(clippy::indexing_slicing)] // length checked
-                        enc.decompress.decompress(&buffer.buffer[5..], &mut decomp)?,
-                    ),
-                    seqn: buffer.seqn,
-                })
-            }
-            // Not compressed: the read buffer becomes the packet's storage instead of
-            // being copied (the next read takes a new one). Channel data is then handed
-            // on as views into it (`CommonSession::packet_bytes`), without a copy either.
-            _ => {
-                let read = bytes::Bytes::from(std::mem::take(&mut buffer.buffer));
-                Ok(IncomingSshPacket {
-                    buffer: read.get(5..).map(|p| read.slice_ref(p)).unwrap_or_default(),
-                    seqn: buffer.seqn,
-                })
-            }
-        }
+        self.common.incoming_packet(buffer)
     }
 
     fn new(
