@@ -10,10 +10,10 @@ pub(super) type Kem = X25519HkdfSha256;
 pub(super) type PublicKey = <Kem as hpke::Kem>::PublicKey;
 pub(super) type PrivateKey = <Kem as hpke::Kem>::PrivateKey;
 pub(super) type EncappedKey = <Kem as hpke::Kem>::EncappedKey;
-/// The suite's AEAD, ChaCha20-Poly1305: by aws-lc where the crate has files (the proxy,
-/// the CLI), by RustCrypto's portable code otherwise (the console's page).
+/// The suite's AEAD, ChaCha20-Poly1305: by OpenSSL's libcrypto where the crate has files
+/// (the proxy, the CLI), by RustCrypto's portable code otherwise (the console's page).
 #[cfg(feature = "files")]
-pub(super) type LogAead = super::fast_aead::ChaCha20Poly1305Lc;
+pub(super) type LogAead = super::fast_aead::ChaCha20Poly1305Ossl;
 #[cfg(not(feature = "files"))]
 pub(super) type LogAead = hpke::aead::ChaCha20Poly1305;
 

@@ -422,7 +422,7 @@ fn a_zero_sized_pty_casts_at_the_first_window_size_or_80x24() {
 
 #[test]
 fn both_chacha20_implementations_agree() {
-    use super::fast_aead::ChaCha20Poly1305Lc as Lc;
+    use super::fast_aead::ChaCha20Poly1305Ossl as Ossl;
     use hpke::aead::ChaCha20Poly1305 as Portable;
     use hpke::kdf::HkdfSha256;
     use hpke::{Deserializable, OpModeR, OpModeS, Serializable};
@@ -435,30 +435,30 @@ fn both_chacha20_implementations_agree() {
         .map(|&n| (0..n).map(|i| (i * 7 + n) as u8).collect())
         .collect();
 
-    // aws-lc seals, the portable code opens; and the other way round. One context per
+    // libcrypto seals, the portable code opens; and the other way round. One context per
     // direction, so every message also checks the nonce sequence.
-    let (enc, mut lc) =
-        hpke::setup_sender::<Lc, HkdfSha256, Kem>(&OpModeS::Base, &seal.0, &[]).unwrap();
+    let (enc, mut ossl) =
+        hpke::setup_sender::<Ossl, HkdfSha256, Kem>(&OpModeS::Base, &seal.0, &[]).unwrap();
     let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(&enc.to_bytes()).unwrap();
     let mut portable =
         hpke::setup_receiver::<Portable, HkdfSha256, Kem>(&OpModeR::Base, &open.0, &enc, &[])
             .unwrap();
     for m in &messages {
-        let sealed = lc.seal(m, &[]).unwrap();
+        let sealed = ossl.seal(m, &[]).unwrap();
         assert_eq!(sealed.len(), m.len() + 16);
         assert_eq!(&portable.open(&sealed, &[]).unwrap(), m);
     }
     let (enc, mut portable) =
         hpke::setup_sender::<Portable, HkdfSha256, Kem>(&OpModeS::Base, &seal.0, &[]).unwrap();
-    let mut lc =
-        hpke::setup_receiver::<Lc, HkdfSha256, Kem>(&OpModeR::Base, &open.0, &enc, &[]).unwrap();
+    let mut ossl =
+        hpke::setup_receiver::<Ossl, HkdfSha256, Kem>(&OpModeR::Base, &open.0, &enc, &[]).unwrap();
     for m in &messages {
         let sealed = portable.seal(m, &[]).unwrap();
         let mut damaged = sealed.clone();
         let last = damaged.len() - 1;
         damaged[last] ^= 1;
         // A damaged block fails and does not advance the context: the intact one opens.
-        assert!(lc.open(&damaged, &[]).is_err());
-        assert_eq!(&lc.open(&sealed, &[]).unwrap(), m);
+        assert!(ossl.open(&damaged, &[]).is_err());
+        assert_eq!(&ossl.open(&sealed, &[]).unwrap(), m);
     }
 }

@@ -359,7 +359,7 @@ pub fn recover(dir: &Path) -> Result<Vec<PathBuf>, CmdLogError> {
 /// A whole log in memory: the header, then each of `blocks` sealed as one block, in
 /// order, to `key`. For tests and fuzzing: it can seal plaintext that is not a valid
 /// packet stream, which the writer never does. It seals with the portable
-/// ChaCha20-Poly1305 (the writer uses aws-lc's), so the tests that read these logs also
+/// ChaCha20-Poly1305 (the writer uses libcrypto's), so the tests that read these logs also
 /// check that the two agree.
 pub fn sealed_in_memory(key: &SealingKey, blocks: &[&[u8]]) -> Result<Vec<u8>, CmdLogError> {
     let (enc, mut ctx) =
