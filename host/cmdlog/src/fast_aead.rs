@@ -59,6 +59,27 @@ impl AeadCore for Cipher {
     const TAG_POSITION: TagPosition = TagPosition::Postfix;
 }
 
+/// Sets the nonce, takes in the associated data and runs the cipher over `data` in
+/// place: the part sealing and opening share, before the tag.
+fn start(
+    ctx: &mut CipherCtx,
+    seal: bool,
+    n: &[u8],
+    associated_data: &[u8],
+    data: &mut [u8],
+) -> Result<(), openssl::error::ErrorStack> {
+    if seal {
+        ctx.encrypt_init(None, None, Some(n))?;
+    } else {
+        ctx.decrypt_init(None, None, Some(n))?;
+    }
+    if !associated_data.is_empty() {
+        ctx.cipher_update(associated_data, None)?;
+    }
+    let len = data.len();
+    ctx.cipher_update_inplace(data, len).map(drop)
+}
+
 impl AeadInOut for Cipher {
     fn encrypt_inout_detached(
         &self,
@@ -69,17 +90,10 @@ impl AeadInOut for Cipher {
         let data = buffer.into_out_with_copied_in();
         let mut ctx = self.0.lock().map_err(|_| aead::Error)?;
         let mut tag = Tag::<Self>::default();
-        let mut run = || -> Result<(), openssl::error::ErrorStack> {
-            ctx.encrypt_init(None, None, Some(n))?;
-            if !associated_data.is_empty() {
-                ctx.cipher_update(associated_data, None)?;
-            }
-            let len = data.len();
-            ctx.cipher_update_inplace(data, len)?;
-            ctx.cipher_final(&mut [])?;
-            ctx.tag(&mut tag)
-        };
-        run().map_err(|_| aead::Error)?;
+        start(&mut ctx, true, n, associated_data, data)
+            .and_then(|()| ctx.cipher_final(&mut []))
+            .and_then(|_| ctx.tag(&mut tag))
+            .map_err(|_| aead::Error)?;
         Ok(tag)
     }
 
@@ -92,17 +106,16 @@ impl AeadInOut for Cipher {
     ) -> aead::Result<()> {
         let data = buffer.into_out_with_copied_in();
         let mut ctx = self.0.lock().map_err(|_| aead::Error)?;
-        let mut run = || -> Result<(), openssl::error::ErrorStack> {
-            ctx.decrypt_init(None, None, Some(n))?;
-            if !associated_data.is_empty() {
-                ctx.cipher_update(associated_data, None)?;
-            }
-            let len = data.len();
-            ctx.cipher_update_inplace(data, len)?;
-            ctx.set_tag(tag)?;
-            // Fails when the tag does not match; the plaintext is then not returned.
-            ctx.cipher_final(&mut []).map(drop)
-        };
-        run().map_err(|_| aead::Error)
+        // The data is deciphered before the tag is checked (`cipher_final` fails when
+        // it does not match): a block that fails is wiped, so that nothing unverified
+        // is left in the caller's buffer.
+        let opened = start(&mut ctx, false, n, associated_data, data)
+            .and_then(|()| ctx.set_tag(tag))
+            .and_then(|()| ctx.cipher_final(&mut []));
+        if opened.is_err() {
+            data.fill(0);
+            return Err(aead::Error);
+        }
+        Ok(())
     }
 }

@@ -459,6 +459,13 @@ fn both_chacha20_implementations_agree() {
         damaged[last] ^= 1;
         // A damaged block fails and does not advance the context: the intact one opens.
         assert!(ossl.open(&damaged, &[]).is_err());
+        // Opened in place, a damaged block leaves nothing deciphered in the buffer.
+        let (body, tag) = damaged.split_at(damaged.len() - 16);
+        let tag = hpke::aead::AeadTag::<Ossl>::from_bytes(tag).unwrap();
+        let mut buffer = body.to_vec();
+        let opened = ossl.open_inout_detached((&mut buffer[..]).into(), &[], &tag);
+        assert!(opened.is_err());
+        assert!(buffer.iter().all(|&b| b == 0));
         assert_eq!(&ossl.open(&sealed, &[]).unwrap(), m);
     }
 }
