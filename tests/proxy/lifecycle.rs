@@ -311,15 +311,14 @@ fn metrics_count_decisions_sessions_and_bytes() {
             .collect()
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let running = loop {
+    let (running, counts) = loop {
         let running = get("/metrics");
         let counts = per_thread(&running);
         if counts.iter().sum::<f64>() == 1.0 || std::time::Instant::now() > deadline {
-            break running;
+            break (running, counts);
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
-    let counts = per_thread(&running);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     assert_eq!(counts.len(), cpus, "one gauge per thread: {running}");
     assert_eq!(counts.iter().sum::<f64>(), 1.0, "{running}");

@@ -21,7 +21,7 @@ use openssl::cipher_ctx::CipherCtx;
 
 /// ChaCha20-Poly1305 as HPKE's AEAD (identifier 0x0003), by OpenSSL's libcrypto.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct ChaCha20Poly1305Ossl;
+pub struct ChaCha20Poly1305Ossl;
 
 impl hpke::aead::Aead for ChaCha20Poly1305Ossl {
     type AeadImpl = Cipher;
@@ -33,7 +33,13 @@ impl hpke::aead::Aead for ChaCha20Poly1305Ossl {
 /// ever taken by the one task that writes or reads the log; HPKE's context needs the
 /// type to be `Clone`, hence the `Arc`.
 #[derive(Clone)]
-pub(crate) struct Cipher(Arc<Mutex<CipherCtx>>);
+pub struct Cipher(Arc<Mutex<CipherCtx>>);
+
+impl std::fmt::Debug for Cipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Cipher { .. }")
+    }
+}
 
 impl KeySizeUser for Cipher {
     type KeySize = U32;

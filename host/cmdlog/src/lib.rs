@@ -33,6 +33,10 @@ mod writer;
 pub use export::{Exported, TerminalOutput, asciicast};
 #[cfg(feature = "files")]
 pub use export::{write_asciicast, write_zip};
+/// The writer's AEAD, for `benches/seal.rs` to measure through HPKE as the writer uses it.
+#[cfg(feature = "files")]
+#[doc(hidden)]
+pub use fast_aead::ChaCha20Poly1305Ossl;
 pub use format::{
     CODE_DATA, CODE_EXTENDED_DATA, CODE_REQUEST, CmdLogError, ExitData, Metadata, PtyMeta,
     SOURCE_CLIENT, SOURCE_SERVER, encode_packet,
