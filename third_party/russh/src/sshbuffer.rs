@@ -329,6 +329,10 @@ pub struct SSHBuffer {
     // Sequence numbers are on 32 bits and wrap.
     // https://tools.ietf.org/html/rfc4253#section-6.4
     pub seqn: Wrapping<u32>,
+    /// Bytes of the next packets read with the end of the last one (`cipher::read`),
+    /// still encrypted; at most `READ_AHEAD`, the first `ahead_len` of `ahead`.
+    pub(crate) ahead: [u8; crate::cipher::READ_AHEAD],
+    pub(crate) ahead_len: usize,
 }
 
 impl SSHBuffer {
@@ -338,7 +342,21 @@ impl SSHBuffer {
             len: 0,
             bytes: 0,
             seqn: Wrapping(0),
+            ahead: [0; crate::cipher::READ_AHEAD],
+            ahead_len: 0,
         }
+    }
+
+    /// Moves up to `out.len()` bytes read ahead into `out`; returns how many.
+    pub(crate) fn take_ahead(&mut self, out: &mut [u8]) -> usize {
+        let n = out.len().min(self.ahead_len);
+        #[allow(clippy::indexing_slicing)] // n <= ahead_len <= READ_AHEAD and n <= out.len()
+        {
+            out[..n].copy_from_slice(&self.ahead[..n]);
+            self.ahead.copy_within(n..self.ahead_len, 0);
+        }
+        self.ahead_len -= n;
+        n
     }
 
     pub fn send_ssh_id(&mut self, id: &SshId) {

@@ -299,15 +299,23 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
     cipher: &mut (dyn OpeningKey + Send),
 ) -> Result<usize, Error> {
     if buffer.len == 0 {
-        let mut len_block = vec![0; cipher.packet_length_to_read_for_block_length()];
-
-        stream.read_exact(&mut len_block).await?;
+        let mut probe = [0; READ_AHEAD];
+        let len_block = probe
+            .get_mut(..cipher.packet_length_to_read_for_block_length())
+            .ok_or(Error::IndexOutOfBounds)?;
+        // The start of this packet may have come in with the end of the last one.
+        let ahead = buffer.take_ahead(len_block);
+        #[allow(clippy::indexing_slicing)] // ahead <= len_block.len()
+        if ahead < len_block.len() {
+            stream.read_exact(&mut len_block[ahead..]).await?;
+        }
+        let len_block = &*len_block;
         trace!("reading, len = {len_block:?}");
         {
             let seqn = buffer.seqn.0;
             buffer.buffer.clear();
             trace!("reading, seqn = {seqn:?}");
-            let len = cipher.decrypt_packet_length(seqn, &len_block);
+            let len = cipher.decrypt_packet_length(seqn, len_block);
             let len = BigEndian::read_u32(&len) as usize;
 
             if len > MAXIMUM_PACKET_LEN {
@@ -328,10 +336,12 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
 
             buffer.len = len + cipher.tag_len();
             trace!("reading, clear len = {:?}", buffer.len);
-            // The whole packet's room at once: the buffer is often a new one (the last
-            // packet's became that packet's storage).
-            buffer.buffer.reserve(buffer.len + PACKET_LENGTH_LEN);
-            buffer.buffer.extend_from_slice(&len_block);
+            // The whole packet's room at once, and the read-ahead's: the buffer is
+            // often a new one (the last packet's became that packet's storage).
+            buffer
+                .buffer
+                .reserve(buffer.len + PACKET_LENGTH_LEN + READ_AHEAD);
+            buffer.buffer.extend_from_slice(len_block);
         }
     }
 
@@ -344,11 +354,31 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
     // zero-filling it first (a memset of every byte received), and never more than
     // this packet.
     buffer.buffer.truncate(l);
+    // Then what was read ahead past the length, never more than this packet...
+    if buffer.ahead_len > 0 {
+        let mut ahead = [0; READ_AHEAD];
+        let ahead = ahead
+            .get_mut(..total.saturating_sub(l).min(buffer.ahead_len))
+            .unwrap_or_default();
+        buffer.take_ahead(ahead);
+        buffer.buffer.extend_from_slice(ahead);
+    }
+    // ... and the rest from the stream, with the start of the next packet if it is
+    // already there: when packets follow each other, reading the next one's length
+    // then costs no read of its own. The loop waits for this packet only.
     while buffer.buffer.len() < total {
-        let want = total - buffer.buffer.len();
+        let want = total + READ_AHEAD - buffer.buffer.len();
         if stream.read_buf(&mut (&mut buffer.buffer).limit(want)).await? == 0 {
             return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
         }
+    }
+    #[allow(clippy::indexing_slicing)] // total <= len; what passed it is at most READ_AHEAD
+    if buffer.buffer.len() > total {
+        // Only read when everything read ahead before was used: `ahead` is empty.
+        let extra = buffer.buffer.len() - total;
+        buffer.ahead[..extra].copy_from_slice(&buffer.buffer[total..]);
+        buffer.ahead_len = extra;
+        buffer.buffer.truncate(total);
     }
 
     trace!("read_exact done");
@@ -377,6 +407,10 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
 
 pub(crate) const PACKET_LENGTH_LEN: usize = 4;
 
+/// How many bytes past the end of a packet `read` asks the stream for: at least every
+/// cipher's length probe (`OpeningKey::packet_length_to_read_for_block_length`).
+pub(crate) const READ_AHEAD: usize = 16;
+
 const MINIMUM_PACKET_LEN: usize = 16;
 // Keep the transport limit aligned with the 256 KiB channel packet baseline.
 const MAXIMUM_PACKET_LEN_BASELINE: usize = 256 * 1024;
@@ -395,6 +429,123 @@ pub(crate) const MAXIMUM_DECOMPRESSED_PACKET_LEN: usize = MAXIMUM_PACKET_LEN;
 
 #[cfg(feature = "_bench")]
 pub mod benchmark;
+
+#[cfg(test)]
+mod read_ahead_tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::io::ReadBuf;
+
+    use super::*;
+    use crate::mac::MacAlgorithm;
+
+    /// A stream over `data` that hands out at most `chunk` bytes per read, and counts
+    /// the reads.
+    struct Chunked {
+        data: Vec<u8>,
+        at: usize,
+        chunk: usize,
+        reads: usize,
+    }
+
+    impl Chunked {
+        fn over(data: Vec<u8>, chunk: usize) -> Chunked {
+            Chunked {
+                data,
+                at: 0,
+                chunk,
+                reads: 0,
+            }
+        }
+    }
+
+    impl AsyncRead for Chunked {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let (at, len) = (self.at, self.data.len());
+            let n = buf.remaining().min(self.chunk).min(len - at);
+            #[allow(clippy::indexing_slicing)]
+            buf.put_slice(&self.data[at..at + n]);
+            self.at += n;
+            self.reads += 1;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// `payloads` sealed one after the other, and the key that opens them.
+    #[allow(clippy::unwrap_used)]
+    fn sealed(
+        cipher: &Name,
+        mac: &dyn MacAlgorithm,
+        payloads: &[Vec<u8>],
+    ) -> (Vec<u8>, Box<dyn OpeningKey + Send>) {
+        let c = CIPHERS.get(cipher).unwrap();
+        let (key, nonce, mac_key) = (
+            vec![7; c.key_len()],
+            vec![9; c.nonce_len()],
+            vec![5; mac.key_len()],
+        );
+        let mut sealing = c.make_sealing_key(&key, &nonce, &mac_key, mac);
+        let mut out = SSHBuffer::new();
+        for p in payloads {
+            sealing.write(p, &mut out);
+        }
+        (out.buffer, c.make_opening_key(&key, &nonce, &mac_key, mac))
+    }
+
+    fn payloads() -> Vec<Vec<u8>> {
+        [1, 100, 5000, 1, 32768, 17, 3]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (0..n).map(|b| (b + i) as u8).collect())
+            .collect()
+    }
+
+    #[tokio::test]
+    #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    async fn packets_read_ahead_come_out_whole_whatever_the_reads_return() {
+        let ciphers: [(&Name, &dyn MacAlgorithm); 4] = [
+            (&AES_128_GCM, &crate::mac::_NONE),
+            (&CHACHA20_POLY1305, &crate::mac::_NONE),
+            (&AES_128_CTR, &crate::mac::_HMAC_SHA256),
+            (&AES_256_CBC, &crate::mac::_HMAC_SHA256),
+        ];
+        for (cipher, mac) in ciphers {
+            for chunk in [1, 3, 16, 21, 4096, usize::MAX] {
+                let (data, mut opening) = sealed(cipher, mac, &payloads());
+                let mut stream = Chunked::over(data, chunk);
+                let mut buffer = SSHBuffer::new();
+                for p in payloads() {
+                    buffer.buffer.clear();
+                    let n = read(&mut stream, &mut buffer, &mut *opening).await.unwrap();
+                    assert_eq!(&buffer.buffer[5..n], &p[..], "{cipher:?}, reads of {chunk}");
+                }
+                assert_eq!(buffer.ahead_len, 0, "{cipher:?}, reads of {chunk}");
+                buffer.buffer.clear();
+                assert!(read(&mut stream, &mut buffer, &mut *opening).await.is_err());
+            }
+        }
+    }
+
+    #[tokio::test]
+    #[allow(clippy::unwrap_used)]
+    async fn packets_that_follow_each_other_take_one_read_each() {
+        let (data, mut opening) = sealed(&AES_128_GCM, &crate::mac::_NONE, &payloads());
+        let mut stream = Chunked::over(data, usize::MAX);
+        let mut buffer = SSHBuffer::new();
+        for _ in payloads() {
+            buffer.buffer.clear();
+            read(&mut stream, &mut buffer, &mut *opening).await.unwrap();
+        }
+        // The first packet's length, then each packet's rest with the next's length
+        // (it was two reads per packet).
+        assert_eq!(stream.reads, payloads().len() + 1);
+    }
+}
 
 #[cfg(all(test, feature = "des"))]
 mod tests {
