@@ -608,23 +608,25 @@ impl Encrypted {
 
         while !buf.is_empty() {
             let off = std::cmp::min(buf.len(), max_packet_size);
-            match a {
-                None => writer.write_packet(|packet| {
-                    packet.push(msg::CHANNEL_DATA);
+            #[allow(clippy::indexing_slicing)] // length checked
+            let data = &buf[..off];
+            // The data is sealed from `buf` into the packet (no copy first, where the
+            // cipher allows); `off` fits in a u32, being at most a u32 packet size.
+            writer.write_packet_with_tail(
+                |packet| {
+                    match a {
+                        None => packet.push(msg::CHANNEL_DATA),
+                        Some(_) => packet.push(msg::CHANNEL_EXTENDED_DATA),
+                    }
                     channel.recipient_channel.encode(packet)?;
-                    #[allow(clippy::indexing_slicing)] // length checked
-                    buf[..off].encode(packet)?;
+                    if let Some(ext) = a {
+                        ext.encode(packet)?;
+                    }
+                    (off as u32).encode(packet)?;
                     Ok(())
-                })?,
-                Some(ext) => writer.write_packet(|packet| {
-                    packet.push(msg::CHANNEL_EXTENDED_DATA);
-                    channel.recipient_channel.encode(packet)?;
-                    ext.encode(packet)?;
-                    #[allow(clippy::indexing_slicing)] // length checked
-                    buf[..off].encode(packet)?;
-                    Ok(())
-                })?,
-            }
+                },
+                data,
+            )?;
             channel.recipient_window_size -= off as u32;
             #[allow(clippy::indexing_slicing)] // length checked
             {

@@ -71,6 +71,11 @@ impl super::Cipher for GcmCipher {
         _: &[u8],
         _: &dyn MacAlgorithm,
     ) -> Box<dyn super::SealingKey + Send> {
+        // aws-lc's streaming interface seals channel data without copying it first.
+        #[cfg(feature = "aws-lc-rs")]
+        if let Some(key) = super::gcm_stream::StreamingSealingKey::new(k, n) {
+            return Box::new(key);
+        }
         #[allow(clippy::unwrap_used)]
         Box::new(SealingKey(AeadSealingKey::new(
             UnboundKey::new(self.0, k).unwrap(),
@@ -140,24 +145,35 @@ impl<N: NonceSequence> super::OpeningKey for OpeningKey<N> {
     }
 }
 
+/// The padding of a packet whose payload is `payload_len` bytes: to a whole number of
+/// 16-byte blocks (the packet length not counted, RFC 5647), at least 4 bytes.
+pub(super) fn padding_length(payload_len: usize) -> usize {
+    let block_size = 16;
+    let extra_len = super::PACKET_LENGTH_LEN + super::PADDING_LENGTH_LEN;
+    let padding_len = if payload_len + extra_len <= super::MINIMUM_PACKET_LEN {
+        super::MINIMUM_PACKET_LEN - payload_len - super::PADDING_LENGTH_LEN
+    } else {
+        block_size - ((super::PADDING_LENGTH_LEN + payload_len) % block_size)
+    };
+    if padding_len < super::PACKET_LENGTH_LEN {
+        padding_len + block_size
+    } else {
+        padding_len
+    }
+}
+
+/// Random padding.
+pub(super) fn fill_padding(padding_out: &mut [u8]) {
+    safe_rng().fill_bytes(padding_out);
+}
+
 impl<N: NonceSequence> super::SealingKey for SealingKey<N> {
     fn padding_length(&self, payload: &[u8]) -> usize {
-        let block_size = 16;
-        let extra_len = super::PACKET_LENGTH_LEN + super::PADDING_LENGTH_LEN;
-        let padding_len = if payload.len() + extra_len <= super::MINIMUM_PACKET_LEN {
-            super::MINIMUM_PACKET_LEN - payload.len() - super::PADDING_LENGTH_LEN
-        } else {
-            block_size - ((super::PADDING_LENGTH_LEN + payload.len()) % block_size)
-        };
-        if padding_len < super::PACKET_LENGTH_LEN {
-            padding_len + block_size
-        } else {
-            padding_len
-        }
+        padding_length(payload.len())
     }
 
     fn fill_padding(&self, padding_out: &mut [u8]) {
-        safe_rng().fill_bytes(padding_out);
+        fill_padding(padding_out)
     }
 
     fn tag_len(&self) -> usize {

@@ -46,6 +46,8 @@ pub(crate) mod cbc;
 pub(crate) mod chacha20poly1305;
 pub(crate) mod clear;
 pub(crate) mod gcm;
+#[cfg(feature = "aws-lc-rs")]
+pub(crate) mod gcm_stream;
 
 use block::SshBlockCipher;
 use chacha20poly1305::SshChacha20Poly1305Cipher;
@@ -250,6 +252,21 @@ pub(crate) trait SealingKey {
         buffer.seqn += Wrapping(1);
     }
 
+    /// [`SealingKey::finish_packet`] for a packet whose payload is the `head_len` bytes
+    /// already in `buffer` followed by `tail`, which is not: channel data, sealed from
+    /// where it lies. A cipher that can encrypt from one buffer into another
+    /// overrides this to skip copying `tail` in before sealing it.
+    fn finish_packet_with_tail(
+        &mut self,
+        offset: usize,
+        head_len: usize,
+        tail: &[u8],
+        buffer: &mut SSHBuffer,
+    ) {
+        buffer.buffer.extend_from_slice(tail);
+        self.finish_packet(offset, head_len + tail.len(), buffer);
+    }
+
     fn write(&mut self, payload: &[u8], buffer: &mut SSHBuffer) {
         // https://tools.ietf.org/html/rfc4253#section-6
         //
@@ -368,7 +385,11 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
     // then costs no read of its own. The loop waits for this packet only.
     while buffer.buffer.len() < total {
         let want = total + READ_AHEAD - buffer.buffer.len();
-        if stream.read_buf(&mut (&mut buffer.buffer).limit(want)).await? == 0 {
+        if stream
+            .read_buf(&mut (&mut buffer.buffer).limit(want))
+            .await?
+            == 0
+        {
             return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
         }
     }
