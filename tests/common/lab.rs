@@ -133,7 +133,8 @@ pub struct Lab {
     pub proxy_port: u16,
     sshd: Option<Child>,
     proxy: Option<Child>,
-    /// Appended to the target's sshd_config.
+    /// Added to the target's sshd_config, before its `LogLevel` (sshd takes a
+    /// keyword's first value, so this may set another).
     pub sshd_extra: String,
     /// When set, the proxy runs with this open-file limit (soft and hard).
     pub proxy_file_limit: Option<u64>,
@@ -345,7 +346,7 @@ impl Lab {
             format!(
                 "ListenAddress 127.0.0.1\nHostKey {}\nTrustedUserCAKeys {}\nAuthorizedKeysFile none\n\
                  PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-                 UsePAM no\nSubsystem sftp internal-sftp\nPidFile none\nLogLevel VERBOSE\n{}",
+                 UsePAM no\nSubsystem sftp internal-sftp\nPidFile none\n{}LogLevel VERBOSE\n",
                 p.join("target/ssh_host_ed25519_key").display(),
                 p.join("target/ca.pub").display(),
                 self.sshd_extra

@@ -1,5 +1,5 @@
 //! Sessions end to end: exec, pty, scp/sftp, login mapping, refusals, environment,
-//! multiplexed channels.
+//! multiplexed channels, key re-exchanges under load.
 
 use super::*;
 
@@ -534,4 +534,65 @@ fn ciphers_offered_to_clients_are_configurable() {
             out.stderr_text()
         );
     }
+}
+
+#[test]
+fn transfers_survive_key_re_exchanges_on_both_legs() {
+    // The client and the target's sshd both start a new key exchange after every MiB,
+    // so each direction of a transfer crosses several on each leg of the proxy: its
+    // keys change under a full window of channel data. Toward the client the cipher
+    // is AES-256-GCM, sealed from where the data lies (third_party/README.md, change 7).
+    ensure_user("jdoe");
+    let mut lab = Lab::new(&[("jdoe@example.com", &[])]);
+    lab.policies
+        .module("90-default-principal.wasm", "default_principal");
+    lab.sshd_extra = "RekeyLimit 1M\nLogLevel DEBUG1\n".into();
+    lab.server_config("ciphers = [\"aes256-gcm@openssh.com\"]\n");
+    lab.start();
+    let data: Vec<u8> = (0..8_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let remote = format!("/tmp/portcullis-e2e-rekey-{}.bin", lab.sshd_port);
+    std::fs::write(&remote, &data).unwrap();
+    std::fs::set_permissions(&remote, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let dest = format!("jdoe%127.0.0.1:{}@127.0.0.1", lab.sshd_port);
+    let port = lab.proxy_port.to_string();
+    let client = |command: &str, stdin: std::process::Stdio| {
+        std::process::Command::new("ssh")
+            .args(lab.client_args("jdoe"))
+            .args(["-v", "-o", "RekeyLimit=1M", "-p", &port, &dest, command])
+            .stdin(stdin)
+            .output()
+            .unwrap()
+    };
+    // Each key exchange, the first and the re-exchanges, ends with NEWKEYS.
+    let exchanges = |log: &str| log.matches("SSH2_MSG_NEWKEYS received").count();
+
+    let down = client(&format!("cat {remote}"), std::process::Stdio::null());
+    std::fs::remove_file(&remote).unwrap();
+    assert!(down.status.success(), "{}", down.stderr_text());
+    assert!(down.stdout == data, "the download differs");
+    assert!(
+        exchanges(&down.stderr_text()) >= 4,
+        "the client re-keyed too little: {}",
+        down.stderr_text()
+    );
+
+    let local = lab.path().join("upload.bin");
+    std::fs::write(&local, &data).unwrap();
+    let up = client(
+        &format!("cat > {remote}.up"),
+        std::fs::File::open(&local).unwrap().into(),
+    );
+    let uploaded = std::fs::read(format!("{remote}.up"));
+    let _ = std::fs::remove_file(format!("{remote}.up"));
+    assert!(up.status.success(), "{}", up.stderr_text());
+    assert!(uploaded.unwrap() == data, "the upload differs");
+    assert!(exchanges(&up.stderr_text()) >= 4, "{}", up.stderr_text());
+    // The target's side of the proxy re-keyed as often (sshd logs each exchange).
+    assert!(
+        exchanges(&lab.sshd_log()) >= 8,
+        "the target re-keyed too little: {}",
+        lab.sshd_log()
+    );
 }
