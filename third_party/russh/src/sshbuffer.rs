@@ -459,17 +459,22 @@ impl PacketWriter {
         }
     }
 
+    /// Writes a packet whose payload is what `f` appends followed by `tail`.
     fn write_packet_in_place<F: FnOnce(&mut Vec<u8>) -> Result<(), Error>>(
         &mut self,
         f: F,
+        tail: &[u8],
     ) -> Result<(), Error> {
-        self.write_payload_into_output(|buffer, payload_start| {
-            f(buffer)?;
-            Ok(buffer.len() - payload_start)
-        })
+        self.write_payload_into_output(
+            |buffer, payload_start| {
+                f(buffer)?;
+                Ok(buffer.len() - payload_start)
+            },
+            tail,
+        )
     }
 
-    fn write_payload_into_output<F>(&mut self, f: F) -> Result<(), Error>
+    fn write_payload_into_output<F>(&mut self, f: F, tail: &[u8]) -> Result<(), Error>
     where
         F: FnOnce(&mut Vec<u8>, usize) -> Result<usize, Error>,
     {
@@ -478,7 +483,8 @@ impl PacketWriter {
 
         self.write_buffer.buffer.resize(payload_start, 0);
         match f(&mut self.write_buffer.buffer, payload_start) {
-            Ok(payload_len) => {
+            Ok(head_len) => {
+                let payload_len = head_len + tail.len();
                 if payload_len == 0 {
                     self.write_buffer.buffer.truncate(offset);
                     return Ok(());
@@ -488,8 +494,17 @@ impl PacketWriter {
                     debug!("> msg type {message_type:?}, len {payload_len}");
                 }
 
-                self.cipher
-                    .finish_packet(offset, payload_len, &mut self.write_buffer);
+                if tail.is_empty() {
+                    self.cipher
+                        .finish_packet(offset, payload_len, &mut self.write_buffer);
+                } else {
+                    self.cipher.finish_packet_with_tail(
+                        offset,
+                        head_len,
+                        tail,
+                        &mut self.write_buffer,
+                    );
+                }
                 Ok(())
             }
             Err(err) => {
@@ -550,7 +565,7 @@ impl PacketWriter {
         f: F,
     ) -> Result<(), Error> {
         if matches!(&self.compress, Compress::None) {
-            return self.write_packet_in_place(f);
+            return self.write_packet_in_place(f, &[]);
         }
         let buf = self.prepare_packet(f)?;
         let result = self.packet_raw(&buf);
@@ -574,24 +589,7 @@ impl PacketWriter {
                 Ok(())
             });
         }
-        let offset = self.write_buffer.buffer.len();
-        let payload_start = offset + Self::PACKET_PREFIX_LEN;
-        self.write_buffer.buffer.resize(payload_start, 0);
-        if let Err(err) = head(&mut self.write_buffer.buffer) {
-            self.write_buffer.buffer.truncate(offset);
-            return Err(err);
-        }
-        let head_len = self.write_buffer.buffer.len() - payload_start;
-        if head_len + tail.len() == 0 {
-            self.write_buffer.buffer.truncate(offset);
-            return Ok(());
-        }
-        if let Some(message_type) = self.write_buffer.buffer.get(payload_start) {
-            debug!("> msg type {message_type:?}, len {}", head_len + tail.len());
-        }
-        self.cipher
-            .finish_packet_with_tail(offset, head_len, tail, &mut self.write_buffer);
-        Ok(())
+        self.write_packet_in_place(head, tail)
     }
 
     pub(crate) fn reserve_cleartext_packet_output(
