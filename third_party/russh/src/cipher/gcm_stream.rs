@@ -160,15 +160,16 @@ impl super::SealingKey for StreamingSealingKey {
         let payload_len = head_len + tail.len();
         let padding_len = super::gcm::padding_length(payload_len);
         let packet_len = PADDING_LENGTH_LEN + payload_len + padding_len;
-        let (Ok(packet_len32), true) = (u32::try_from(packet_len), padding_len <= MAX_PADDING)
+        // aws-lc takes at most 2 GiB per update: a packet that size is none SSH sends,
+        // and takes the general path (which asserts on it as before).
+        let (Ok(packet_len31), true) = (i32::try_from(packet_len), padding_len <= MAX_PADDING)
         else {
-            // Not a packet SSH sends; the general path asserts on it as before.
             buffer.buffer.extend_from_slice(tail);
             return self.finish_packet(offset, payload_len, buffer);
         };
         let head_end = offset + PACKET_LENGTH_LEN + PADDING_LENGTH_LEN + head_len;
         assert_eq!(buffer.buffer.len(), head_end);
-        BigEndian::write_u32(&mut buffer.buffer[offset..], packet_len32);
+        BigEndian::write_u32(&mut buffer.buffer[offset..], packet_len31 as u32);
         buffer.buffer[offset + PACKET_LENGTH_LEN] = padding_len as u8;
         let mut padding = [0; MAX_PADDING];
         super::gcm::fill_padding(&mut padding[..padding_len]);
