@@ -624,8 +624,7 @@ fn a_running_session_keeps_the_set_that_decided_it() {
 #[test]
 fn policy_macro_misuse_says_what_to_write() {
     let root = common::root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = std::process::Command::new(cargo)
+    let out = common::cargo()
         .args([
             "check",
             "--quiet",

@@ -27,6 +27,18 @@ pub fn portcullis() -> Command {
     Command::new(env!("CARGO_BIN_EXE_portcullis"))
 }
 
+/// A cargo for the builds the tests run themselves (policy components, scaffolded
+/// crates), without the outer build's compiler wrappers: scripts/test compiles the
+/// workspace through clippy's driver, whose lints are for this workspace, not for
+/// what the tests build.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    for var in ["RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "CLIPPY_ARGS"] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 /// Builds the example policies and the hostile test guests for wasm32-wasip2 and
 /// returns the directory holding the `.wasm` components.
 pub fn wasm_dir() -> &'static Path {
@@ -35,8 +47,7 @@ pub fn wasm_dir() -> &'static Path {
         let root = root();
         let target = root.join("target/wasm");
         for manifest in ["policies/Cargo.toml", "tests/guests/Cargo.toml"] {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let out = Command::new(cargo)
+            let out = cargo()
                 .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2"])
                 .arg("--manifest-path")
                 .arg(root.join(manifest))

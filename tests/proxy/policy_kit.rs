@@ -17,7 +17,7 @@ fn scaffold_target() -> PathBuf {
 }
 
 fn cargo_in(dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new("cargo")
+    common::cargo()
         .args(args)
         .current_dir(dir)
         .env("CARGO_TARGET_DIR", scaffold_target())
