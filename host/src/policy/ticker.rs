@@ -1,7 +1,10 @@
 //! The epoch ticker that bounds guest calls in time (epoch interruption): it advances
 //! the engine's epoch every `EPOCH_TICK`, but only while a guest call runs. At rest it
 //! sleeps on a condition variable, so an idle proxy spends no CPU on it; a call wakes
-//! it through its [`Running`] guard.
+//! it through its [`Running`] guard. Only a call that finds it waiting on the condition
+//! variable wakes it (a system call); a call that starts while it sleeps between ticks
+//! is seen when the tick ends. Calls in a row (a decision runs every module) so cost
+//! at most one wake-up per tick, not one per call.
 
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -16,6 +19,8 @@ struct State {
     running: usize,
     /// Set when the engine is dropped: the thread ends.
     stopped: bool,
+    /// The thread waits on `wake` and must be woken for the next call.
+    waiting: bool,
 }
 
 /// The ticker shared by the engine and its modules.
@@ -59,11 +64,13 @@ impl Ticker {
                     {
                         let mut state = lock(&shared.state);
                         while state.running == 0 && !state.stopped {
+                            state.waiting = true;
                             state = shared
                                 .wake
                                 .wait(state)
                                 .unwrap_or_else(std::sync::PoisonError::into_inner);
                         }
+                        state.waiting = false;
                         if state.stopped {
                             return;
                         }
@@ -82,7 +89,7 @@ impl Ticker {
     pub(crate) fn running(self: &Arc<Self>) -> Running {
         let mut state = lock(&self.state);
         state.running += 1;
-        if state.running == 1 {
+        if std::mem::take(&mut state.waiting) {
             self.wake.notify_one();
         }
         Running(Arc::clone(self))
