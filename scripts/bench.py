@@ -371,14 +371,14 @@ def goals(down, up, cpu, idle_ticks, idle_seconds, conc, light):
                            ("portcullis-log", "-J, logged", 2.0)]:
         d, u = med(cpu[k]["down"][0]), med(cpu[k]["up"][0])
         row(f"proxy CPU per GiB, {what} <= {limit:.1f} s", f"{d:.2f} down, {u:.2f} up", max(d, u) <= limit)
-    for k, ref, what in [("portcullis-user", "direct-aes-gcm", "user-name form >= 0.9x direct with aes128-gcm"),
-                         ("portcullis", "direct", "-J >= 0.9x direct with OpenSSH's default cipher")]:
+    # With the same cipher, the relay (the hop alone) is shown for scale.
+    for k, ref, what, floor in [
+            ("portcullis-user", "direct-aes-gcm", "user-name form >= 0.9x direct with aes128-gcm", "relay-aes-gcm"),
+            ("portcullis", "direct", "-J >= 0.9x direct with OpenSSH's default cipher", None)]:
         d, u = med(down[k]) / med(down[ref]), med(up[k]) / med(up[ref])
-        floor = ""
-        if k == "portcullis-user":  # the hop alone, for scale
-            floor = (f" (the splice relay: {med(down['relay-aes-gcm']) / med(down[ref]):.2f}, "
-                     f"{med(up['relay-aes-gcm']) / med(up[ref]):.2f})")
-        row(what, f"{d:.2f} down, {u:.2f} up{floor}", min(d, u) >= 0.9)
+        scale = (f" (the splice relay: {med(down[floor]) / med(down[ref]):.2f}, "
+                 f"{med(up[floor]) / med(up[ref]):.2f})") if floor else ""
+        row(what, f"{d:.2f} down, {u:.2f} up{scale}", min(d, u) >= 0.9)
     if idle_ticks is not None:
         row(f"at rest, policies loaded: 0 CPU ticks over {idle_seconds} s", f"{idle_ticks}", idle_ticks == 0)
     thousand = [c for c in conc if c["open"] == 1000 and c.get("idle_cpu_percent") is not None]

@@ -19,7 +19,8 @@ struct State {
     running: usize,
     /// Set when the engine is dropped: the thread ends.
     stopped: bool,
-    /// The thread waits on `wake` and must be woken for the next call.
+    /// The thread waits on `wake` and must be woken for the next call (set by the
+    /// thread before it waits, taken by the call that wakes it).
     waiting: bool,
 }
 
@@ -70,7 +71,6 @@ impl Ticker {
                                 .wait(state)
                                 .unwrap_or_else(std::sync::PoisonError::into_inner);
                         }
-                        state.waiting = false;
                         if state.stopped {
                             return;
                         }
