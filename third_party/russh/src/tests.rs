@@ -1469,8 +1469,8 @@ mod future_certificate {
             .spawn()
             .unwrap();
 
-        // Wait for the socket to be created
-        while agent_path.canonicalize().is_err() {
+        // Wait until the agent listens: its socket exists from bind(), before listen()
+        while tokio::net::UnixStream::connect(&agent_path).await.is_err() {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
 

@@ -855,8 +855,8 @@ Cog3JMeTrb3LiPHgN6gU2P30MRp6L1j1J/MtlOAr5rux
             .stderr(Stdio::null())
             .spawn()?;
 
-        // Wait for the socket to be created
-        while agent_path.canonicalize().is_err() {
+        // Wait until the agent listens: its socket exists from bind(), before listen()
+        while tokio::net::UnixStream::connect(&agent_path).await.is_err() {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
 
@@ -1100,8 +1100,8 @@ Cog3JMeTrb3LiPHgN6gU2P30MRp6L1j1J/MtlOAr5rux
             .stderr(Stdio::null())
             .spawn()?;
 
-        // Wait for the socket to be created
-        while agent_path.canonicalize().is_err() {
+        // Wait until the agent listens: its socket exists from bind(), before listen()
+        while tokio::net::UnixStream::connect(&agent_path).await.is_err() {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
 
