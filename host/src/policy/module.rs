@@ -15,6 +15,7 @@ use super::guest::GuestState;
 use super::limits::Limits;
 use super::loader::{ConfigKind, ConfigSource, ModuleInfo, ModuleSource};
 use super::stats::Outcome;
+use super::ticker::Running;
 use crate::sync::lock;
 use crate::text::sanitize;
 
@@ -77,8 +78,11 @@ impl LoadedModule {
     /// Runs `f` on a warm instance (or a new one), returning the instance to the pool
     /// only if the call returned normally.
     /// `classify` says what a normal return counts as in the module's figures.
+    /// `running` is the caller's guard on this module's ticker: a decision holds one
+    /// for all its calls, since each guard takes the ticker's lock twice.
     pub(super) fn call<R>(
         &self,
+        running: &Running,
         what: &str,
         classify: impl FnOnce(&R) -> Outcome,
         f: impl FnOnce(&wit::Policy, &mut Store<GuestState>) -> wasmtime::Result<R>,
@@ -92,11 +96,13 @@ impl LoadedModule {
             .store
             .set_epoch_deadline(self.limits.deadline_ticks());
         instance.store.data_mut().start_call();
-        let running = self.ticker.running();
+        debug_assert!(
+            running.ticks(&self.ticker),
+            "a call under another engine's ticker"
+        );
         let started = std::time::Instant::now();
         let outcome = f(&instance.bindings, &mut instance.store);
         let took = started.elapsed();
-        drop(running);
         self.stats.note_memory(instance.store.data().memory_total);
         match outcome {
             Ok(r) => {

@@ -49,9 +49,19 @@ impl PolicySet {
         self.generation
     }
 
+    /// Keeps the epoch ticking while a decision calls its modules (one guard for all
+    /// of them: they share the engine's ticker); `None` when there is no module.
+    fn running(&self) -> Option<super::ticker::Running> {
+        self.modules.first().map(|m| m.ticker.running())
+    }
+
     /// Decides a connection: the first module whose answer is not no-match decides;
     /// a failing module blocks; when none matches, the connection is blocked.
     pub fn decide(&self, request: &DecisionRequest) -> Evaluation {
+        let unmatched = || Evaluation::blocked(None, "no policy matched");
+        let Some(running) = self.running() else {
+            return unmatched();
+        };
         let wire = to_wire(request);
         for module in &self.modules {
             let name = &module.info.name;
@@ -65,7 +75,7 @@ impl PolicySet {
                 Some((wit::Verdict::Block, _)) => Outcome::Block,
                 Some(_) => Outcome::Audit,
             };
-            let answer = module.call("decide", classify, |b, s| {
+            let answer = module.call(&running, "decide", classify, |b, s| {
                 match b.call_decide(&mut *s, &wire)? {
                     wit::Verdict::NoMatch => Ok(None),
                     verdict => Ok(Some((verdict, b.call_explain(s)?))),
@@ -85,7 +95,7 @@ impl PolicySet {
                 }
             }
         }
-        Evaluation::blocked(None, "no policy matched")
+        unmatched()
     }
 
     /// Decides a channel request on a connection the set allowed with `decision`.
@@ -115,9 +125,19 @@ impl PolicySet {
         }
         let wire = to_wire(request);
         let wire_channel = channel_to_wire(channel);
+        // No module, no opinion: the permissions above decided.
+        let no_opinion = || ChannelDecision {
+            allowed: true,
+            module: None,
+            reason: String::new(),
+        };
+        let Some(running) = self.running() else {
+            return no_opinion();
+        };
         for module in &self.modules {
             let name = &module.info.name;
             match module.call(
+                &running,
                 "check-channel",
                 |_| Outcome::ChannelCheck,
                 |b, s| b.call_check_channel(s, &wire, &wire_channel),
@@ -142,11 +162,7 @@ impl PolicySet {
                 }
             }
         }
-        ChannelDecision {
-            allowed: true,
-            module: None,
-            reason: String::new(),
-        }
+        no_opinion()
     }
 }
 

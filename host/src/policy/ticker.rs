@@ -31,9 +31,16 @@ pub(crate) struct Ticker {
     wake: Condvar,
 }
 
-/// Held while a guest call runs: the epoch advances meanwhile.
+/// Held while guest calls run: the epoch advances meanwhile.
 #[derive(Debug)]
 pub(crate) struct Running(Arc<Ticker>);
+
+impl Running {
+    /// Whether this guard keeps `ticker` running.
+    pub(crate) fn ticks(&self, ticker: &Arc<Ticker>) -> bool {
+        Arc::ptr_eq(&self.0, ticker)
+    }
+}
 
 impl Drop for Running {
     fn drop(&mut self) {
