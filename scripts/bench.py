@@ -436,13 +436,19 @@ def main():
                       "portcullis-log", "portcullis-user-log"]
         down = {k: [] for k in bulk_paths}; up = {k: [] for k in bulk_paths}
         logs = os.path.join(d, "command-logs")
+        def logs_closed():
+            """Waits (at most a minute) until the proxy holds no file in the log
+            directory: a log is written as `NAME.sshlog.partial`, then synced, given its
+            header and renamed when its session ends, off the session's task."""
+            deadline = time.time() + 60
+            while time.time() < deadline and any(f.startswith(logs + "/") for f in open_files(proxy.pid)):
+                time.sleep(0.02)
+
         def drop_finished_logs():
             """Deletes the logs of finished transfers (a GiB each), once the proxy has
             closed them: the last close of a deleted file frees its pages in the
             closing process, which would charge the proxy for the bench's clean-up."""
-            deadline = time.time() + 30
-            while time.time() < deadline and any(f.endswith(".sshlog") for f in open_files(proxy.pid)):
-                time.sleep(0.05)
+            logs_closed()
             for name in os.listdir(logs) if os.path.isdir(logs) else []:
                 if name.endswith(".sshlog"):
                     os.remove(os.path.join(logs, name))
@@ -459,6 +465,8 @@ def main():
             hop = relay.pid if k == "relay-aes-gcm" else proxy.pid
             p0, m0 = proc_ticks(hop), machine_ticks()
             rate = run_it()
+            if k.endswith("-log"):
+                logs_closed()  # finishing the log (its sync to disk) is part of its cost
             p1, m1 = proc_ticks(hop), machine_ticks()
             cpu[k][direction][0].append((p1 - p0) / TICK / gib)
             cpu[k][direction][1].append((m1 - m0) / TICK / gib)
