@@ -3,8 +3,9 @@
 //! sleeps on a condition variable, so an idle proxy spends no CPU on it; a call wakes
 //! it through its [`Running`] guard. Only a call that finds it waiting on the condition
 //! variable wakes it (a system call); a call that starts while it sleeps between ticks
-//! is seen when the tick ends. Calls in a row (a decision runs every module) so cost
-//! at most one wake-up per tick, not one per call.
+//! is seen when the tick ends. Calls in a row so cost at most one wake-up per tick, not
+//! one per call; a decision, which calls its modules in turn, holds one guard for all
+//! of them (`PolicySet::decide`).
 
 use std::sync::{Arc, Condvar, Mutex};
 
