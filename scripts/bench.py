@@ -445,10 +445,10 @@ def main():
                 time.sleep(0.02)
 
         def drop_finished_logs():
-            """Deletes the logs of finished transfers (a GiB each), once the proxy has
-            closed them: the last close of a deleted file frees its pages in the
-            closing process, which would charge the proxy for the bench's clean-up."""
-            logs_closed()
+            """Deletes the logs of finished transfers (a GiB each). `measured` has waited
+            for the proxy to close them: the last close of a deleted file frees its
+            pages in the closing process, which would charge the proxy for the bench's
+            clean-up."""
             for name in os.listdir(logs) if os.path.isdir(logs) else []:
                 if name.endswith(".sshlog"):
                     os.remove(os.path.join(logs, name))
