@@ -40,6 +40,28 @@ fn logs(lab: &Lab) -> Vec<PathBuf> {
     v
 }
 
+/// The one file left in the lab's log directory, a finished log, decrypted: asserts
+/// that what it recorded from the server begins with what the client `received`.
+fn the_log_holds(lab: &Lab, received: &[u8]) -> PathBuf {
+    let left = logs(lab);
+    assert!(
+        left.len() == 1 && left[0].extension().is_some_and(|e| e == "sshlog"),
+        "only the finished log is left: {left:?}"
+    );
+    // The plaintext goes beside the lab (the log's disk may be full).
+    let zip = lab.path().join("recorded.zip");
+    decrypt_cli(&left[0], &lab.path().join("sshkey"), &zip, &[])
+        .success_or_panic("decrypt the log");
+    let recorded = unzip(&zip)["data_from_server.txt"].clone();
+    assert!(
+        recorded.starts_with(received),
+        "the recording holds what the client got: {} bytes recorded, {} received",
+        recorded.len(),
+        received.len()
+    );
+    left[0].clone()
+}
+
 fn unzip(path: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     let mut zip = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
     let mut files = std::collections::BTreeMap::new();
@@ -295,7 +317,7 @@ fn sessions_without_command_logging_write_no_log() {
 fn a_proxy_killed_mid_session_loses_nothing_already_sent() {
     let mut lab = audited_lab(true);
     // Once the output has reached the client, it went through the recorder.
-    let (mut child, _) = lab.spawn_jump_until(
+    let (mut child, seen) = lab.spawn_jump_until(
         "jdoe",
         "jdoe",
         "echo before-the-kill; sleep 30",
@@ -312,17 +334,36 @@ fn a_proxy_killed_mid_session_loses_nothing_already_sent() {
         "{leftovers:?}"
     );
     lab.start_proxy();
-    let finished: Vec<PathBuf> = logs(&lab)
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "sshlog"))
-        .collect();
-    assert_eq!(finished.len(), 1, "{:?}", logs(&lab));
     assert!(lab.proxy_log().contains("finalised"));
-    let zip = lab.path().join("killed.zip");
-    decrypt_cli(&finished[0], &lab.path().join("sshkey"), &zip, &[])
-        .success_or_panic("decrypt recovered");
-    let files = unzip(&zip);
-    assert!(String::from_utf8_lossy(&files["data_from_server.txt"]).contains("before-the-kill"));
+    the_log_holds(&lab, &seen);
+}
+
+#[test]
+fn a_proxy_killed_mid_bulk_transfer_loses_nothing_already_sent() {
+    // Past its first MiB a log's blocks go through a ring file and reach the log in
+    // large direct writes (host/cmdlog/src/ring.rs): the last ones are only in the ring
+    // when the proxy dies, and recovery puts them in the log.
+    let mut lab = audited_lab(true);
+    let bulk = 3_000_000;
+    let (mut child, seen) = lab.spawn_jump_until(
+        "jdoe",
+        "jdoe",
+        &format!("head -c {bulk} /dev/zero | tr '\\0' x; echo bulk-sent; sleep 30"),
+        "bulk-sent",
+    );
+    lab.kill_proxy();
+    let _ = child.kill();
+    let _ = child.wait();
+    let leftovers = logs(&lab);
+    assert!(
+        leftovers
+            .iter()
+            .any(|p| p.to_string_lossy().ends_with(".partial.ring")),
+        "the log went through its ring: {leftovers:?}"
+    );
+    lab.start_proxy();
+    the_log_holds(&lab, &seen);
+    assert_eq!(&seen[..bulk], vec![b'x'; bulk].as_slice());
 }
 
 /// A small tmpfs mounted at `dir` for the life of the value.
@@ -368,6 +409,19 @@ impl Drop for SmallDisk {
     }
 }
 
+/// Runs `command` as jdoe, which the proxy must end because its log cannot be written.
+fn ended_by_the_recorder(lab: &Lab, command: &str) -> std::process::Output {
+    let out = lab.ssh_jump("jdoe", "jdoe", command);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        out.stderr_text()
+            .contains("recording failed; ending the session"),
+        "{}",
+        out.stderr_text()
+    );
+    out
+}
+
 #[test]
 fn a_full_disk_ends_recorded_sessions_and_refuses_new_ones_losing_nothing() {
     let mut lab = audited_lab_unstarted(true);
@@ -376,38 +430,14 @@ fn a_full_disk_ends_recorded_sessions_and_refuses_new_ones_losing_nothing() {
     lab.start();
 
     // 4 MB of output cannot be recorded on 1 MiB: the session ends when the disk fills.
-    let out = lab.ssh_jump("jdoe", "jdoe", "yes portcullis | head -c 4000000");
-    assert_ne!(out.status.code(), Some(0));
-    assert!(
-        out.stderr_text()
-            .contains("recording failed; ending the session"),
-        "{}",
-        out.stderr_text()
-    );
+    let out = ended_by_the_recorder(&lab, "yes portcullis | head -c 4000000");
     let received = out.stdout.len();
     assert!(received < 4_000_000, "{received} bytes reached the client");
     // What was recorded decrypts, and holds at least what reached the client. The log
     // is finished when the channel's task ends, which can be after the client exits:
     // the session's record is written after that.
     lab.wait_sessions(1);
-    let finished: Vec<PathBuf> = logs(&lab)
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "sshlog"))
-        .collect();
-    assert_eq!(finished.len(), 1, "{:?}", logs(&lab));
-    let zip = lab.path().join("full.zip");
-    decrypt_cli(&finished[0], &lab.path().join("sshkey"), &zip, &[])
-        .success_or_panic("decrypt the log of a full disk");
-    let recorded = unzip(&zip)["data_from_server.txt"].clone();
-    assert!(
-        recorded.len() >= received,
-        "{} < {received}",
-        recorded.len()
-    );
-    assert!(
-        recorded.starts_with(&out.stdout),
-        "the recording is what the client got"
-    );
+    let finished = the_log_holds(&lab, &out.stdout);
 
     // With no room for a running session's record, a new session is refused...
     let filler = records_disk.fill();
@@ -421,7 +451,7 @@ fn a_full_disk_ends_recorded_sessions_and_refuses_new_ones_losing_nothing() {
     );
     // ...and allowed again once there is room.
     std::fs::remove_file(filler).unwrap();
-    std::fs::remove_file(&finished[0]).unwrap();
+    std::fs::remove_file(&finished).unwrap();
     let out = lab.ssh_jump("jdoe", "jdoe", "echo room-again");
     assert_eq!(out.stdout_text(), "room-again\n", "{}", out.stderr_text());
 
@@ -435,6 +465,29 @@ fn a_full_disk_ends_recorded_sessions_and_refuses_new_ones_losing_nothing() {
         sessions[1]
     );
     drop((logs_disk, records_disk));
+}
+
+#[test]
+fn a_disk_filling_during_a_bulk_transfer_ends_it_losing_nothing() {
+    // The log passes its first MiB, so its blocks go through the ring, before the disk
+    // fills: the ring's space in the log was reserved, so the log still finishes whole.
+    let mut lab = audited_lab_unstarted(true);
+    let logs_disk = SmallDisk::mount(lab.path().join("command-logs"), "8m");
+    lab.start();
+    let out = ended_by_the_recorder(&lab, "head -c 40000000 /dev/zero | tr '\\0' y");
+    let received = out.stdout.len();
+    assert!(
+        (2 << 20..40_000_000).contains(&received),
+        "{received} bytes reached the client"
+    );
+    assert!(
+        !lab.proxy_log().contains("written through the page cache"),
+        "the log used its ring: {}",
+        lab.proxy_log()
+    );
+    lab.wait_sessions(1);
+    the_log_holds(&lab, &out.stdout);
+    drop(logs_disk);
 }
 
 #[test]

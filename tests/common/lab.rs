@@ -518,11 +518,18 @@ impl Lab {
             .unwrap();
         let stdout = child.stdout.as_mut().unwrap();
         let mut seen = Vec::new();
-        while !String::from_utf8_lossy(&seen).contains(marker) {
-            let mut buf = [0u8; 256];
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
             let n = stdout.read(&mut buf).unwrap();
             assert!(n > 0, "the session ended before printing {marker:?}");
+            // Only the new bytes and the marker's length before them: a bulk output
+            // is not searched again from the start at each read.
+            let from = seen.len().saturating_sub(marker.len());
             seen.extend_from_slice(&buf[..n]);
+            let fresh = &seen[from..];
+            if fresh.windows(marker.len()).any(|w| w == marker.as_bytes()) {
+                break;
+            }
         }
         (child, seen)
     }

@@ -28,6 +28,8 @@ mod format;
 mod keys;
 mod reader;
 #[cfg(feature = "files")]
+mod ring;
+#[cfg(feature = "files")]
 mod writer;
 
 pub use export::{Exported, TerminalOutput, asciicast};
@@ -46,7 +48,7 @@ pub use keys::{OpeningKey, SealingKey, public_key_of};
 pub use keys::{generate_keypair, keygen};
 pub use reader::{LogReader, Packet, read_metadata};
 #[cfg(feature = "files")]
-pub use writer::{HEADER_RESERVE, SpoolLength, Writer, recover, sealed_in_memory};
+pub use writer::{HEADER_RESERVE, RING_AFTER, SpoolLength, Writer, recover, sealed_in_memory};
 
 #[cfg(test)]
 #[cfg(feature = "files")]

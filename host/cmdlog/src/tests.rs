@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::format::{be_u32, encode_packet_into};
+use super::ring;
 use super::writer::{HEADER_RESERVE, side_paths};
 use super::*;
 
@@ -283,6 +284,7 @@ fn a_packet_split_across_blocks_reads_whole() {
             .write_all(&(sealed.len() as u32).to_be_bytes())
             .unwrap();
         w.blocks.write_all(&sealed).unwrap();
+        w.spooled += 4 + sealed.len() as u64;
     }
     w.finish(None).unwrap();
     let got = decrypt(&fs::read(&path).unwrap(), &open).unwrap();
@@ -468,4 +470,145 @@ fn both_chacha20_implementations_agree() {
         assert!(buffer.iter().all(|&b| b == 0));
         assert_eq!(&ossl.open(&sealed, &[]).unwrap(), m);
     }
+}
+
+/// The data of packet `i` of the ring tests: sizes from 1 byte to a channel packet's
+/// 32 KiB, so that blocks land across the ring's halves and its end at every offset.
+fn ring_data(i: usize) -> Vec<u8> {
+    let len = [32768, 1, 5000, 32768, 77, 32768, 16384, 32768][i % 8];
+    (0..len).map(|j| (i * 31 + j) as u8).collect()
+}
+
+/// Writes `n` ring-test packets; returns the spool's length after each one.
+fn write_ring_packets(w: &mut Writer, n: usize) {
+    for i in 0..n {
+        let source = if i % 3 == 0 {
+            SOURCE_CLIENT
+        } else {
+            SOURCE_SERVER
+        };
+        w.packet(source, CODE_DATA, &ring_data(i)).unwrap();
+    }
+}
+
+fn assert_ring_packets(path: &Path, open: &OpeningKey, n: usize) {
+    let got = decrypt(&fs::read(path).unwrap(), open).unwrap();
+    assert!(got.warning.is_none(), "{:?}", got.warning);
+    assert_eq!(got.packets.len(), n);
+    for (i, p) in got.packets.iter().enumerate() {
+        assert_eq!(p.data, ring_data(i), "packet {i}");
+    }
+}
+
+#[test]
+fn a_long_log_passes_through_the_ring_and_reads_whole() {
+    let (_d, open, path, mut w) = started("ringed.sshlog");
+    let ring_file = ring::ring_path(&side_paths(&path).0);
+    // Up to RING_AFTER the blocks go straight to the file; after it, through the ring.
+    write_ring_packets(&mut w, 40);
+    assert!(w.spooled < RING_AFTER && !ring_file.exists());
+    let n = 400; // about 11 MiB: many halves written while the other fills
+    write_ring_packets(&mut w, n);
+    assert!(w.ring.is_some() && ring_file.exists());
+    let spooled = w.spooled;
+    let done = w.finish(None).unwrap();
+    assert!(
+        !ring_file.exists(),
+        "the ring is removed once the log is whole"
+    );
+    let m = fs::metadata(&done).unwrap();
+    assert_eq!(m.len(), spooled);
+    use std::os::unix::fs::MetadataExt;
+    assert!(
+        m.blocks() * 512 < m.len() + 64 * 1024,
+        "the space reserved past the end is freed: {} bytes on the disk for {}",
+        m.blocks() * 512,
+        m.len()
+    );
+    // The packets of both calls, in order.
+    let got = decrypt(&fs::read(&path).unwrap(), &open).unwrap();
+    assert!(got.warning.is_none(), "{:?}", got.warning);
+    let data: Vec<Vec<u8>> = (0..40).chain(0..n).map(ring_data).collect();
+    assert_eq!(got.packets.len(), data.len());
+    assert!(got.packets.iter().zip(&data).all(|(p, d)| &p.data == d));
+}
+
+#[test]
+fn a_proxy_killed_while_blocks_are_in_the_ring_loses_none() {
+    let (d, open, path, mut w) = started("ring-crash.sshlog");
+    let partial = side_paths(&path).0;
+    let n = 200;
+    write_ring_packets(&mut w, n);
+    let spooled = w.spooled;
+    let durable = w.in_file();
+    drop(w); // the proxy dies: nothing drains the ring
+    let ring_file = ring::ring_path(&partial);
+    assert!(ring_file.exists());
+    let in_log = fs::metadata(&partial).unwrap().len();
+    assert!(
+        durable <= in_log && in_log < spooled,
+        "the last blocks are only in the ring: {durable} <= {in_log} < {spooled}"
+    );
+    assert_eq!(recover(d.path()).unwrap(), vec![path.clone()]);
+    assert!(!ring_file.exists() && !partial.exists());
+    assert_ring_packets(&path, &open, n);
+    let got = decrypt(&fs::read(&path).unwrap(), &open).unwrap();
+    assert_eq!(got.meta.data_size, spooled - HEADER_RESERVE);
+}
+
+#[test]
+fn a_block_larger_than_half_the_ring_leaves_it() {
+    let (_d, open, path, mut w) = started("ring-big.sshlog");
+    write_ring_packets(&mut w, 60);
+    assert!(w.ring.is_some());
+    let big = vec![7u8; ring::HALF as usize + 1];
+    w.packet(SOURCE_SERVER, CODE_DATA, &big).unwrap();
+    assert!(w.ring.is_none());
+    assert!(!ring::ring_path(&side_paths(&path).0).exists());
+    w.packet(SOURCE_SERVER, CODE_DATA, b"after").unwrap();
+    w.finish(None).unwrap();
+    let got = decrypt(&fs::read(&path).unwrap(), &open).unwrap();
+    assert!(got.warning.is_none(), "{:?}", got.warning);
+    assert_eq!(got.packets.len(), 62);
+    assert_eq!(got.packets[59].data, ring_data(59));
+    assert_eq!(got.packets[60].data, big);
+    assert_eq!(got.packets[61].data, b"after");
+}
+
+#[test]
+fn a_damaged_ring_is_left_in_place_with_its_log() {
+    let (d, _open, path, mut w) = started("ring-bad.sshlog");
+    write_ring_packets(&mut w, 100);
+    drop(w);
+    let (partial, meta) = side_paths(&path);
+    let ring_file = ring::ring_path(&partial);
+    let mut bytes = fs::read(&ring_file).unwrap();
+    bytes[24..32].copy_from_slice(&u64::MAX.to_le_bytes()); // flushed past written
+    fs::write(&ring_file, &bytes).unwrap();
+    assert_eq!(recover(d.path()).unwrap(), Vec::<PathBuf>::new());
+    assert!(partial.exists() && meta.exists() && ring_file.exists() && !path.exists());
+}
+
+#[test]
+fn an_uploader_is_told_only_of_bytes_the_file_holds() {
+    let (_d, _open, path, mut w) = started("ring-watched.sshlog");
+    let watcher = std::sync::Arc::new(SpoolLength {
+        len: std::sync::atomic::AtomicU64::new(0),
+        every: 1 << 20,
+        grew: tokio::sync::Notify::new(),
+    });
+    w.watch(std::sync::Arc::clone(&watcher));
+    let partial = side_paths(&path).0;
+    let mut seen = 0;
+    for i in 0..300 {
+        w.packet(SOURCE_SERVER, CODE_DATA, &ring_data(i)).unwrap();
+        let told = watcher.len.load(std::sync::atomic::Ordering::Acquire);
+        assert!(told >= seen, "the length never goes back");
+        assert!(told <= fs::metadata(&partial).unwrap().len());
+        seen = told;
+    }
+    assert!(w.ring.is_some());
+    assert!(seen > RING_AFTER, "halves written directly count: {seen}");
+    assert!(seen < w.spooled, "blocks still in the ring do not count");
+    w.finish(None).unwrap();
 }

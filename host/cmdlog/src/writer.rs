@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::format::*;
 use super::keys::*;
+use super::ring::{self, Ring};
 
 #[derive(Serialize, Deserialize)]
 pub(super) struct SideMeta {
@@ -42,6 +43,10 @@ pub(super) fn side_paths(path: &Path) -> (PathBuf, PathBuf) {
     )
 }
 
+/// A log moves its blocks to a ring ([`super::ring`]) once it is this long: a bulk
+/// transfer's, not an interactive session's, which stays one file written block by block.
+pub const RING_AFTER: u64 = 1024 * 1024;
+
 /// How much of a spool file is written, for a reader that ships it elsewhere while it
 /// grows (the object-store upload): the writer stores the length after each block and
 /// wakes the reader when it passes the next `every` bytes. A block is counted once it
@@ -64,9 +69,14 @@ pub struct Writer {
     pub(super) data_size: u64,
     /// The frame being sealed, kept between packets.
     pub(super) frame: Vec<u8>,
-    /// The spool file's length (the header room and the blocks written).
+    /// The spool file's length (the header room and the blocks written), counting
+    /// the blocks still in the ring.
     pub(super) spooled: u64,
     pub(super) watcher: Option<std::sync::Arc<SpoolLength>>,
+    /// The ring the blocks go to once the log is [`RING_AFTER`] long.
+    pub(super) ring: Option<Ring>,
+    /// A ring was tried (and is in use, failed to start, or was left).
+    pub(super) ring_tried: bool,
 }
 
 impl std::fmt::Debug for Writer {
@@ -98,6 +108,7 @@ impl Writer {
             header_reserve: HEADER_RESERVE,
         };
         let file = OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .open(&partial)
@@ -116,6 +127,8 @@ impl Writer {
             frame: Vec::new(),
             spooled: HEADER_RESERVE,
             watcher: None,
+            ring: None,
+            ring_tried: false,
         };
         w.write_side_meta()?;
         Ok(w)
@@ -135,7 +148,7 @@ impl Writer {
     pub fn watch(&mut self, watcher: std::sync::Arc<SpoolLength>) {
         watcher
             .len
-            .store(self.spooled, std::sync::atomic::Ordering::Release);
+            .store(self.in_file(), std::sync::atomic::Ordering::Release);
         self.watcher = Some(watcher);
     }
 
@@ -183,35 +196,78 @@ impl Writer {
         if let Some(len) = frame.get_mut(..4) {
             len.copy_from_slice(&sealed_len.to_be_bytes());
         }
-        // One write per block, straight to the operating system: a block the client
-        // has been sent data for survives the proxy being killed.
-        let path = &self.path;
-        self.blocks
-            .write_all(frame)
-            .map_err(|e| file_err(&side_paths(path).0, e))?;
+        // Each block reaches the operating system before this returns: a block the
+        // client has been sent data for survives the proxy being killed.
+        let before = self.in_file();
+        self.append_frame()
+            .map_err(|e| file_err(&self.spool_path(), e))?;
         self.data_size += plain_len as u64;
-        let before = self.spooled;
-        self.spooled += frame.len() as u64;
+        self.spooled += self.frame.len() as u64;
+        let now = self.in_file();
         if let Some(w) = &self.watcher {
-            w.len
-                .store(self.spooled, std::sync::atomic::Ordering::Release);
-            if self.spooled / w.every.max(1) != before / w.every.max(1) {
+            w.len.store(now, std::sync::atomic::Ordering::Release);
+            if now / w.every.max(1) != before / w.every.max(1) {
                 w.grew.notify_one();
             }
         }
         Ok(())
     }
 
-    /// Syncs the blocks written so far to disk.
+    /// Where the bytes the spool file itself holds end (an uploader reads up to there;
+    /// those bytes never change afterwards).
+    pub(super) fn in_file(&self) -> u64 {
+        self.ring.as_ref().map_or(self.spooled, Ring::durable)
+    }
+
+    /// Writes the frame: into the ring when there is one, else with one `write`,
+    /// starting the ring once the log is long enough.
+    fn append_frame(&mut self) -> std::io::Result<()> {
+        if let Some(ring) = &mut self.ring {
+            if ring.append(&self.frame)? {
+                return Ok(());
+            }
+            // A block larger than a half (the channel's packets are far smaller):
+            // the log goes on without the ring.
+            let end = ring.drain(&self.blocks)?;
+            self.blocks.seek(SeekFrom::Start(end))?;
+            if let Some(ring) = self.ring.take() {
+                ring.remove()?;
+            }
+        }
+        self.blocks.write_all(&self.frame)?;
+        if !self.ring_tried && self.spooled + self.frame.len() as u64 >= RING_AFTER {
+            self.ring_tried = true;
+            let end = self.spooled + self.frame.len() as u64;
+            match Ring::start(&self.spool_path(), &self.blocks, end) {
+                Ok(ring) => self.ring = Some(ring),
+                Err(e) => tracing::warn!(
+                    log = %self.spool_path().display(),
+                    "command log written through the page cache: {e}"
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    /// Syncs the blocks written so far to disk (those in the ring too).
     pub fn flush(&mut self) -> Result<(), CmdLogError> {
         let (partial, _) = side_paths(&self.path);
+        if let Some(ring) = &mut self.ring {
+            ring.sync().map_err(|e| file_err(&partial, e))?;
+        }
         self.blocks.sync_data().map_err(|e| file_err(&partial, e))
     }
 
     /// Writes the final file with the exit data and removes the side files.
     pub fn finish(mut self, exit: Option<ExitData>) -> Result<PathBuf, CmdLogError> {
-        self.flush()?;
         let (partial, meta_path) = side_paths(&self.path);
+        if let Some(mut ring) = self.ring.take() {
+            ring.drain(&self.blocks)
+                .map_err(|e| file_err(&partial, e))?;
+            self.blocks.sync_data().map_err(|e| file_err(&partial, e))?;
+            ring.remove().map_err(|e| file_err(&partial, e))?;
+        }
+        self.flush()?;
         let meta = Metadata {
             started_at: self.meta.started_at,
             data_size: self.data_size,
@@ -225,6 +281,7 @@ impl Writer {
             &meta_path,
             &meta,
             self.meta.header_reserve,
+            Some(self.spooled),
         )?;
         Ok(self.path)
     }
@@ -232,7 +289,8 @@ impl Writer {
 
 /// Turns `partial` into the finished log at `path`: header, then the complete blocks
 /// (a block torn by a kill is dropped), synced to disk; then removes the side files.
-/// Returns how many bytes of a torn last block were dropped.
+/// Returns how many bytes of a torn last block were dropped. `known`: where the
+/// complete blocks end, when the writer knows (else they are walked).
 ///
 /// With a reserved header region the header is written in place and the file renamed;
 /// otherwise (or if the header does not fit) the blocks are streamed into a new file.
@@ -242,14 +300,18 @@ fn finalise(
     meta_path: &Path,
     meta: &Metadata,
     reserve: u64,
+    known: Option<u64>,
 ) -> Result<u64, CmdLogError> {
     let mut blocks = OpenOptions::new()
         .read(true)
         .write(true)
         .open(partial)
         .map_err(|e| file_err(partial, e))?;
-    let (complete, total) =
-        complete_blocks_len(&mut blocks, reserve).map_err(|e| file_err(partial, e))?;
+    let (complete, total) = match known {
+        Some(len) => blocks.metadata().map(|m| (len.min(m.len()), m.len())),
+        None => complete_blocks_len(&mut blocks, reserve),
+    }
+    .map_err(|e| file_err(partial, e))?;
     let mut json = serde_json::to_vec(meta).map_err(|e| CmdLogError::Format(e.to_string()))?;
     let room = (reserve.saturating_sub(4) / 4 * 3) as usize;
     if reserve > 0 && json.len() <= room {
@@ -338,6 +400,13 @@ pub fn recover(dir: &Path) -> Result<Vec<PathBuf>, CmdLogError> {
         if !partial.exists() {
             File::create(&partial).map_err(|e| file_err(&partial, e))?;
         }
+        let ringed = match ring::apply(&partial) {
+            Ok(applied) => applied,
+            Err(e) => {
+                tracing::error!(path = %partial.display(), "the command log's ring is damaged; both left in place: {e}");
+                continue;
+            }
+        };
         let size = fs::metadata(&partial)
             .map(|m| m.len())
             .unwrap_or(0)
@@ -349,7 +418,17 @@ pub fn recover(dir: &Path) -> Result<Vec<PathBuf>, CmdLogError> {
             pty: side.pty,
             exit_data: None,
         };
-        let torn = finalise(&path, &partial, &meta_path, &meta, side.header_reserve)?;
+        let torn = finalise(
+            &path,
+            &partial,
+            &meta_path,
+            &meta,
+            side.header_reserve,
+            None,
+        )?;
+        if ringed || ring::ring_path(&partial).exists() {
+            let _ = fs::remove_file(ring::ring_path(&partial));
+        }
         tracing::warn!(path = %path.display(), torn_bytes = torn, "finalised a command log left by an interrupted proxy");
         done.push(path);
     }
