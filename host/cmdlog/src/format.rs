@@ -87,6 +87,27 @@ pub fn encode_packet(source: u8, code: u32, elapsed_us: u64, data: &[u8]) -> Vec
     p
 }
 
+/// The bytes of a packet's header: its length, source, code and elapsed time.
+pub(super) const PACKET_HEADER: usize = 17;
+
+/// The header of a packet of `data_len` bytes of data.
+pub(super) fn packet_header(
+    source: u8,
+    code: u32,
+    elapsed_us: u64,
+    data_len: usize,
+) -> [u8; PACKET_HEADER] {
+    let mut h = [0; PACKET_HEADER];
+    let (len, rest) = h.split_at_mut(4);
+    len.copy_from_slice(&((13 + data_len) as u32).to_be_bytes());
+    let (src, rest) = rest.split_at_mut(1);
+    src.copy_from_slice(&[source]);
+    let (c, e) = rest.split_at_mut(4);
+    c.copy_from_slice(&code.to_be_bytes());
+    e.copy_from_slice(&elapsed_us.to_be_bytes());
+    h
+}
+
 /// Appends one plaintext packet to `out`.
 pub(super) fn encode_packet_into(
     out: &mut Vec<u8>,
@@ -95,10 +116,7 @@ pub(super) fn encode_packet_into(
     elapsed_us: u64,
     data: &[u8],
 ) {
-    out.extend_from_slice(&((13 + data.len()) as u32).to_be_bytes());
-    out.push(source);
-    out.extend_from_slice(&code.to_be_bytes());
-    out.extend_from_slice(&elapsed_us.to_be_bytes());
+    out.extend_from_slice(&packet_header(source, code, elapsed_us, data.len()));
     out.extend_from_slice(data);
 }
 

@@ -180,19 +180,49 @@ impl Ring {
         if len > HALF {
             return Ok(false);
         }
-        // Room for it: at most one half is unwritten besides the one being filled, so
-        // waiting for the write in flight (and starting the next) always makes room.
+        self.make_room(len)?;
+        self.copy_in(block);
+        self.commit(len)?;
+        Ok(true)
+    }
+
+    /// The room for a block of `len` bytes, to be built in place and then
+    /// [`Ring::commit`]ted; `None` when it would wrap at the ring's end or is larger
+    /// than a half (the caller builds it elsewhere and [`Ring::append`]s it).
+    pub(super) fn slot(&mut self, len: usize) -> io::Result<Option<&mut [u8]>> {
+        let at = self.written % (2 * HALF);
+        if len as u64 > HALF || at + len as u64 > 2 * HALF {
+            return Ok(None);
+        }
+        self.make_room(len as u64)?;
+        // SAFETY: inside the data area (checked above); `make_room` waited until no
+        // write in flight covers it, and the returned borrow of `self` keeps the session
+        // from starting one until the block is committed.
+        Ok(Some(unsafe {
+            std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add((PAGE + at) as usize), len)
+        }))
+    }
+
+    /// Counts the `len` bytes after `written` as a block in the ring (built by
+    /// [`Ring::slot`] or copied by [`Ring::append`]), and starts a half's write if one
+    /// is full.
+    pub(super) fn commit(&mut self, len: u64) -> io::Result<()> {
+        self.written += len;
+        self.put(AT_WRITTEN, self.written);
+        self.pump()
+    }
+
+    /// Makes room for `len` bytes (at most a half): at most one half is unwritten
+    /// besides the one being filled, so waiting for the write in flight (and starting
+    /// the next) always makes room.
+    fn make_room(&mut self, len: u64) -> io::Result<()> {
         while self.written + len - self.flushed > 2 * HALF {
             self.pump()?;
             if self.written + len - self.flushed > 2 * HALF {
                 self.wait()?;
             }
         }
-        self.copy_in(block);
-        self.written += len;
-        self.put(AT_WRITTEN, self.written);
-        self.pump()?;
-        Ok(true)
+        Ok(())
     }
 
     /// Collects a finished write, if any, and starts the next full half's.

@@ -170,39 +170,49 @@ impl Writer {
 
     /// Seals and writes one packet. Empty data writes nothing.
     ///
-    /// The frame (length, sealed packet, tag) is built in one buffer the writer keeps,
-    /// and the packet is sealed in place: one copy of the data, no allocation once the
-    /// buffer has grown to the channel's packet size.
+    /// The frame (length, sealed packet, tag) is built in the ring when the log has one,
+    /// else in one buffer the writer keeps, and the packet is sealed in place: one copy
+    /// of the data, no allocation once the buffer has grown to the channel's packet size.
     pub fn packet(&mut self, source: u8, code: u32, data: &[u8]) -> Result<(), CmdLogError> {
         if data.is_empty() {
             return Ok(());
         }
         let elapsed = (self.start.elapsed().as_micros() as u64).max(self.last_elapsed);
         self.last_elapsed = elapsed;
-        let frame = &mut self.frame;
-        frame.clear();
-        frame.extend_from_slice(&[0; 4]); // the sealed length, filled in below
-        encode_packet_into(frame, source, code, elapsed, data);
-        let plain_len = frame.len() - 4;
-        let tag = self
-            .ctx
-            .seal_inout_detached(
-                hpke::inout::InOutBuf::from(frame.get_mut(4..).unwrap_or_default()),
-                &[],
-            )
-            .map_err(|e| CmdLogError::Crypto(format!("{e:?}")))?;
-        frame.extend_from_slice(&tag.to_bytes());
-        let sealed_len = (frame.len() - 4) as u32;
-        if let Some(len) = frame.get_mut(..4) {
-            len.copy_from_slice(&sealed_len.to_be_bytes());
-        }
-        // Each block reaches the operating system before this returns: a block the
-        // client has been sent data for survives the proxy being killed.
+        let plain_len = PACKET_HEADER + data.len();
+        let frame_len = 4 + plain_len + TAG;
         let before = self.in_file();
-        self.append_frame()
-            .map_err(|e| file_err(&self.spool_path(), e))?;
+        // Straight into the ring when it has a contiguous place for the block: the
+        // data is copied once, into the page it reaches the disk from.
+        let in_ring = match self.ring.as_mut() {
+            Some(ring) => match ring
+                .slot(frame_len)
+                .map_err(|e| file_err(&side_paths(&self.path).0, e))?
+            {
+                Some(slot) => {
+                    seal_frame(&mut self.ctx, slot, source, code, elapsed, data)?;
+                    true
+                }
+                None => false,
+            },
+            None => false,
+        };
+        if in_ring {
+            if let Some(ring) = self.ring.as_mut() {
+                ring.commit(frame_len as u64)
+                    .map_err(|e| file_err(&side_paths(&self.path).0, e))?;
+            }
+        } else {
+            self.frame.clear();
+            self.frame.resize(frame_len, 0);
+            seal_frame(&mut self.ctx, &mut self.frame, source, code, elapsed, data)?;
+            self.append_frame()
+                .map_err(|e| file_err(&self.spool_path(), e))?;
+        }
+        // The block has reached the operating system: a block the client has been
+        // sent data for survives the proxy being killed.
         self.data_size += plain_len as u64;
-        self.spooled += self.frame.len() as u64;
+        self.spooled += frame_len as u64;
         let now = self.in_file();
         if let Some(w) = &self.watcher {
             w.len.store(now, std::sync::atomic::Ordering::Release);
@@ -285,6 +295,42 @@ impl Writer {
         )?;
         Ok(self.path)
     }
+}
+
+/// The bytes of a block's authentication tag.
+const TAG: usize = 16;
+
+/// Builds one block in `out`, which is exactly its size (`4 + 17 + data.len() + 16`):
+/// the sealed length, then the packet sealed in place, then the tag.
+fn seal_frame(
+    ctx: &mut AeadCtxS<LogAead, HkdfSha256, Kem>,
+    out: &mut [u8],
+    source: u8,
+    code: u32,
+    elapsed: u64,
+    data: &[u8],
+) -> Result<(), CmdLogError> {
+    let wrong = || {
+        CmdLogError::Format(format!(
+            "a block of {} bytes for {} bytes of data",
+            out.len(),
+            data.len()
+        ))
+    };
+    if out.len() != 4 + PACKET_HEADER + data.len() + TAG {
+        return Err(wrong());
+    }
+    let (len, rest) = out.split_at_mut(4);
+    let (plain, tag) = rest.split_at_mut(PACKET_HEADER + data.len());
+    len.copy_from_slice(&((plain.len() + TAG) as u32).to_be_bytes());
+    let (head, body) = plain.split_at_mut(PACKET_HEADER);
+    head.copy_from_slice(&packet_header(source, code, elapsed, data.len()));
+    body.copy_from_slice(data);
+    let sealed = ctx
+        .seal_inout_detached(hpke::inout::InOutBuf::from(plain), &[])
+        .map_err(|e| CmdLogError::Crypto(format!("{e:?}")))?;
+    tag.copy_from_slice(&sealed.to_bytes());
+    Ok(())
 }
 
 /// Turns `partial` into the finished log at `path`: header, then the complete blocks
