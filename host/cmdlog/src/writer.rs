@@ -248,7 +248,9 @@ impl Writer {
         if !self.ring_tried && self.spooled + self.frame.len() as u64 >= RING_AFTER {
             self.ring_tried = true;
             let end = self.spooled + self.frame.len() as u64;
-            match Ring::start(&self.spool_path(), &self.blocks, end) {
+            // A log followed by its upload keeps its pages cached for the upload.
+            let direct = self.watcher.is_none();
+            match Ring::start(&self.spool_path(), &self.blocks, end, direct) {
                 Ok(ring) => self.ring = Some(ring),
                 Err(e) => tracing::warn!(
                     log = %self.spool_path().display(),
