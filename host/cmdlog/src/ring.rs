@@ -9,28 +9,28 @@
 //! fraction of that and leave no dirty pages behind.
 //!
 //! What does not change: a block is in the kernel before [`super::Writer::packet`]
-//! returns, so before the data it records is forwarded. It is copied into a
-//! `MAP_SHARED` mapping of `NAME.partial.ring`, whose pages belong to the kernel's page cache:
-//! a proxy killed at any point loses none of it, and [`apply`] (run by recovery) copies
-//! what the ring holds and the log does not yet into the log.
+//! returns, so before the data it records is forwarded. It is sealed in (or copied
+//! into) a `MAP_SHARED` mapping of `NAME.partial.ring`, whose pages belong to the
+//! kernel's page cache: a proxy killed at any point loses none of it, and [`apply`]
+//! (run by recovery) copies what the ring holds and the log does not yet into the log.
 //!
-//! `NAME.partial.ring`: one 4 KiB header page, then two halves of [`HALF`] bytes. The header:
-//! `PCRING01`, then little-endian u64s: the half size, `base` (the log's offset of the
-//! ring's stream position 0, 4 KiB-aligned), `flushed` (stream bytes the log file holds)
-//! and `written` (stream bytes in the ring, whole blocks only). Stream position `s` is
-//! at `4096 + s % (2 * HALF)` in the ring file. A half is written to the log (at
-//! `base + k * HALF`) once it is full; the other half fills meanwhile, and a half is
-//! reused only after its write has completed.
+//! `NAME.partial.ring`: one 4 KiB header page, then two halves of [`HALF`] bytes. The
+//! header: `PCRING01`, then little-endian u64s: the half size, `base` (the log's offset
+//! of the ring's stream position 0, 4 KiB-aligned), `flushed` (stream bytes the log
+//! file holds) and `written` (stream bytes in the ring, whole blocks only). Stream
+//! position `s` is at `4096 + s % (2 * HALF)` in the ring file. A half is written to the
+//! log (at `base + k * HALF`) once it is full; the other half fills meanwhile, and a
+//! half is reused only after its write has completed.
 //!
 //! A full disk loses nothing either: the log's space for everything the ring may hold
 //! is reserved (`fallocate`, keeping the size) before the ring takes it, so the disk
 //! fills at a reservation, which ends the channel, while what the ring holds still fits
 //! in the log. Finishing truncates the log to its length, which frees what is left.
 //!
-//! The project's only `unsafe` code is here: the session copies blocks into the mapping
+//! The project's only `unsafe` code is here: the session writes blocks into the mapping
 //! while the write thread reads the other half from it, which Rust's references cannot
-//! express. Each block says what keeps it sound; the invariant is that a half is never
-//! written while its direct write is in flight.
+//! express, and `fallocate` has no safe binding in std. Each block says what keeps it
+//! sound; the invariant is that a half is never written while its write is in flight.
 #![allow(unsafe_code)]
 
 use std::fs::{File, OpenOptions};
