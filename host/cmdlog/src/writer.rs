@@ -182,27 +182,7 @@ impl Writer {
         let plain_len = PACKET_HEADER + data.len();
         let frame_len = 4 + plain_len + TAG;
         let before = self.in_file();
-        // Straight into the ring when it has a contiguous place for the block: the
-        // data is copied once, into the page it reaches the disk from.
-        let in_ring = match self.ring.as_mut() {
-            Some(ring) => match ring
-                .slot(frame_len)
-                .map_err(|e| file_err(&side_paths(&self.path).0, e))?
-            {
-                Some(slot) => {
-                    seal_frame(&mut self.ctx, slot, source, code, elapsed, data)?;
-                    true
-                }
-                None => false,
-            },
-            None => false,
-        };
-        if in_ring {
-            if let Some(ring) = self.ring.as_mut() {
-                ring.commit(frame_len as u64)
-                    .map_err(|e| file_err(&side_paths(&self.path).0, e))?;
-            }
-        } else {
+        if !self.seal_in_ring(frame_len, source, code, elapsed, data)? {
             self.frame.clear();
             self.frame.resize(frame_len, 0);
             seal_frame(&mut self.ctx, &mut self.frame, source, code, elapsed, data)?;
@@ -221,6 +201,30 @@ impl Writer {
             }
         }
         Ok(())
+    }
+
+    /// Seals the block straight into the ring when there is one with a contiguous place
+    /// for it (the data is then copied once, into the page it reaches the disk from).
+    /// False when the block is to be built aside.
+    fn seal_in_ring(
+        &mut self,
+        frame_len: usize,
+        source: u8,
+        code: u32,
+        elapsed: u64,
+        data: &[u8],
+    ) -> Result<bool, CmdLogError> {
+        let Some(ring) = self.ring.as_mut() else {
+            return Ok(false);
+        };
+        let path = &self.path;
+        let spool_err = |e| file_err(&side_paths(path).0, e);
+        let Some(slot) = ring.slot(frame_len).map_err(spool_err)? else {
+            return Ok(false);
+        };
+        seal_frame(&mut self.ctx, slot, source, code, elapsed, data)?;
+        ring.commit(frame_len as u64).map_err(spool_err)?;
+        Ok(true)
     }
 
     /// Where the bytes the spool file itself holds end (an uploader reads up to there;
@@ -312,15 +316,12 @@ fn seal_frame(
     elapsed: u64,
     data: &[u8],
 ) -> Result<(), CmdLogError> {
-    let wrong = || {
-        CmdLogError::Format(format!(
+    if out.len() != 4 + PACKET_HEADER + data.len() + TAG {
+        return Err(CmdLogError::Format(format!(
             "a block of {} bytes for {} bytes of data",
             out.len(),
             data.len()
-        ))
-    };
-    if out.len() != 4 + PACKET_HEADER + data.len() + TAG {
-        return Err(wrong());
+        )));
     }
     let (len, rest) = out.split_at_mut(4);
     let (plain, tag) = rest.split_at_mut(PACKET_HEADER + data.len());
