@@ -100,7 +100,7 @@ impl Ring {
     /// nothing is left behind and the log goes on as it was.
     ///
     /// `direct`: the halves bypass the page cache. Without it they are written through
-    /// it, still whole and aligned (large folios, a third of the cost of block-sized
+    /// it, still whole and aligned (large folios, about half the cost of block-sized
     /// writes), for a reader that follows the log as it grows (the object-store upload)
     /// and would otherwise read it back from the disk.
     pub(super) fn start(partial: &Path, blocks: &File, len: u64, direct: bool) -> io::Result<Ring> {
