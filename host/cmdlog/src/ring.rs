@@ -98,38 +98,21 @@ impl Ring {
     /// whose first `len` bytes are written. The ring begins at the last 4 KiB boundary
     /// at or before `len`, with the bytes after it read back from the log. On error
     /// nothing is left behind and the log goes on as it was.
-    ///
-    /// `direct`: the halves bypass the page cache. Without it they are written through
-    /// it, still whole and aligned (large folios, about half the cost of block-sized
-    /// writes), for a reader that follows the log as it grows (the object-store upload)
-    /// and would otherwise read it back from the disk.
-    pub(super) fn start(partial: &Path, blocks: &File, len: u64, direct: bool) -> io::Result<Ring> {
+    pub(super) fn start(partial: &Path, blocks: &File, len: u64) -> io::Result<Ring> {
         let path = ring_path(partial);
-        let ring = Self::open(&path, partial, blocks, len, direct);
+        let ring = Self::open(&path, partial, blocks, len);
         if ring.is_err() {
             let _ = std::fs::remove_file(&path);
         }
         ring
     }
 
-    fn open(
-        path: &Path,
-        partial: &Path,
-        blocks: &File,
-        len: u64,
-        direct: bool,
-    ) -> io::Result<Ring> {
+    fn open(path: &Path, partial: &Path, blocks: &File, len: u64) -> io::Result<Ring> {
         // Opened first: a file system without direct I/O refuses it here.
-        let direct = if direct {
-            Some(
-                OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_DIRECT)
-                    .open(partial)?,
-            )
-        } else {
-            None
-        };
+        let direct = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(partial)?;
         let buffered = blocks.try_clone()?;
         let file = OpenOptions::new()
             .read(true)
@@ -180,7 +163,7 @@ impl Ring {
         ring.thread = Some(
             std::thread::Builder::new()
                 .name("cmdlog-ring".into())
-                .spawn(move || write_halves(&map, direct.as_ref(), &buffered, &job_rx, &done_tx))?,
+                .spawn(move || write_halves(&map, Some(&direct), &buffered, &job_rx, &done_tx))?,
         );
         Ok(ring)
     }
@@ -402,8 +385,8 @@ fn gone() -> io::Error {
     io::Error::other("the command log's writer thread has stopped")
 }
 
-/// The write thread: each half, directly when there is a `direct` descriptor; through
-/// the page cache otherwise, or if the file system turns direct writes down.
+/// The write thread: each half, directly; through the page cache once the file system
+/// has turned a direct write down.
 fn write_halves(
     map: &MmapRaw,
     mut direct: Option<&File>,

@@ -590,8 +590,10 @@ fn a_damaged_ring_is_left_in_place_with_its_log() {
 }
 
 #[test]
-fn an_uploader_is_told_only_of_bytes_the_file_holds() {
-    let (_d, _open, path, mut w) = started("ring-watched.sshlog");
+fn a_log_followed_by_its_upload_stays_out_of_the_ring() {
+    // The upload reads each block as soon as it is in the file: no ring holding the
+    // last MiB back.
+    let (_d, open, path, mut w) = started("watched.sshlog");
     let watcher = std::sync::Arc::new(SpoolLength {
         len: std::sync::atomic::AtomicU64::new(0),
         every: 1 << 20,
@@ -599,16 +601,15 @@ fn an_uploader_is_told_only_of_bytes_the_file_holds() {
     });
     w.watch(std::sync::Arc::clone(&watcher));
     let partial = side_paths(&path).0;
-    let mut seen = 0;
-    for i in 0..300 {
+    let n = 300;
+    for i in 0..n {
         w.packet(SOURCE_SERVER, CODE_DATA, &ring_data(i)).unwrap();
         let told = watcher.len.load(std::sync::atomic::Ordering::Acquire);
-        assert!(told >= seen, "the length never goes back");
-        assert!(told <= fs::metadata(&partial).unwrap().len());
-        seen = told;
+        assert_eq!(told, w.spooled, "told of every block at once");
+        assert_eq!(told, fs::metadata(&partial).unwrap().len());
     }
-    assert!(w.ring.is_some());
-    assert!(seen > RING_AFTER, "halves written directly count: {seen}");
-    assert!(seen < w.spooled, "blocks still in the ring do not count");
+    assert!(w.ring.is_none() && w.spooled > 4 * RING_AFTER);
+    assert!(!ring::ring_path(&partial).exists());
     w.finish(None).unwrap();
+    assert_ring_packets(&path, &open, n);
 }

@@ -249,12 +249,16 @@ impl Writer {
             }
         }
         self.blocks.write_all(&self.frame)?;
-        if !self.ring_tried && self.spooled + self.frame.len() as u64 >= RING_AFTER {
+        // Not for a log followed by its upload: the upload reads each block from the
+        // page cache as soon as it is written, where the ring would hold up to 1 MiB
+        // back until a half is full, and have it read the rest from the disk.
+        if !self.ring_tried
+            && self.watcher.is_none()
+            && self.spooled + self.frame.len() as u64 >= RING_AFTER
+        {
             self.ring_tried = true;
             let end = self.spooled + self.frame.len() as u64;
-            // A log followed by its upload keeps its pages cached for the upload.
-            let direct = self.watcher.is_none();
-            match Ring::start(&self.spool_path(), &self.blocks, end, direct) {
+            match Ring::start(&self.spool_path(), &self.blocks, end) {
                 Ok(ring) => self.ring = Some(ring),
                 Err(e) => tracing::warn!(
                     log = %self.spool_path().display(),
