@@ -168,7 +168,7 @@ impl Ring {
         Ok(ring)
     }
 
-    /// Where the log file's bytes written so far end (the uploader reads up to there).
+    /// Where the log file's bytes written so far end: a reader of the file finds them.
     pub(super) fn durable(&self) -> u64 {
         (self.base + self.flushed).max(self.started)
     }
