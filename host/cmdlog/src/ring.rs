@@ -300,9 +300,11 @@ impl Ring {
     /// stays until the caller has made the log durable and removes it ([`Ring::remove`]).
     pub(super) fn drain(&mut self, blocks: &File) -> io::Result<u64> {
         self.wait()?;
-        let (a, b) = self.slices(self.flushed, self.written);
-        blocks.write_all_at(a, self.base + self.flushed)?;
-        blocks.write_all_at(b, self.base + self.flushed + a.len() as u64)?;
+        write_pieces(
+            blocks,
+            self.slices(self.flushed, self.written),
+            self.base + self.flushed,
+        )?;
         self.flushed = self.written;
         self.put(AT_FLUSHED, self.flushed);
         Ok(self.base + self.written)
@@ -346,19 +348,12 @@ impl Ring {
     /// The ring's bytes of stream positions `from..to` (at most the ring's size), in
     /// one or two pieces.
     fn slices(&self, from: u64, to: u64) -> (&[u8], &[u8]) {
-        let ring = 2 * HALF;
-        let at = from % ring;
-        let len = to - from;
-        let first = len.min(ring - at);
-        // SAFETY: inside the data area; no write is in flight (callers waited), and the
-        // session does not write while it holds `&self`.
-        unsafe {
-            let data = self.map.as_ptr().add(PAGE as usize);
-            (
-                std::slice::from_raw_parts(data.add(at as usize), first as usize),
-                std::slice::from_raw_parts(data, (len - first) as usize),
-            )
-        }
+        // SAFETY: the data area lies inside the mapping; no write is in flight (callers
+        // waited), and the session does not write while it holds `&self`.
+        let data = unsafe {
+            std::slice::from_raw_parts(self.map.as_ptr().add(PAGE as usize), (2 * HALF) as usize)
+        };
+        wrapped(data, from, to).unwrap_or_default()
     }
 
     fn put(&self, at: usize, v: u64) {
@@ -424,17 +419,17 @@ fn write_halves(
 }
 
 /// Recovery: copies into the log `partial` what its ring holds and the log may not.
-/// `Ok(false)` when there is no ring, or one killed before it was set up (the log
+/// Nothing to do when there is no ring, or one killed before it was set up (the log
 /// holds everything then); an error when the ring is damaged (it is left in place).
-pub(super) fn apply(partial: &Path) -> io::Result<bool> {
+pub(super) fn apply(partial: &Path) -> io::Result<()> {
     let path = ring_path(partial);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
     if bytes.get(..MAGIC.len()) != Some(&MAGIC[..]) {
-        return Ok(false);
+        return Ok(());
     }
     let field = |at: usize| {
         bytes
@@ -468,15 +463,24 @@ pub(super) fn apply(partial: &Path) -> io::Result<bool> {
     let data = bytes
         .get(PAGE as usize..(PAGE + ring) as usize)
         .ok_or_else(|| damaged("shorter than its header says"))?;
-    let at = (flushed % ring) as usize;
-    let len = (written - flushed) as usize;
-    let first = len.min(data.len() - at);
-    let (Some(a), Some(b)) = (data.get(at..at + first), data.get(..len - first)) else {
-        return Err(damaged("impossible flushed or written counts"));
-    };
+    let pieces = wrapped(data, flushed, written)
+        .ok_or_else(|| damaged("impossible flushed or written counts"))?;
     let log = OpenOptions::new().write(true).open(partial)?;
-    log.write_all_at(a, base + flushed)?;
-    log.write_all_at(b, base + flushed + first as u64)?;
-    log.sync_data()?;
-    Ok(true)
+    write_pieces(&log, pieces, base + flushed)?;
+    log.sync_data()
+}
+
+/// The bytes of stream positions `from..to` in a ring's data area `data`, in one or
+/// two pieces (wrapping at its end); `None` if they are more than it holds.
+fn wrapped(data: &[u8], from: u64, to: u64) -> Option<(&[u8], &[u8])> {
+    let at = usize::try_from(from % data.len() as u64).ok()?;
+    let len = usize::try_from(to.checked_sub(from)?).ok()?;
+    let first = len.min(data.len() - at);
+    Some((data.get(at..at + first)?, data.get(..len - first)?))
+}
+
+/// Writes `pieces`, one after the other, at `offset` of `file`.
+fn write_pieces(file: &File, (a, b): (&[u8], &[u8]), offset: u64) -> io::Result<()> {
+    file.write_all_at(a, offset)?;
+    file.write_all_at(b, offset + a.len() as u64)
 }

@@ -453,13 +453,10 @@ pub fn recover(dir: &Path) -> Result<Vec<PathBuf>, CmdLogError> {
         if !partial.exists() {
             File::create(&partial).map_err(|e| file_err(&partial, e))?;
         }
-        let ringed = match ring::apply(&partial) {
-            Ok(applied) => applied,
-            Err(e) => {
-                tracing::error!(path = %partial.display(), "the command log's ring is damaged; both left in place: {e}");
-                continue;
-            }
-        };
+        if let Err(e) = ring::apply(&partial) {
+            tracing::error!(path = %partial.display(), "the command log's ring is damaged; both left in place: {e}");
+            continue;
+        }
         let size = fs::metadata(&partial)
             .map(|m| m.len())
             .unwrap_or(0)
@@ -479,9 +476,8 @@ pub fn recover(dir: &Path) -> Result<Vec<PathBuf>, CmdLogError> {
             side.header_reserve,
             None,
         )?;
-        if ringed || ring::ring_path(&partial).exists() {
-            let _ = fs::remove_file(ring::ring_path(&partial));
-        }
+        // The ring, applied or killed before it was set up, is no longer needed.
+        let _ = fs::remove_file(ring::ring_path(&partial));
         tracing::warn!(path = %path.display(), torn_bytes = torn, "finalised a command log left by an interrupted proxy");
         done.push(path);
     }
