@@ -1,5 +1,5 @@
 """Benchmark driver for scripts/bench: see that script for what it measures."""
-import argparse, json, os, platform, re, shutil, socket, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, platform, re, resource, shutil, socket, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # PORTCULLIS_BIN runs another build (an older commit's, to compare) with the same bench.
@@ -348,13 +348,92 @@ def machine_ticks():
 TICK = os.sysconf("SC_CLK_TCK")
 
 
+def client_group():
+    """A cgroup (v2) of its own for the clients the bench runs, so that the CPU of a
+    client's whole process tree is counted: with -J, `ssh` starts `ssh -W` for the outer
+    connection and does not wait for it, so its time never reaches this script's
+    RUSAGE_CHILDREN. None where no cgroup v2 hierarchy is writable (then the
+    children's usage is the fallback, and says less for -J)."""
+    for line in open("/proc/mounts"):
+        dev, mount, kind = line.split()[:3]
+        if kind == "cgroup2":
+            path = os.path.join(mount, f"portcullis-bench-{os.getpid()}")
+            try:
+                os.mkdir(path)
+                return path
+            except OSError:
+                return None
+    return None
+
+
+CLIENT_GROUP = None
+
+
+def client_seconds():
+    """CPU seconds (user + system) the clients have used so far."""
+    if CLIENT_GROUP:
+        for line in open(os.path.join(CLIENT_GROUP, "cpu.stat")):
+            if line.startswith("usage_usec "):
+                return int(line.split()[1]) / 1e6
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def timed(cmd, stdin=None):
+    if CLIENT_GROUP:
+        procs = os.path.join(CLIENT_GROUP, "cgroup.procs")
+        cmd = ["sh", "-c", f'echo $$ > {procs} && exec "$@"', "sh"] + cmd
     t = time.perf_counter()
     subprocess.run(cmd, check=True, stdin=stdin, stdout=subprocess.DEVNULL)
     return time.perf_counter() - t
 
 
 BEGIN, END = "<!-- bench:latest -->", "<!-- /bench:latest -->"
+
+
+def busy_share(rate, machine):
+    """The machine's busy share of its cores while moving data at `rate` bytes/s and
+    `machine` busy CPU seconds per GiB."""
+    return machine / (os.cpu_count() * 2**30 / rate)
+
+
+def proxy_budget(rates, ref_rates, c, ratio=0.9):
+    """The proxy's CPU per GiB under which a path would reach `ratio` times the reference's
+    throughput, the rest of the machine's work per GiB (the client, the target) and its
+    busy share staying as measured: the machine then needs (others + x) / (cores * share)
+    seconds per GiB, at most the reference's time / ratio."""
+    med = statistics.median
+    rate, ref, machine, proxy = med(rates), med(ref_rates), med(c[1]), med(c[0])
+    share = busy_share(rate, machine)
+    return os.cpu_count() * share * (2**30 / ref) / ratio - (machine - proxy)
+
+
+def budget(down, up, cpu, paths):
+    """Where the machine's CPU went per GiB, path by path, and what the throughput goals
+    leave the proxy (issue 19; docs/benchmarks.md explains the reading)."""
+    med = statistics.median
+    lines = ["", "Where the machine's time went per GiB, median (CPU seconds: the proxy, the client's ssh "
+             "processes (their whole tree where a cgroup counts it), the rest (the target's sshd and the program at its end, the relay or bastion, "
+             f"the kernel's threads), and idle = {os.cpu_count()} cores x the elapsed time - all of that):", "",
+             "| path | direction | elapsed | proxy | client | rest | idle |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for k in paths:
+        for direction, rates in (("down", down), ("up", up)):
+            c = cpu[k][direction]
+            elapsed = 2**30 / med(rates[k])
+            proxy = med(c[0]) if k.startswith("portcullis") else 0.0
+            machine, client = med(c[1]), med(c[2])
+            rest = machine - proxy - client
+            idle = os.cpu_count() * elapsed - machine
+            lines.append(f"| {k} | {direction} | {elapsed:.2f} | {proxy:.2f} | {client:.2f} | {rest:.2f} | {idle:.2f} |")
+    lines += ["", "What the throughput goals leave the proxy: its CPU per GiB under which the path would "
+              "reach 0.9x the reference, the rest of the machine's work and its busy share as measured:", "",
+              "| path | reference | direction | proxy now | proxy budget |", "| --- | --- | --- | ---: | ---: |"]
+    for k, ref in (("portcullis-user", "direct-aes-gcm"), ("portcullis", "direct")):
+        for direction, rates in (("down", down), ("up", up)):
+            c = cpu[k][direction]
+            lines.append(f"| {k} | {ref} | {direction} | {med(c[0]):.2f} | "
+                         f"{proxy_budget(rates[k], rates[ref], c):.2f} |")
+    return lines
 
 
 def goals(down, up, cpu, idle_ticks, idle_seconds, conc, light):
@@ -427,6 +506,8 @@ def main():
     ap.add_argument("--fleet-sessions", type=int, default=200,
                     help="sessions through HAProxy per fleet size (one, two replicas); 0 to skip")
     a = ap.parse_args()
+    global CLIENT_GROUP
+    CLIENT_GROUP = client_group()
     d = tempfile.mkdtemp(prefix="portcullis-bench-"); os.chmod(d, 0o755)
     ports, procs, proxy, relay = setup(d)
     try:
@@ -457,19 +538,21 @@ def main():
             before = proc_ticks(proxy.pid)
             time.sleep(a.idle_seconds)
             idle_ticks = proc_ticks(proxy.pid) - before
-        # CPU seconds per GiB moved: the proxy's own, and the whole machine's.
-        cpu = {k: {"down": ([], []), "up": ([], [])} for k in bulk_paths}
+        # CPU seconds per GiB moved: the proxy's own, the whole machine's, the client's.
+        cpu = {k: {"down": ([], [], []), "up": ([], [], [])} for k in bulk_paths}
         gib = size / 2**30
 
         def measured(k, direction, run_it):
             hop = relay.pid if k == "relay-aes-gcm" else proxy.pid
-            p0, m0 = proc_ticks(hop), machine_ticks()
+            p0, m0, c0 = proc_ticks(hop), machine_ticks(), client_seconds()
             rate = run_it()
+            c1 = client_seconds()
             if k.endswith("-log"):
                 logs_closed()  # finishing the log (its sync to disk) is part of its cost
             p1, m1 = proc_ticks(hop), machine_ticks()
             cpu[k][direction][0].append((p1 - p0) / TICK / gib)
             cpu[k][direction][1].append((m1 - m0) / TICK / gib)
+            cpu[k][direction][2].append((c1 - c0) / gib)
             return rate
         for _ in range(a.runs):  # alternate the paths so that noise hits all alike
             for k in bulk_paths:
@@ -534,6 +617,7 @@ def main():
         pd = f"{med(c['down'][0]):.2f}" if through else "-"
         pu = f"{med(c['up'][0]):.2f}" if through else "-"
         lines.append(f"| {k} | {pd} | {pu} | {med(c['down'][1]):.2f} | {med(c['up'][1]):.2f} |")
+    lines += budget(down, up, cpu, bulk_paths)
     lines += goals(down, up, cpu, idle_ticks, a.idle_seconds, conc, light)
     if idle_ticks is not None:
         lines += ["", f"The proxy at rest (policies loaded, no connection) for {a.idle_seconds} s: "
@@ -605,6 +689,11 @@ def main():
     if not a.no_write:
         write_latest(os.path.join(ROOT, "docs/benchmarks.md"), table)
     shutil.rmtree(d, ignore_errors=True)
+    if CLIENT_GROUP:
+        try:
+            os.rmdir(CLIENT_GROUP)
+        except OSError as e:
+            print(f"note: {CLIENT_GROUP} was left: {e}", file=sys.stderr)
 
 
 if __name__ == "__main__":
