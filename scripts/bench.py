@@ -360,9 +360,14 @@ def client_group():
             path = os.path.join(mount, f"portcullis-bench-{os.getpid()}")
             try:
                 os.mkdir(path)
-                return path
             except OSError:
                 return None
+            # Where processes cannot be moved into it (no delegation), do without.
+            probe = subprocess.run(["sh", "-c", f"echo $$ > {path}/cgroup.procs"], capture_output=True)
+            if probe.returncode == 0:
+                return path
+            os.rmdir(path)
+            return None
     return None
 
 
