@@ -1,5 +1,5 @@
 """Benchmark driver for scripts/bench: see that script for what it measures."""
-import argparse, json, os, platform, re, resource, shutil, socket, statistics, subprocess, sys, tempfile, time
+import argparse, atexit, json, os, platform, re, resource, shutil, socket, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # PORTCULLIS_BIN runs another build (an older commit's, to compare) with the same bench.
@@ -374,6 +374,15 @@ def client_group():
 CLIENT_GROUP = None
 
 
+def remove_group(path):
+    """Removes the clients' cgroup when the bench ends, however it ends (its processes
+    have all exited by then)."""
+    try:
+        os.rmdir(path)
+    except OSError as e:
+        print(f"note: {path} was left: {e}", file=sys.stderr)
+
+
 def client_seconds():
     """CPU seconds (user + system) the clients have used so far."""
     if CLIENT_GROUP:
@@ -513,6 +522,8 @@ def main():
     a = ap.parse_args()
     global CLIENT_GROUP
     CLIENT_GROUP = client_group()
+    if CLIENT_GROUP:
+        atexit.register(remove_group, CLIENT_GROUP)
     d = tempfile.mkdtemp(prefix="portcullis-bench-"); os.chmod(d, 0o755)
     ports, procs, proxy, relay = setup(d)
     try:
@@ -694,11 +705,6 @@ def main():
     if not a.no_write:
         write_latest(os.path.join(ROOT, "docs/benchmarks.md"), table)
     shutil.rmtree(d, ignore_errors=True)
-    if CLIENT_GROUP:
-        try:
-            os.rmdir(CLIENT_GROUP)
-        except OSError as e:
-            print(f"note: {CLIENT_GROUP} was left: {e}", file=sys.stderr)
 
 
 if __name__ == "__main__":
