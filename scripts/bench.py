@@ -405,6 +405,14 @@ def timed(cmd, stdin=None):
 BEGIN, END = "<!-- bench:latest -->", "<!-- /bench:latest -->"
 
 
+def floor_once():
+    """One run of each model of `benches/floor.rs` (the bare work of a proxy that ends
+    SSH: sockets, copies, AES-GCM passes): its relay thread's CPU seconds per GiB."""
+    out = subprocess.run(["cargo", "bench", "-q", "-p", "portcullis", "--bench", "floor", "--", "1"],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r"floor (.+?): ([\d.]+) s per GiB", out)}
+
+
 def busy_share(rate, machine):
     """The machine's busy share of its cores while moving data at `rate` bytes/s and
     `machine` busy CPU seconds per GiB."""
@@ -422,9 +430,10 @@ def proxy_budget(rates, ref_rates, c, ratio=0.9):
     return os.cpu_count() * share * (2**30 / ref) / ratio - (machine - proxy)
 
 
-def budget(down, up, cpu, paths):
+def budget(down, up, cpu, paths, floors):
     """Where the machine's CPU went per GiB, path by path, and what the throughput goals
-    leave the proxy (issue 19; docs/benchmarks.md explains the reading)."""
+    leave the proxy, against the floor measured in the same rounds (issue 19;
+    docs/benchmarks.md explains the reading)."""
     med = statistics.median
     lines = ["", "Where the machine's time went per GiB, median (CPU seconds: the proxy, the client's ssh "
              "processes (their whole tree where a cgroup counts it), the rest (the target's sshd and the program at its end, the relay or bastion, "
@@ -440,13 +449,19 @@ def budget(down, up, cpu, paths):
             idle = os.cpu_count() * elapsed - machine
             lines.append(f"| {k} | {direction} | {elapsed:.2f} | {proxy:.2f} | {client:.2f} | {rest:.2f} | {idle:.2f} |")
     lines += ["", "What the throughput goals leave the proxy: its CPU per GiB under which the path would "
-              "reach 0.9x the reference, the rest of the machine's work and its busy share as measured:", "",
-              "| path | reference | direction | proxy now | proxy budget |", "| --- | --- | --- | ---: | ---: |"]
-    for k, ref in (("portcullis-user", "direct-aes-gcm"), ("portcullis", "direct")):
+              "reach 0.9x the reference, the rest of the machine's work and its busy share as measured; and "
+              "the floor, the bare work of any proxy that ends SSH on that path (`benches/floor.rs`: sockets, "
+              "copies and AES-GCM passes, no SSH), median over the rounds:", "",
+              "| path | reference | direction | proxy now | proxy budget | floor |",
+              "| --- | --- | --- | ---: | ---: | ---: |"]
+    for k, ref, model in (("portcullis-user", "direct-aes-gcm", {"down": "user-name form", "up": "user-name form"}),
+                          ("portcullis", "direct", {"down": "-J down", "up": "-J up"})):
         for direction, rates in (("down", down), ("up", up)):
             c = cpu[k][direction]
+            got = [f[model[direction]] for f in floors if model[direction] in f]
+            floor = f"{med(got):.2f}" if got else "-"
             lines.append(f"| {k} | {ref} | {direction} | {med(c[0]):.2f} | "
-                         f"{proxy_budget(rates[k], rates[ref], c):.2f} |")
+                         f"{proxy_budget(rates[k], rates[ref], c):.2f} | {floor} |")
     return lines
 
 
@@ -570,7 +585,12 @@ def main():
             cpu[k][direction][1].append((m1 - m0) / TICK / gib)
             cpu[k][direction][2].append((c1 - c0) / gib)
             return rate
+        # The floor's relay is built now, so that no build runs between the transfers.
+        subprocess.run(["cargo", "bench", "--no-run", "-q", "-p", "portcullis", "--bench", "floor"],
+                       cwd=ROOT, check=True, capture_output=True)
+        floors = []
         for _ in range(a.runs):  # alternate the paths so that noise hits all alike
+            floors.append(floor_once())  # in the same minutes as the round's transfers
             for k in bulk_paths:
                 drop_finished_logs()
                 down[k].append(measured(k, "down", lambda: size / timed(p[k] + [f"head -c {size} /dev/zero"])))
@@ -633,7 +653,7 @@ def main():
         pd = f"{med(c['down'][0]):.2f}" if through else "-"
         pu = f"{med(c['up'][0]):.2f}" if through else "-"
         lines.append(f"| {k} | {pd} | {pu} | {med(c['down'][1]):.2f} | {med(c['up'][1]):.2f} |")
-    lines += budget(down, up, cpu, bulk_paths)
+    lines += budget(down, up, cpu, bulk_paths, floors)
     lines += goals(down, up, cpu, idle_ticks, a.idle_seconds, conc, light)
     if idle_ticks is not None:
         lines += ["", f"The proxy at rest (policies loaded, no connection) for {a.idle_seconds} s: "
