@@ -408,9 +408,13 @@ BEGIN, END = "<!-- bench:latest -->", "<!-- /bench:latest -->"
 def floor_once():
     """One run of each model of `benches/floor.rs` (the bare work of a proxy that ends
     SSH: sockets, copies, AES-GCM passes): its relay thread's CPU seconds per GiB."""
-    out = subprocess.run(["cargo", "bench", "-q", "-p", "portcullis", "--bench", "floor", "--", "1"],
-                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    return {m.group(1): float(m.group(2)) for m in re.finditer(r"floor (.+?): ([\d.]+) s per GiB", out)}
+    run = subprocess.run(["cargo", "bench", "-q", "-p", "portcullis", "--bench", "floor", "--", "1"],
+                         cwd=ROOT, capture_output=True, text=True)
+    if run.returncode != 0:
+        # The rest of the run is still worth having: the floor column shows "-".
+        print(f"note: the floor bench failed: {run.stderr.strip()[-500:]}", file=sys.stderr)
+        return {}
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r"floor (.+?): ([\d.]+) s per GiB", run.stdout)}
 
 
 def busy_share(rate, machine):
@@ -587,7 +591,7 @@ def main():
             return rate
         # The floor's relay is built now, so that no build runs between the transfers.
         subprocess.run(["cargo", "bench", "--no-run", "-q", "-p", "portcullis", "--bench", "floor"],
-                       cwd=ROOT, check=True, capture_output=True)
+                       cwd=ROOT, capture_output=True)
         floors = []
         for _ in range(a.runs):  # alternate the paths so that noise hits all alike
             floors.append(floor_once())  # in the same minutes as the round's transfers
