@@ -355,7 +355,7 @@ def client_group():
     RUSAGE_CHILDREN. None where no cgroup v2 hierarchy is writable (then the
     children's usage is the fallback, and says less for -J)."""
     for line in open("/proc/mounts"):
-        dev, mount, kind = line.split()[:3]
+        _, mount, kind = line.split()[:3]
         if kind == "cgroup2":
             path = os.path.join(mount, f"portcullis-bench-{os.getpid()}")
             try:
@@ -363,7 +363,7 @@ def client_group():
             except OSError:
                 return None
             # Where processes cannot be moved into it (no delegation), do without.
-            probe = subprocess.run(["sh", "-c", f"echo $$ > {path}/cgroup.procs"], capture_output=True)
+            probe = subprocess.run(in_group(path, ["true"]), capture_output=True)
             if probe.returncode == 0:
                 return path
             os.rmdir(path)
@@ -372,6 +372,11 @@ def client_group():
 
 
 CLIENT_GROUP = None
+
+
+def in_group(group, cmd):
+    """`cmd` run inside the cgroup `group`, its children with it."""
+    return ["sh", "-c", f'echo $$ > {group}/cgroup.procs && exec "$@"', "sh"] + cmd
 
 
 def remove_group(path):
@@ -395,8 +400,7 @@ def client_seconds():
 
 def timed(cmd, stdin=None):
     if CLIENT_GROUP:
-        procs = os.path.join(CLIENT_GROUP, "cgroup.procs")
-        cmd = ["sh", "-c", f'echo $$ > {procs} && exec "$@"', "sh"] + cmd
+        cmd = in_group(CLIENT_GROUP, cmd)
     t = time.perf_counter()
     subprocess.run(cmd, check=True, stdin=stdin, stdout=subprocess.DEVNULL)
     return time.perf_counter() - t
@@ -458,11 +462,14 @@ def budget(down, up, cpu, paths, floors):
               "copies and AES-GCM passes, no SSH), median over the rounds:", "",
               "| path | reference | direction | proxy now | proxy budget | floor |",
               "| --- | --- | --- | ---: | ---: | ---: |"]
-    for k, ref, model in (("portcullis-user", "direct-aes-gcm", {"down": "user-name form", "up": "user-name form"}),
-                          ("portcullis", "direct", {"down": "-J down", "up": "-J up"})):
+    # The floor bench's model of each path and direction.
+    models = {("portcullis-user", "down"): "user-name form", ("portcullis-user", "up"): "user-name form",
+              ("portcullis", "down"): "-J down", ("portcullis", "up"): "-J up"}
+    for k, ref in (("portcullis-user", "direct-aes-gcm"), ("portcullis", "direct")):
         for direction, rates in (("down", down), ("up", up)):
             c = cpu[k][direction]
-            got = [f[model[direction]] for f in floors if model[direction] in f]
+            model = models[(k, direction)]
+            got = [f[model] for f in floors if model in f]
             floor = f"{med(got):.2f}" if got else "-"
             lines.append(f"| {k} | {ref} | {direction} | {med(c[0]):.2f} | "
                          f"{proxy_budget(rates[k], rates[ref], c):.2f} | {floor} |")
