@@ -512,6 +512,28 @@ impl Select for Client {
     }
 }
 
+/// The cipher a server that prefers its own order (`server::Config::prefer_server_ciphers`)
+/// offers a client whose KEXINIT is `client_kexinit`: the first of `ours` that the client
+/// lists in both directions, or `None` when there is none.
+pub(crate) fn server_preferred_cipher(
+    ours: &[cipher::Name],
+    client_kexinit: &[u8],
+) -> Result<Option<cipher::Name>, Error> {
+    // Message number and cookie.
+    let Some(mut r) = client_kexinit.get(17..) else {
+        return Err(Error::Inconsistent);
+    };
+    NameList::decode(&mut r)?; // key exchange
+    NameList::decode(&mut r)?; // host key
+    let to_server = NameList::decode(&mut r)?;
+    let to_client = NameList::decode(&mut r)?;
+    let listed = |list: &NameList, c: &cipher::Name| list.0.iter().any(|n| n == c.as_ref());
+    Ok(ours
+        .iter()
+        .find(|c| listed(&to_server, c) && listed(&to_client, c))
+        .copied())
+}
+
 pub(crate) fn write_kex(
     prefs: &Preferred,
     writer: &mut PacketWriter,

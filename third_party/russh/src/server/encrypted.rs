@@ -865,6 +865,8 @@ mod tests {
             channels: std::collections::HashMap::new(),
             open_global_requests: std::collections::VecDeque::new(),
             kex: SessionKexState::Idle,
+            negotiated_cipher: None,
+            first_kexinit_deadline: None,
         }
     }
 

@@ -43,6 +43,9 @@ pub(crate) struct ServerKex {
     cause: KexCause,
     state: ServerKexState,
     config: Arc<Config>,
+    /// The algorithms offered in our KEXINIT: `config.preferred`, or one cipher
+    /// (`Config::prefer_server_ciphers`).
+    preferred: Preferred,
 }
 
 impl Debug for ServerKex {
@@ -76,6 +79,7 @@ impl ServerKex {
     ) -> Self {
         let exchange = Exchange::new(client_sshid, server_sshid.as_kex_hash_bytes());
         Self {
+            preferred: config.preferred.clone(),
             config,
             exchange,
             cause,
@@ -109,9 +113,18 @@ impl ServerKex {
         }
     }
 
-    pub fn kexinit(&mut self, output: &mut PacketWriter) -> Result<(), Error> {
+    /// Sends our KEXINIT; `cipher`, if given, is the only cipher offered
+    /// (`Config::prefer_server_ciphers`).
+    pub fn kexinit(
+        &mut self,
+        output: &mut PacketWriter,
+        cipher: Option<crate::cipher::Name>,
+    ) -> Result<(), Error> {
+        if let Some(cipher) = cipher {
+            self.preferred.cipher = std::borrow::Cow::Owned(vec![cipher]);
+        }
         self.exchange.server_kex_init =
-            negotiation::write_kex(&self.config.preferred, output, Some(self.config.as_ref()))?;
+            negotiation::write_kex(&self.preferred, output, Some(self.config.as_ref()))?;
 
         Ok(())
     }
@@ -139,7 +152,7 @@ impl ServerKex {
                     self.exchange.client_kex_init = input.buffer.to_vec().into();
                     negotiation::Server::read_kex(
                         &input.buffer,
-                        &self.config.preferred,
+                        &self.preferred,
                         Some(&self.config.keys),
                         Some(&self.config.certificates),
                         &self.cause,

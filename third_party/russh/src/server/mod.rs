@@ -99,7 +99,20 @@ pub struct Config {
     pub keepalive_max: usize,
     /// If active, invoke `set_nodelay(true)` on client sockets; disabled by default (i.e. Nagle's algorithm is active).
     pub nodelay: bool,
+    /// If active, the order of `preferred.cipher` decides the cipher, not the client's
+    /// (as `ssl_prefer_server_ciphers` does for TLS servers). SSH negotiation takes the
+    /// client's first choice that the server offers, so the server sends its KEXINIT
+    /// after the client's and offers only the first of its ciphers that the client
+    /// lists (all of them when there is none, so that the failure names both lists).
+    /// A client that waits for the server's KEXINIT before sending its own gets the
+    /// whole list after [`FIRST_KEXINIT_WAIT`]. A key re-exchange the server starts
+    /// offers the cipher in use. Disabled by default.
+    pub prefer_server_ciphers: bool,
 }
+
+/// How long a server with [`Config::prefer_server_ciphers`] waits for the client's
+/// first KEXINIT before sending its own with the whole cipher list.
+pub const FIRST_KEXINIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Default for Config {
     fn default() -> Config {
@@ -126,6 +139,7 @@ impl Default for Config {
             keepalive_interval: None,
             keepalive_max: 3,
             nodelay: false,
+            prefer_server_ciphers: false,
         }
     }
 }
@@ -153,6 +167,8 @@ impl Debug for Config {
             .field("inactivity_timeout", &self.inactivity_timeout)
             .field("keepalive_interval", &self.keepalive_interval)
             .field("keepalive_max", &self.keepalive_max)
+            .field("nodelay", &self.nodelay)
+            .field("prefer_server_ciphers", &self.prefer_server_ciphers)
             .finish()
     }
 }
@@ -1126,9 +1142,17 @@ where
         channels: HashMap::new(),
         open_global_requests: VecDeque::new(),
         kex: SessionKexState::Idle,
+        negotiated_cipher: None,
+        first_kexinit_deadline: None,
     };
 
-    session.begin_rekey()?;
+    if session.common.config.prefer_server_ciphers {
+        // Our KEXINIT answers the client's (see `Config::prefer_server_ciphers`).
+        session.first_kexinit_deadline =
+            Some(russh_util::time::Instant::now() + FIRST_KEXINIT_WAIT);
+    } else {
+        session.begin_rekey(None)?;
+    }
 
     // Boxed: `russh_util::runtime::spawn` awaits the future inside an async block that
     // also keeps it as a captured variable, so an unboxed session future would take its
@@ -1201,8 +1225,12 @@ async fn reply<H: Handler + Send>(
 
     if pkt.buffer.first() == Some(&msg::KEXINIT) && session.kex == SessionKexState::Idle {
         // Not currently in a rekey but received KEXINIT
-        info!("Client has initiated re-key");
-        session.begin_rekey()?;
+        if session.common.encrypted.is_some() {
+            info!("Client has initiated re-key");
+        } else {
+            debug!("the client's first KEXINIT, before ours");
+        }
+        session.begin_rekey(Some(pkt.buffer.as_ref()))?;
         // Kex will consume the packet right away
     }
 
@@ -1258,6 +1286,7 @@ async fn reply<H: Handler + Send>(
                 }
                 KexProgress::Done { newkeys, .. } => {
                     debug!("kex impl has completed");
+                    session.negotiated_cipher = Some(newkeys.names.cipher);
                     session.common.strict_kex =
                         session.common.strict_kex || newkeys.names.strict_kex();
 

@@ -29,6 +29,12 @@ pub struct Session {
     pub(crate) channels: HashMap<ChannelId, ChannelRef>,
     pub(crate) open_global_requests: VecDeque<GlobalRequestResponse>,
     pub(crate) kex: SessionKexState<ServerKex>,
+    /// The cipher of the last key exchange, which a re-exchange the server starts
+    /// offers alone under `Config::prefer_server_ciphers`.
+    pub(crate) negotiated_cipher: Option<crate::cipher::Name>,
+    /// Under `Config::prefer_server_ciphers`, until the first key exchange starts:
+    /// when to stop waiting for the client's KEXINIT and send ours.
+    pub(crate) first_kexinit_deadline: Option<russh_util::time::Instant>,
 }
 
 #[derive(Debug)]
@@ -742,7 +748,22 @@ impl Session {
                             let kex_was_active = self.kex.active();
                             match Box::pin(reply(&mut *self, &mut *handler, &mut pkt)).await {
                                 Ok(_) => {},
-                                Err(e) => return Err(e),
+                                Err(e) => {
+                                    // Our first KEXINIT, when it answers the client's
+                                    // (`Config::prefer_server_ciphers`), is still unsent
+                                    // if the negotiation failed: send it, so that the
+                                    // client can say what did not match. Before the first
+                                    // exchange ends nothing else can be queued.
+                                    if self.common.encrypted.is_none() {
+                                        let _ = crate::flush_or_timeout(
+                                            &mut self.common.packet_writer,
+                                            &mut stream_write,
+                                            inactivity_timer.as_mut(),
+                                        )
+                                        .await;
+                                    }
+                                    return Err(e)
+                                }
                             }
                             buffer.seqn = pkt.seqn; // TODO reply changes seqn internall, find cleaner way
 
@@ -764,8 +785,13 @@ impl Session {
                     reading.set(start_reading(stream_read, buffer, opening_cipher));
                 }
                 () = &mut rekey_timer => {
-                    // The flush after the select sees the elapsed limit.
-                    debug!("rekey time limit reached");
+                    if self.awaiting_first_kexinit() {
+                        debug!("no KEXINIT from the client yet: sending ours");
+                        self.begin_rekey(None)?;
+                    } else {
+                        // The flush after the select sees the elapsed limit.
+                        debug!("rekey time limit reached");
+                    }
                 }
                 () = &mut keepalive_timer => {
                     self.common.alive_timeouts = self.common.alive_timeouts.saturating_add(1);
@@ -930,7 +956,7 @@ impl Session {
                         }
                         enc.state = EncryptedState::Authenticated;
                     }
-                    self.begin_rekey()?;
+                    self.begin_rekey(None)?;
                 }
             }
         }
@@ -957,6 +983,11 @@ impl Session {
     }
 
     fn rekey_time_remaining(&self) -> Option<Duration> {
+        if self.awaiting_first_kexinit() {
+            return self
+                .first_kexinit_deadline
+                .map(|d| d.saturating_duration_since(russh_util::time::Instant::now()));
+        }
         if !self.automatic_rekey_allowed() {
             return None;
         }
@@ -1554,8 +1585,27 @@ impl Session {
         Ok(())
     }
 
-    pub(crate) fn begin_rekey(&mut self) -> Result<(), Error> {
+    /// No key exchange has started: the server waits for the client's KEXINIT
+    /// (`Config::prefer_server_ciphers`).
+    fn awaiting_first_kexinit(&self) -> bool {
+        self.kex == SessionKexState::Idle && self.common.encrypted.is_none()
+    }
+
+    /// Starts a key exchange by sending our KEXINIT. `client_kexinit` is the client's,
+    /// when it came first.
+    pub(crate) fn begin_rekey(&mut self, client_kexinit: Option<&[u8]>) -> Result<(), Error> {
         debug!("beginning re-key");
+        self.first_kexinit_deadline = None;
+        // Under `prefer_server_ciphers` one cipher is offered: our first that the
+        // client lists, or, in a re-exchange we start, the one in use.
+        let cipher = match (self.common.config.prefer_server_ciphers, client_kexinit) {
+            (false, _) => None,
+            (true, Some(theirs)) => crate::negotiation::server_preferred_cipher(
+                &self.common.config.preferred.cipher,
+                theirs,
+            )?,
+            (true, None) => self.negotiated_cipher,
+        };
         self.pending_len = 0;
         let mut kex = ServerKex::new(
             self.common.config.clone(),
@@ -1570,7 +1620,7 @@ impl Session {
             },
         );
 
-        kex.kexinit(&mut self.common.packet_writer)?;
+        kex.kexinit(&mut self.common.packet_writer, cipher)?;
         self.kex = SessionKexState::InProgress(Box::new(kex));
         Ok(())
     }
@@ -1673,6 +1723,8 @@ mod tests {
             channels: HashMap::new(),
             open_global_requests: VecDeque::new(),
             kex: SessionKexState::Idle,
+            negotiated_cipher: None,
+            first_kexinit_deadline: None,
         }
     }
 
@@ -1848,6 +1900,160 @@ mod tests {
         assert_eq!(
             first_packet_from_event_loop(session, &mut peer, stream).await,
             Some(msg::KEXINIT)
+        );
+    }
+
+    /// A server with `prefer_server_ciphers`, before any key exchange, preferring
+    /// AES-256-GCM to ChaCha20-Poly1305.
+    fn session_preferring_its_ciphers() -> Session {
+        let mut session = authenticated_session();
+        session.common.encrypted = None;
+        let config = Arc::get_mut(&mut session.common.config).unwrap();
+        config.prefer_server_ciphers = true;
+        config.preferred.cipher = vec![cipher::AES_256_GCM, cipher::CHACHA20_POLY1305].into();
+        config.keys =
+            vec![PrivateKey::random(&mut rand::rng(), ssh_key::Algorithm::Ed25519).unwrap()];
+        session
+    }
+
+    /// A client's KEXINIT payload listing `ciphers` in both directions.
+    fn client_kexinit(ciphers: &[cipher::Name]) -> bytes::Bytes {
+        let prefs = crate::Preferred {
+            cipher: ciphers.to_vec().into(),
+            ..Default::default()
+        };
+        crate::negotiation::write_kex(&prefs, &mut PacketWriter::clear(), None).unwrap()
+    }
+
+    /// The ciphers a KEXINIT payload offers, client to server and server to client.
+    fn offered_ciphers(kexinit: &[u8]) -> (Vec<String>, Vec<String>) {
+        assert_eq!(kexinit.first(), Some(&msg::KEXINIT));
+        let mut r = &kexinit[17..];
+        NameList::decode(&mut r).unwrap();
+        NameList::decode(&mut r).unwrap();
+        let to_server = NameList::decode(&mut r).unwrap().0;
+        (to_server, NameList::decode(&mut r).unwrap().0)
+    }
+
+    /// Runs the event loop and returns the payload of the first packet it writes.
+    async fn first_payload_from_event_loop(
+        session: Session,
+        peer: &mut tokio::io::DuplexStream,
+        stream: tokio::io::DuplexStream,
+    ) -> Vec<u8> {
+        let event_loop = tokio::spawn(session.run(SshRead::new(stream), TestHandler));
+        let mut buffer = SSHBuffer::new();
+        let mut opening_key = cipher::clear::Key;
+        let packet = cipher::read(peer, &mut buffer, &mut opening_key);
+        let result = tokio::time::timeout(Duration::from_secs(5), packet).await;
+        event_loop.abort();
+        result.unwrap().unwrap();
+        let padding = usize::from(buffer.buffer[4]);
+        buffer.buffer[5..buffer.buffer.len() - padding].to_vec()
+    }
+
+    #[test]
+    fn the_server_preferred_cipher_is_its_first_that_the_client_lists() {
+        use crate::negotiation::server_preferred_cipher;
+        let ours = [cipher::AES_256_GCM, cipher::CHACHA20_POLY1305];
+        let client = client_kexinit(&[
+            cipher::CHACHA20_POLY1305,
+            cipher::AES_128_CTR,
+            cipher::AES_256_GCM,
+        ]);
+        assert_eq!(
+            server_preferred_cipher(&ours, &client).unwrap(),
+            Some(cipher::AES_256_GCM)
+        );
+        let client = client_kexinit(&[cipher::AES_128_CTR, cipher::CHACHA20_POLY1305]);
+        assert_eq!(
+            server_preferred_cipher(&ours, &client).unwrap(),
+            Some(cipher::CHACHA20_POLY1305)
+        );
+        let client = client_kexinit(&[cipher::AES_128_CTR]);
+        assert_eq!(server_preferred_cipher(&ours, &client).unwrap(), None);
+        assert!(server_preferred_cipher(&ours, &client[..20]).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_server_preferring_its_ciphers_answers_the_client_kexinit_with_one() {
+        let session = session_preferring_its_ciphers();
+        let (mut peer, stream) = tokio::io::duplex(64 * 1024);
+        // The client lists ChaCha20 first, as OpenSSH does.
+        let mut theirs = PacketWriter::clear();
+        let payload = client_kexinit(&[cipher::CHACHA20_POLY1305, cipher::AES_256_GCM]);
+        theirs.packet_raw(&payload).unwrap();
+        peer.write_all(&theirs.buffer().buffer).await.unwrap();
+
+        let ours = first_payload_from_event_loop(session, &mut peer, stream).await;
+        let only = vec![cipher::AES_256_GCM.as_ref().to_string()];
+        assert_eq!(offered_ciphers(&ours), (only.clone(), only));
+    }
+
+    #[tokio::test]
+    async fn a_server_preferring_its_ciphers_offers_them_all_to_a_client_that_waits() {
+        let mut session = session_preferring_its_ciphers();
+        session.first_kexinit_deadline =
+            Some(russh_util::time::Instant::now() + Duration::from_millis(50));
+        let (mut peer, stream) = tokio::io::duplex(64 * 1024);
+
+        let ours = first_payload_from_event_loop(session, &mut peer, stream).await;
+        let all = vec![
+            cipher::AES_256_GCM.as_ref().to_string(),
+            cipher::CHACHA20_POLY1305.as_ref().to_string(),
+        ];
+        assert_eq!(offered_ciphers(&ours), (all.clone(), all));
+    }
+
+    #[tokio::test]
+    async fn a_server_preferring_its_ciphers_still_sends_them_when_none_matches() {
+        // The negotiation fails, but the client sees the whole list first, as it would
+        // from a server that sends its KEXINIT without waiting (and can say why).
+        let session = session_preferring_its_ciphers();
+        let (mut peer, stream) = tokio::io::duplex(64 * 1024);
+        let mut theirs = PacketWriter::clear();
+        theirs
+            .packet_raw(&client_kexinit(&[cipher::AES_128_CTR]))
+            .unwrap();
+        peer.write_all(&theirs.buffer().buffer).await.unwrap();
+
+        let ours = first_payload_from_event_loop(session, &mut peer, stream).await;
+        let all = vec![
+            cipher::AES_256_GCM.as_ref().to_string(),
+            cipher::CHACHA20_POLY1305.as_ref().to_string(),
+        ];
+        assert_eq!(offered_ciphers(&ours), (all.clone(), all));
+    }
+
+    #[test]
+    fn a_rekey_the_server_starts_offers_the_cipher_in_use() {
+        let mut session = authenticated_session();
+        Arc::get_mut(&mut session.common.config)
+            .unwrap()
+            .prefer_server_ciphers = true;
+        session.negotiated_cipher = Some(cipher::CHACHA20_POLY1305);
+        session.begin_rekey(None).unwrap();
+        let written = &session.common.packet_writer.buffer().buffer;
+        let padding = usize::from(written[4]);
+        let only = vec![cipher::CHACHA20_POLY1305.as_ref().to_string()];
+        assert_eq!(
+            offered_ciphers(&written[5..written.len() - padding]),
+            (only.clone(), only)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_message_before_the_first_kexinit_is_refused() {
+        let mut session = session_preferring_its_ciphers();
+        let mut handler = TestHandler;
+        let mut packet = IncomingSshPacket {
+            buffer: none_auth_request("user").into(),
+            seqn: Wrapping(1),
+        };
+        assert!(
+            super::super::reply(&mut session, &mut handler, &mut packet)
+                .await
+                .is_err()
         );
     }
 
