@@ -483,14 +483,78 @@ fn environment_variables_are_asked_of_the_policies() {
     assert_eq!(refused["allowed"], false);
 }
 
+/// The ciphers an OpenSSH client run with `-v` says it negotiated, one per connection
+/// (a ProxyJump's outer connection is the `ssh -W` that `-v` is passed on to).
+fn negotiated_ciphers(out: &std::process::Output) -> Vec<String> {
+    out.stderr_text()
+        .lines()
+        .filter_map(|l| l.split_once("kex: server->client cipher: "))
+        .filter_map(|(_, rest)| rest.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
 #[test]
-fn ciphers_offered_to_clients_are_configurable() {
-    // The default offer is AES-GCM only: a client limited to ChaCha20 finds no match.
+fn the_proxy_picks_the_cipher_from_its_list_and_lets_every_client_in() {
+    // The default list, in the proxy's order: OpenSSH's own client lists ChaCha20
+    // first and still gets AES-128-GCM, by the user-name form and on both connections
+    // of a ProxyJump; clients limited to ChaCha20 or CTR get in with those.
     let lab = default_lab(&[("jdoe@example.com", &[])]);
     ensure_user("jdoe");
-    let chacha = ["-c", "chacha20-poly1305@openssh.com"];
+    let dest = format!("jdoe%127.0.0.1:{}@127.0.0.1", lab.sshd_port);
+    let (port, sshd_port) = (lab.proxy_port.to_string(), lab.sshd_port.to_string());
+    let jump = ["-J", "jdoe@portcullis", "-p", &sshd_port, "jdoe@127.0.0.1"];
+    let cases: [(&[&str], &[&str], &[&str]); 5] = [
+        (&[], &["-p", &port, &dest], &["aes128-gcm@openssh.com"]),
+        (
+            &[],
+            &jump,
+            &["aes128-gcm@openssh.com", "aes128-gcm@openssh.com"],
+        ),
+        (
+            &["-c", "chacha20-poly1305@openssh.com"],
+            &["-p", &port, &dest],
+            &["chacha20-poly1305@openssh.com"],
+        ),
+        (
+            &["-c", "aes256-ctr"],
+            &["-p", &port, &dest],
+            &["aes256-ctr"],
+        ),
+        // Of the client's list, the proxy's first: AES-256-GCM before ChaCha20.
+        (
+            &["-c", "chacha20-poly1305@openssh.com,aes256-gcm@openssh.com"],
+            &["-p", &port, &dest],
+            &["aes256-gcm@openssh.com"],
+        ),
+    ];
+    for (cipher, to, expected) in cases {
+        let args: Vec<&str> = ["-v"]
+            .iter()
+            .chain(cipher)
+            .chain(to)
+            .chain(&["echo ok"])
+            .copied()
+            .collect();
+        let out = lab.ssh("jdoe", &args);
+        assert_eq!(
+            out.stdout_text().trim(),
+            "ok",
+            "{args:?}: {}",
+            out.stderr_text()
+        );
+        assert_eq!(negotiated_ciphers(&out), expected, "{args:?}");
+    }
+    drop(lab);
+
+    // A list of one: a client limited to ChaCha20 finds no match, and says so.
+    let mut lab = Lab::new(&[("jdoe@example.com", &[])]);
+    lab.policies
+        .module("90-default-principal.wasm", "default_principal");
+    lab.server_config("ciphers = [\"aes256-gcm@openssh.com\"]\n");
+    lab.start();
     let dest = format!("jdoe%127.0.0.1:{}@127.0.0.1", lab.sshd_port);
     let port = lab.proxy_port.to_string();
+    let chacha = ["-c", "chacha20-poly1305@openssh.com"];
     let out = lab.ssh(
         "jdoe",
         &[
@@ -511,29 +575,18 @@ fn ciphers_offered_to_clients_are_configurable() {
         out.stderr_text()
     );
     drop(lab);
-    // Offered when configured: ChaCha20 and CTR clients get in.
+
+    // The client's order, when configured: OpenSSH's first choice, ChaCha20.
     let mut lab = Lab::new(&[("jdoe@example.com", &[])]);
     lab.policies
         .module("90-default-principal.wasm", "default_principal");
-    lab.server_config(
-        "ciphers = [\"aes128-gcm@openssh.com\", \"chacha20-poly1305@openssh.com\", \"aes256-ctr\"]\n",
-    );
+    lab.server_config("cipher_order = \"client\"\n");
     lab.start();
     let dest = format!("jdoe%127.0.0.1:{}@127.0.0.1", lab.sshd_port);
     let port = lab.proxy_port.to_string();
-    for cipher in [
-        "chacha20-poly1305@openssh.com",
-        "aes256-ctr",
-        "aes128-gcm@openssh.com",
-    ] {
-        let out = lab.ssh("jdoe", &["-c", cipher, "-p", &port, &dest, "echo ok"]);
-        assert_eq!(
-            out.stdout_text().trim(),
-            "ok",
-            "{cipher}: {}",
-            out.stderr_text()
-        );
-    }
+    let out = lab.ssh("jdoe", &["-v", "-p", &port, &dest, "echo ok"]);
+    assert_eq!(out.stdout_text().trim(), "ok", "{}", out.stderr_text());
+    assert_eq!(negotiated_ciphers(&out), ["chacha20-poly1305@openssh.com"]);
 }
 
 #[test]

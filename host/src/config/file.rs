@@ -40,8 +40,10 @@ pub(super) struct RawServer {
     pub(super) transparent_listen: Vec<String>,
     /// Load balancers whose connections start with a PROXY protocol header.
     pub(super) proxy_protocol_from: Vec<String>,
-    /// The ciphers offered to clients, in the proxy's order of preference.
+    /// The ciphers clients may use, in the proxy's order of preference.
     pub(super) ciphers: Vec<String>,
+    /// `proxy` (its order of `ciphers` decides) or `client`.
+    pub(super) cipher_order: String,
     pub(super) host_key: PathBuf,
     #[serde(with = "humantime_serde")]
     pub(super) auth_timeout: Duration,
@@ -133,6 +135,7 @@ impl Default for RawConfig {
                 transparent_listen: Vec::new(),
                 proxy_protocol_from: Vec::new(),
                 ciphers: DEFAULT_CIPHERS.iter().map(|c| c.to_string()).collect(),
+                cipher_order: "proxy".into(),
                 host_key: "host_key".into(),
                 auth_timeout: Duration::from_secs(60),
                 shutdown_grace: Duration::from_secs(30),

@@ -45,11 +45,19 @@ pub enum ConfigError {
     },
 }
 
-/// The ciphers offered to clients by default: AES-GCM only, which runs on AES-NI and
-/// is the fastest here. OpenSSH clients take the first cipher of *their* list that the
-/// proxy offers (ChaCha20 comes first in theirs), so offering ChaCha20 makes most
-/// sessions use it; add it (or CTR) for clients that cannot do GCM.
-pub const DEFAULT_CIPHERS: &[&str] = &["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"];
+/// The ciphers clients may use by default, in the proxy's order: AES-GCM first, which
+/// runs on AES-NI and is the fastest here, then ChaCha20-Poly1305 and CTR for clients
+/// that cannot do GCM. With `cipher_order = "proxy"` (the default) a client gets the
+/// first of these it supports, even when it prefers another (OpenSSH lists ChaCha20
+/// first).
+pub const DEFAULT_CIPHERS: &[&str] = &[
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+    "aes192-ctr",
+    "aes256-ctr",
+];
 
 /// The most connection threads `server.threads` may ask for.
 pub const MAX_THREADS: usize = 1024;
@@ -63,6 +71,16 @@ pub const SUPPORTED_CIPHERS: &[&str] = &[
     "aes192-ctr",
     "aes256-ctr",
 ];
+
+/// Whose preference decides the cipher of a client's connection (`server.cipher_order`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CipherOrder {
+    /// The proxy's: the first of `server.ciphers` that the client supports. The proxy
+    /// sends its key exchange offer after the client's, naming that cipher alone.
+    Proxy,
+    /// The client's, as SSH negotiates by itself: its first cipher the proxy offers.
+    Client,
+}
 
 /// How target host keys are verified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,8 +120,11 @@ pub struct Config {
     pub transparent_listen: Vec<SocketAddr>,
     /// Load balancers whose connections start with a PROXY protocol header.
     pub proxy_protocol_from: Vec<Cidr>,
-    /// The ciphers offered to clients (names from [`SUPPORTED_CIPHERS`]).
+    /// The ciphers clients may use (names from [`SUPPORTED_CIPHERS`]), in the proxy's
+    /// order of preference.
     pub ciphers: Vec<&'static str>,
+    /// Whose order of [`Config::ciphers`] decides a connection's cipher.
+    pub cipher_order: CipherOrder,
     /// The proxy's own SSH host key (created on first start).
     pub host_key: PathBuf,
     pub auth_timeout: Duration,
@@ -242,6 +263,16 @@ impl file::RawConfig {
                 "must name at least one cipher".into(),
             ));
         }
+        let cipher_order = match self.server.cipher_order.as_str() {
+            "proxy" => CipherOrder::Proxy,
+            "client" => CipherOrder::Client,
+            other => {
+                return Err(invalid(
+                    "server.cipher_order",
+                    format!("must be \"proxy\" or \"client\", not {other:?}"),
+                ));
+            }
+        };
         let p = &self.policy;
         if p.timeout < Duration::from_millis(1) || p.timeout > Duration::from_secs(10) {
             return Err(invalid(
@@ -365,6 +396,7 @@ impl file::RawConfig {
             transparent_listen,
             proxy_protocol_from,
             ciphers,
+            cipher_order,
             host_key: abs(&self.server.host_key),
             auth_timeout: self.server.auth_timeout,
             shutdown_grace: self.server.shutdown_grace,

@@ -153,8 +153,12 @@ fn transparent_listeners_are_one_address_or_a_list() {
 }
 
 #[test]
-fn ciphers_default_to_gcm_and_unknown_or_weak_ones_are_refused() {
-    assert_eq!(parse("").unwrap().ciphers, DEFAULT_CIPHERS);
+fn ciphers_default_to_gcm_first_and_unknown_or_weak_ones_are_refused() {
+    let c = parse("").unwrap();
+    assert_eq!(c.ciphers, DEFAULT_CIPHERS);
+    assert_eq!(c.ciphers.first(), Some(&"aes128-gcm@openssh.com"));
+    assert!(c.ciphers.contains(&"chacha20-poly1305@openssh.com"));
+    assert_eq!(c.cipher_order, CipherOrder::Proxy);
     let c = parse(
         "[server]\nciphers = [\"aes128-gcm@openssh.com\", \"chacha20-poly1305@openssh.com\"]\n",
     )
@@ -170,6 +174,19 @@ fn ciphers_default_to_gcm_and_unknown_or_weak_ones_are_refused() {
         assert!(err.contains("server.ciphers") && err.contains(bad), "{err}");
     }
     assert!(parse("[server]\nciphers = []\n").is_err());
+}
+
+#[test]
+fn the_cipher_order_is_the_proxys_or_the_clients() {
+    let c = parse("[server]\ncipher_order = \"client\"\n").unwrap();
+    assert_eq!(c.cipher_order, CipherOrder::Client);
+    let err = parse("[server]\ncipher_order = \"server\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("server.cipher_order") && err.contains("\"server\""),
+        "{err}"
+    );
 }
 
 #[test]

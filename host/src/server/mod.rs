@@ -219,8 +219,11 @@ impl Shared {
             keepalive_interval: self.config.keepalive.interval,
             keepalive_max: self.config.keepalive.count_max,
             nodelay: true,
+            // `server.cipher_order`: with "proxy", the first of `server.ciphers` that
+            // the client supports (third_party/README.md, change 8).
+            prefer_server_ciphers: self.config.cipher_order == crate::config::CipherOrder::Proxy,
             preferred: russh::Preferred {
-                // `server.ciphers` (default AES-GCM only: see config::DEFAULT_CIPHERS).
+                // `server.ciphers` (AES-GCM first: see config::DEFAULT_CIPHERS).
                 cipher: std::borrow::Cow::Owned(
                     self.config
                         .ciphers
