@@ -69,9 +69,11 @@ pub(crate) fn start_haproxy(
     std::fs::write(
         &cfg,
         format!(
-            "defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n\
+            "global\n  stats socket {}\n\
+             defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n\
              frontend ssh\n  bind 127.0.0.1:{port}\n  default_backend replicas\n\
-             backend replicas\n  balance roundrobin\n{servers}"
+             backend replicas\n  balance roundrobin\n{servers}",
+            haproxy_stats(dir, port).display()
         ),
     )
     .unwrap();
@@ -88,6 +90,41 @@ pub(crate) fn start_haproxy(
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
     haproxy
+}
+
+/// The stats socket of the HAProxy on `port`.
+fn haproxy_stats(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
+    dir.join(format!("haproxy-{port}.sock"))
+}
+
+/// Waits until the HAProxy on `port` (started with checks) counts every replica as up:
+/// a replica started after it is down until a check succeeds, and until then the
+/// balancer sends every connection to the others.
+pub(crate) fn wait_until_all_up(dir: &std::path::Path, port: u16) {
+    use std::io::{Read, Write};
+    let socket = haproxy_stats(dir, port);
+    let statuses = || {
+        let mut stats = std::os::unix::net::UnixStream::connect(&socket).ok()?;
+        stats.write_all(b"show stat\n").ok()?;
+        let mut csv = String::new();
+        stats.read_to_string(&mut csv).ok()?;
+        let mut lines = csv.lines();
+        let header: Vec<&str> = lines.next()?.trim_start_matches("# ").split(',').collect();
+        let (name, status) = (
+            header.iter().position(|h| *h == "svname")?,
+            header.iter().position(|h| *h == "status")?,
+        );
+        Some(
+            lines
+                .map(|l| l.split(',').collect::<Vec<_>>())
+                .filter(|row| row.get(name).is_some_and(|n| n.starts_with('r')))
+                .map(|row| row.get(status).unwrap_or(&"").to_string())
+                .collect::<Vec<_>>(),
+        )
+    };
+    wait_for("haproxy did not see every replica up", || {
+        statuses().is_some_and(|s| !s.is_empty() && s.iter().all(|s| s == "UP"))
+    });
 }
 
 /// Lets the lab's client trust the proxy's host key on `ports` too (the balancer's,

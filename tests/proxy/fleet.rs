@@ -6,7 +6,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::balancer::{Killed, pin_proxy_key_on, start_haproxy, start_replica};
+use super::balancer::{Killed, pin_proxy_key_on, start_haproxy, start_replica, wait_until_all_up};
 use super::common::postgres::Postgres;
 use super::*;
 
@@ -76,6 +76,7 @@ impl Fleet {
             &p.join("portcullis-b.toml"),
             &p.join("proxy-b.log"),
         ));
+        wait_until_all_up(p, self.lb_port);
     }
 
     /// `ssh` from 127.0.0.2 through the balancer, in the username form.
