@@ -313,7 +313,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                         tracing::warn!(%peer, "refused: a PROXY protocol header from an address not in server.proxy_protocol_from");
                         return;
                     }
-                    handler.serve(config, socket).await;
+                    handler
+                        .serve(config, crate::upstream::socket::QuickAck::new(socket))
+                        .await;
                 });
             }
             Some(r) = redirected.recv() => {
@@ -346,7 +348,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                         server::Via::Transparent,
                     )
                     .with_ticket(ticket);
-                    handler.serve(config, stream).await;
+                    handler
+                        .serve(config, crate::upstream::socket::QuickAck::new(stream))
+                        .await;
                 });
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
@@ -430,7 +434,7 @@ async fn serve_balanced(
     };
     server::ConnHandler::new(Arc::clone(&shared), client, None, server::Via::Username)
         .with_ticket(ticket)
-        .serve(config, socket)
+        .serve(config, crate::upstream::socket::QuickAck::new(socket))
         .await;
 }
 

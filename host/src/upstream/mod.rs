@@ -328,6 +328,7 @@ pub async fn connect(
         let (stream, outgoing) = socket::connect(login.addr, policy.socket_mark)
             .await
             .map_err(russh::Error::from)?;
+        let stream = socket::QuickAck::new(stream);
         let handle = client::connect_stream(config, stream, handler).await?;
         Ok::<_, russh::Error>((handle, outgoing))
     };

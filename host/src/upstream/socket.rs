@@ -115,3 +115,116 @@ pub(crate) async fn connect(
     let stream = socket.connect(addr).await?;
     Ok((stream, outgoing))
 }
+
+/// How many reads of a connection have what they received acknowledged at once: the
+/// key exchange, the login and the first channel's requests.
+const QUICK_ACK_READS: u8 = 64;
+
+/// A connection (to a client or a target) whose first [`QUICK_ACK_READS`] reads have
+/// what they received acknowledged at once (`TCP_QUICKACK`), then a plain one.
+///
+/// OpenSSH's ssh and sshd leave Nagle's algorithm on until a session turns
+/// interactive, so during a login they hold a small packet while an earlier one is
+/// unacknowledged; and Linux delays an acknowledgement by up to 40 ms once the
+/// exchange looks like request and reply. Twice per connection the peer sends two
+/// messages in a row and the second waited: a client's key exchange message behind its
+/// KEXINIT (unless the proxy's KEXINIT answers it, `cipher_order = "proxy"`), and the
+/// confirmation of the proxy's first channel behind the host keys sshd announces after
+/// the login (a message the proxy does not answer): 42 ms each of a 100 ms connection
+/// on loopback (docs/benchmarks.md, session 18). The kernel leaves quick
+/// acknowledgements by itself, hence one request per read.
+#[derive(Debug)]
+pub(crate) struct QuickAck {
+    stream: tokio::net::TcpStream,
+    reads_left: u8,
+}
+
+impl QuickAck {
+    pub(crate) fn new(stream: tokio::net::TcpStream) -> QuickAck {
+        QuickAck {
+            stream,
+            reads_left: QUICK_ACK_READS,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for QuickAck {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let read = std::pin::Pin::new(&mut self.stream).poll_read(cx, buf);
+        if read.is_ready() && self.reads_left > 0 {
+            self.reads_left -= 1;
+            // Only a request: a failure leaves the usual delayed acknowledgements.
+            let _ = socket2::SockRef::from(&self.stream).set_tcp_quickack(true);
+        }
+        read
+    }
+}
+
+impl tokio::io::AsyncWrite for QuickAck {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Bytes go through both ways, and the quick acknowledgements stop after
+    /// [`QUICK_ACK_READS`] reads.
+    #[tokio::test]
+    async fn a_quick_ack_connection_carries_bytes_and_asks_for_a_bounded_number_of_reads() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let mut peer = client.unwrap();
+        let mut ours = QuickAck::new(accepted.unwrap().0);
+        let mut byte = [0u8; 1];
+        for i in 0..=QUICK_ACK_READS {
+            peer.write_all(&[i]).await.unwrap();
+            ours.read_exact(&mut byte).await.unwrap();
+            assert_eq!(byte, [i]);
+            ours.write_all(&[i ^ 0xff]).await.unwrap();
+            peer.read_exact(&mut byte).await.unwrap();
+            assert_eq!(byte, [i ^ 0xff]);
+        }
+        assert_eq!(ours.reads_left, 0);
+    }
+}
