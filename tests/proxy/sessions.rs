@@ -493,6 +493,16 @@ fn negotiated_ciphers(out: &std::process::Output) -> Vec<String> {
         .collect()
 }
 
+/// A lab for jdoe with `[server]` settings added to the defaults.
+fn lab_with_server_config(settings: &str) -> Lab {
+    let mut lab = Lab::new(&[("jdoe@example.com", &[])]);
+    lab.policies
+        .module("90-default-principal.wasm", "default_principal");
+    lab.server_config(settings);
+    lab.start();
+    lab
+}
+
 #[test]
 fn the_proxy_picks_the_cipher_from_its_list_and_lets_every_client_in() {
     // The default list, in the proxy's order: OpenSSH's own client lists ChaCha20
@@ -547,11 +557,7 @@ fn the_proxy_picks_the_cipher_from_its_list_and_lets_every_client_in() {
     drop(lab);
 
     // A list of one: a client limited to ChaCha20 finds no match, and says so.
-    let mut lab = Lab::new(&[("jdoe@example.com", &[])]);
-    lab.policies
-        .module("90-default-principal.wasm", "default_principal");
-    lab.server_config("ciphers = [\"aes256-gcm@openssh.com\"]\n");
-    lab.start();
+    let lab = lab_with_server_config("ciphers = [\"aes256-gcm@openssh.com\"]\n");
     let dest = format!("jdoe%127.0.0.1:{}@127.0.0.1", lab.sshd_port);
     let port = lab.proxy_port.to_string();
     let chacha = ["-c", "chacha20-poly1305@openssh.com"];
@@ -577,11 +583,7 @@ fn the_proxy_picks_the_cipher_from_its_list_and_lets_every_client_in() {
     drop(lab);
 
     // The client's order, when configured: OpenSSH's first choice, ChaCha20.
-    let mut lab = Lab::new(&[("jdoe@example.com", &[])]);
-    lab.policies
-        .module("90-default-principal.wasm", "default_principal");
-    lab.server_config("cipher_order = \"client\"\n");
-    lab.start();
+    let lab = lab_with_server_config("cipher_order = \"client\"\n");
     let dest = format!("jdoe%127.0.0.1:{}@127.0.0.1", lab.sshd_port);
     let port = lab.proxy_port.to_string();
     let out = lab.ssh("jdoe", &["-v", "-p", &port, &dest, "echo ok"]);
