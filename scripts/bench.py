@@ -1,5 +1,5 @@
 """Benchmark driver for scripts/bench: see that script for what it measures."""
-import argparse, atexit, json, os, platform, re, resource, shutil, socket, statistics, subprocess, sys, tempfile, time
+import argparse, atexit, glob, json, os, platform, re, resource, shutil, socket, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # PORTCULLIS_BIN runs another build (an older commit's, to compare) with the same bench.
@@ -111,7 +111,7 @@ def fleet(d, ports, total, concurrency):
     """Sessions per second through HAProxy (send-proxy-v2) in front of one, then two
     replicas sharing their state in PostgreSQL (a throwaway cluster). Returns
     {1: rate, 2: rate}, or None when HAProxy or PostgreSQL is missing."""
-    import concurrent.futures, glob
+    import concurrent.futures
     initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not initdb or not shutil.which("haproxy"):
         return None
@@ -640,6 +640,13 @@ def main():
                 elif l.strip():
                     label = l.strip()
             crit = "\n".join(rows)
+    except BaseException:
+        # Keep what tells why (the proxy's log, the configs); drop the command logs, up
+        # to a GiB or more of them.
+        for logs in glob.glob(f"{d}/command-logs*"):
+            shutil.rmtree(logs, ignore_errors=True)
+        print(f"bench: failed; the proxy's log and configs are left in {d}", file=sys.stderr)
+        raise
     finally:
         for pr in procs:
             pr.terminate()

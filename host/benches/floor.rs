@@ -29,18 +29,13 @@ const RECORD: usize = 32 * 1024;
 const TAG: usize = 16;
 const GIB: usize = 1 << 30;
 
-/// CPU seconds (user + system) the calling thread has used.
+/// CPU seconds (user + system) the calling thread has used: the first field of its
+/// `schedstat`, the scheduler's count of its time on a CPU in nanoseconds (`stat`'s
+/// tick counts would also need the tick rate, which only `sysconf` tells).
 fn thread_cpu() -> f64 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // SC_CLK_TCK is 100 on Linux (it is what the proc files count in).
-    ticks as f64 / 100.0
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+    let ns = stat.split_whitespace().next().unwrap();
+    ns.parse::<u64>().unwrap() as f64 / 1e9
 }
 
 fn key(byte: u8) -> LessSafeKey {
