@@ -366,6 +366,78 @@ fn a_proxy_killed_mid_bulk_transfer_loses_nothing_already_sent() {
     assert_eq!(&seen[..bulk], vec![b'x'; bulk].as_slice());
 }
 
+#[test]
+fn an_audited_bulk_upload_reaches_the_target_and_the_log_in_order() {
+    // The proxy joins the client's 16 KiB data packets into larger ones for the target
+    // (channels/session.rs): every byte must still arrive once, in order, and be
+    // recorded as the client sent it, by either way in.
+    let lab = audited_lab(true);
+    let size = 3_000_000;
+    // Each 4 bytes hold their own offset: a byte lost, doubled or moved shows.
+    let data: Vec<u8> = (0..size / 4)
+        .flat_map(|i: u32| (i * 4).to_be_bytes())
+        .collect();
+    let expected = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&data))
+    };
+    let forms: [Vec<String>; 2] = [
+        vec![
+            "-J".into(),
+            "jdoe@portcullis".into(),
+            "-p".into(),
+            lab.sshd_port.to_string(),
+            "jdoe@127.0.0.1".into(),
+        ],
+        vec![
+            "-p".into(),
+            lab.proxy_port.to_string(),
+            format!("jdoe%127.0.0.1:{}@127.0.0.1", lab.sshd_port),
+        ],
+    ];
+    for (n, form) in forms.iter().enumerate() {
+        // Fed through a pipe a little at a time: the client sends what it reads, in
+        // packets of about 4 KiB.
+        let mut child = common::lab::command_in(&lab.ns_client, "ssh")
+            .args(lab.client_args("jdoe"))
+            .args(form)
+            // The target reads nothing for a second: its window fills, the client's
+            // packets queue in the proxy, and the proxy then joins them.
+            .arg("sleep 1; sha256sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let feed = data.clone();
+        let feeder = std::thread::spawn(move || {
+            use std::io::Write;
+            for chunk in feed.chunks(4096) {
+                stdin.write_all(chunk).unwrap();
+                std::thread::sleep(std::time::Duration::from_micros(300));
+            }
+        });
+        let out = child.wait_with_output().unwrap();
+        feeder.join().unwrap();
+        let out = out.success_or_panic("upload");
+        assert_eq!(
+            out.stdout_text().split_whitespace().next(),
+            Some(expected.as_str()),
+            "the target got the upload whole ({form:?})"
+        );
+        // The session's record is written once its log is finished.
+        let session = &lab.wait_sessions(n + 1)[n];
+        let log = PathBuf::from(session["command_logs"][0].as_str().unwrap());
+        let zip = lab.path().join(format!("upload-{n}.zip"));
+        decrypt_cli(&log, &lab.path().join("sshkey"), &zip, &[]).success_or_panic("decrypt");
+        assert!(
+            unzip(&zip)["data_from_client.txt"] == data,
+            "the log holds the upload as sent ({form:?})"
+        );
+    }
+}
+
 /// A small tmpfs mounted at `dir` for the life of the value.
 struct SmallDisk(PathBuf);
 
