@@ -367,10 +367,11 @@ fn a_proxy_killed_mid_bulk_transfer_loses_nothing_already_sent() {
 }
 
 #[test]
-fn an_audited_bulk_upload_reaches_the_target_and_the_log_in_order() {
-    // The proxy joins the client's 16 KiB data packets into larger ones for the target
-    // (channels/session.rs): every byte must still arrive once, in order, and be
-    // recorded as the client sent it, by either way in.
+fn an_audited_upload_held_up_by_the_target_arrives_and_is_logged_whole() {
+    // An upload in many small packets to a target that stops reading for a while: the
+    // proxy's window to it fills, the client's packets wait in the proxy, then go on.
+    // Every byte must arrive once and in order, and be recorded as the client sent it,
+    // by either way in.
     let lab = audited_lab(true);
     let size = 3_000_000;
     // Each 4 bytes hold their own offset: a byte lost, doubled or moved shows.
@@ -401,8 +402,8 @@ fn an_audited_bulk_upload_reaches_the_target_and_the_log_in_order() {
         let mut child = common::lab::command_in(&lab.ns_client, "ssh")
             .args(lab.client_args("jdoe"))
             .args(form)
-            // The target reads nothing for a second: its window fills, the client's
-            // packets queue in the proxy, and the proxy then joins them.
+            // The target reads nothing for a second: its window fills and the
+            // client's packets queue in the proxy.
             .arg("sleep 1; sha256sum")
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())

@@ -79,14 +79,6 @@ impl Recorder {
     }
 }
 
-/// The client's channel data, as [`record_client`] records a data message.
-pub(super) fn record_client_data(
-    w: &mut cmdlog::Writer,
-    data: &[u8],
-) -> Result<(), cmdlog::CmdLogError> {
-    w.packet(SOURCE_CLIENT, CODE_DATA, data)
-}
-
 /// What the command log keeps of a message from the client: data, the pty, window
 /// changes and the requests (sealed; never in plaintext anywhere).
 pub(super) fn record_client(
@@ -94,7 +86,7 @@ pub(super) fn record_client(
     msg: &ChannelMsg,
 ) -> Result<(), cmdlog::CmdLogError> {
     match msg {
-        ChannelMsg::Data { data } => record_client_data(w, data),
+        ChannelMsg::Data { data } => w.packet(SOURCE_CLIENT, CODE_DATA, data),
         ChannelMsg::ExtendedData { data, .. } => w.packet(SOURCE_CLIENT, CODE_EXTENDED_DATA, data),
         ChannelMsg::RequestPty {
             term,

@@ -17,13 +17,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use futures_util::FutureExt;
-
 use russh::server::{self, Handle};
 use russh::{Channel, ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 
 use super::ChannelContext;
-use super::recorder::{Recorder, record_client, record_client_data};
+use super::recorder::{Recorder, record_client};
 use super::refuse::refuse;
 use super::requests::RecordAt;
 use crate::policy::ChannelRequest;
@@ -133,49 +131,6 @@ fn program_request(msg: &ChannelMsg) -> Option<(ChannelRequest, String)> {
     }
 }
 
-/// The size up to which the client's data is joined before it goes to the target:
-/// OpenSSH's largest packet on a session channel. An OpenSSH client sends each read of
-/// its input as it comes, and from a pipe that is often 16 KiB or less; every packet
-/// costs the proxy a write and the target a decryption, and often a read and a wake-up.
-/// Joined, an upload of `head -c 1G /dev/zero | ssh ...` took half the proxy's writes
-/// and half sshd's reads (docs/benchmarks.md, session 19).
-const JOIN_UP_TO: usize = 32 * 1024;
-
-/// `first` and the client's data messages already waiting behind it, recorded and
-/// joined up to `JOIN_UP_TO` bytes; nothing is waited for. A message that does not join
-/// (another kind, or data that would pass the size) is left in `held`. The flag is
-/// false when the recorder refused a message: what it had recorded is returned, the
-/// refused message is dropped, and the channel must end.
-fn join_ready_data(
-    b: &Bridge,
-    from: &mut ChannelReadHalf,
-    first: bytes::Bytes,
-    held: &mut Option<Option<ChannelMsg>>,
-) -> (bytes::Bytes, bool) {
-    let mut joined: Option<bytes::BytesMut> = None;
-    let mut len = first.len();
-    while let Some(next) = from.wait().now_or_never() {
-        let data = match next {
-            Some(ChannelMsg::Data { data }) if len + data.len() <= JOIN_UP_TO => data,
-            other => {
-                *held = Some(other);
-                break;
-            }
-        };
-        if !b.recorder.record(|w| record_client_data(w, &data)) {
-            return (joined.map_or(first, bytes::BytesMut::freeze), false);
-        }
-        let buf = joined.get_or_insert_with(|| {
-            let mut buf = bytes::BytesMut::with_capacity(JOIN_UP_TO);
-            buf.extend_from_slice(&first);
-            buf
-        });
-        buf.extend_from_slice(&data);
-        len += data.len();
-    }
-    (joined.map_or(first, bytes::BytesMut::freeze), true)
-}
-
 /// The client's side: data, EOF and requests, to the target.
 async fn client_to_target(
     b: &Bridge,
@@ -186,32 +141,16 @@ async fn client_to_target(
 ) {
     let _stop_on_exit = StopOnDrop(stop);
     let traffic = &b.ctx.traffic.from_client;
-    // A message read while joining data that did not join it: the next to handle.
-    let mut held: Option<Option<ChannelMsg>> = None;
     loop {
-        let msg = match held.take() {
-            Some(m) => m,
-            None => tokio::select! {
-                m = from.wait() => m,
-                _ = done.changed() => None,
-            },
+        let msg = tokio::select! {
+            m = from.wait() => m,
+            _ = done.changed() => None,
         };
         let Some(msg) = msg else { break };
         if !b.recorder.record(|w| record_client(w, &msg)) {
             let _ = to.close().await;
             break;
         }
-        // Whether the log refused data that came in behind this message: this message
-        // goes on (it was recorded), then the channel ends.
-        let mut refused_after = false;
-        let msg = match msg {
-            ChannelMsg::Data { data } if data.len() < JOIN_UP_TO => {
-                let (data, recorded) = join_ready_data(b, &mut from, data, &mut held);
-                refused_after = !recorded;
-                ChannelMsg::Data { data }
-            }
-            other => other,
-        };
         if let Some((request, kind)) = program_request(&msg) {
             let verdict = b
                 .ctx
@@ -346,10 +285,6 @@ async fn client_to_target(
             _ => Ok(()),
         };
         if sent.is_err() {
-            break;
-        }
-        if refused_after {
-            let _ = to.close().await;
             break;
         }
     }
