@@ -4,6 +4,10 @@ import argparse, atexit, glob, json, os, platform, re, resource, shutil, socket,
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # PORTCULLIS_BIN runs another build (an older commit's, to compare) with the same bench.
 BIN = os.environ.get("PORTCULLIS_BIN", os.path.join(ROOT, "target/release/portcullis"))
+# What `setup` starts the proxy under (scripts/instructions: valgrind), and how long it
+# may take to start listening.
+SERVE_UNDER = []
+START_WITHIN = 20
 WASM = os.path.join(ROOT, "target/wasm/wasm32-wasip2/release")
 USER = "pclbench"
 
@@ -18,7 +22,7 @@ def wait_port(port, proc, what):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close(); return
         except OSError:
-            if proc.poll() is not None or time.time() - t > 20:
+            if proc.poll() is not None or time.time() - t > START_WITHIN:
                 sys.exit(f"{what} did not start on {port}")
             time.sleep(0.05)
 
@@ -65,7 +69,8 @@ def setup(d):
         p = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", conf, "-p", str(ports[name])],
                              stderr=subprocess.DEVNULL)
         wait_port(ports[name], p, name); procs.append(p)
-    proxy = subprocess.Popen([BIN, "serve", "--config", f"{d}/portcullis.toml"], stderr=open(f"{d}/proxy.log", "w"))
+    proxy = subprocess.Popen(SERVE_UNDER + [BIN, "serve", "--config", f"{d}/portcullis.toml"],
+                             stderr=open(f"{d}/proxy.log", "w"))
     wait_port(ports["proxy"], proxy, "portcullis"); procs.append(proxy)
     # One more hop and nothing else (splice, no crypto): the floor under any proxy here.
     relay = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts/relay.py"), str(ports["relay"]),
