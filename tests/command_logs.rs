@@ -420,8 +420,10 @@ fn an_audited_upload_held_up_by_the_target_arrives_and_is_logged_whole() {
             }
         });
         let out = child.wait_with_output().unwrap();
-        feeder.join().unwrap();
+        let fed = feeder.join();
+        // A client that failed says why first (the feeder then fails on a closed pipe).
         let out = out.success_or_panic("upload");
+        assert!(fed.is_ok(), "the whole upload was written to the client");
         assert_eq!(
             out.stdout_text().split_whitespace().next(),
             Some(expected.as_str()),
