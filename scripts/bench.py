@@ -4,10 +4,6 @@ import argparse, atexit, glob, json, os, platform, re, resource, shutil, socket,
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # PORTCULLIS_BIN runs another build (an older commit's, to compare) with the same bench.
 BIN = os.environ.get("PORTCULLIS_BIN", os.path.join(ROOT, "target/release/portcullis"))
-# What `setup` starts the proxy under (scripts/instructions: valgrind), and how long it
-# may take to start listening.
-SERVE_UNDER = []
-START_WITHIN = 20
 WASM = os.path.join(ROOT, "target/wasm/wasm32-wasip2/release")
 USER = "pclbench"
 
@@ -16,13 +12,13 @@ def free_port():
     s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
 
 
-def wait_port(port, proc, what):
+def wait_port(port, proc, what, within=20):
     t = time.time()
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close(); return
         except OSError:
-            if proc.poll() is not None or time.time() - t > START_WITHIN:
+            if proc.poll() is not None or time.time() - t > within:
                 sys.exit(f"{what} did not start on {port}")
             time.sleep(0.05)
 
@@ -31,7 +27,10 @@ def run(cmd, **kw):
     return subprocess.run(cmd, check=True, **kw)
 
 
-def setup(d):
+def setup(d, serve_under=(), start_within=20):
+    """The bench's target and bastion sshd, the proxy (run under `serve_under`, e.g.
+    valgrind for scripts/instructions, and given `start_within` seconds to listen) and
+    the splice relay, with their keys and the client's configuration in `d`."""
     subprocess.run(["useradd", "-m", "-s", "/bin/sh", USER], stderr=subprocess.DEVNULL)
     run(["usermod", "-p", "*", USER])
     home = os.path.expanduser(f"~{USER}")
@@ -69,9 +68,9 @@ def setup(d):
         p = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", conf, "-p", str(ports[name])],
                              stderr=subprocess.DEVNULL)
         wait_port(ports[name], p, name); procs.append(p)
-    proxy = subprocess.Popen(SERVE_UNDER + [BIN, "serve", "--config", f"{d}/portcullis.toml"],
+    proxy = subprocess.Popen([*serve_under, BIN, "serve", "--config", f"{d}/portcullis.toml"],
                              stderr=open(f"{d}/proxy.log", "w"))
-    wait_port(ports["proxy"], proxy, "portcullis"); procs.append(proxy)
+    wait_port(ports["proxy"], proxy, "portcullis", start_within); procs.append(proxy)
     # One more hop and nothing else (splice, no crypto): the floor under any proxy here.
     relay = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts/relay.py"), str(ports["relay"]),
                               str(ports["target"])])
@@ -217,12 +216,9 @@ def s3_store(d, ports, size, runs):
             return time.perf_counter() - start
         for _ in range(runs):
             for k, cmd in cmds.items():
-                out[k][0].append(size / timed(cmd + [f"head -c {size} /dev/zero"]))
+                out[k][0].append(size / transfer(cmd, "down", size))
                 out[k][2].append(settled())
-                with open("/dev/zero", "rb") as z:
-                    src = subprocess.Popen(["head", "-c", str(size)], stdin=z, stdout=subprocess.PIPE)
-                    out[k][1].append(size / timed(cmd + ["cat > /dev/null"], stdin=src.stdout))
-                    src.wait()
+                out[k][1].append(size / transfer(cmd, "up", size))
                 out[k][2].append(settled())
         return out
     finally:
@@ -409,6 +405,18 @@ def timed(cmd, stdin=None):
     t = time.perf_counter()
     subprocess.run(cmd, check=True, stdin=stdin, stdout=subprocess.DEVNULL)
     return time.perf_counter() - t
+
+
+def transfer(cmd, direction, size):
+    """Seconds to move `size` bytes of zeros by `cmd` (a path's ssh command): read from
+    the target ("down") or piped into it ("up")."""
+    if direction == "down":
+        return timed(cmd + [f"head -c {size} /dev/zero"])
+    with open("/dev/zero", "rb") as z:
+        src = subprocess.Popen(["head", "-c", str(size)], stdin=z, stdout=subprocess.PIPE)
+        seconds = timed(cmd + ["cat > /dev/null"], stdin=src.stdout)
+        src.wait()
+    return seconds
 
 
 BEGIN, END = "<!-- bench:latest -->", "<!-- /bench:latest -->"
@@ -609,12 +617,9 @@ def main():
             floors.append(floor_once())  # in the same minutes as the round's transfers
             for k in bulk_paths:
                 drop_finished_logs()
-                down[k].append(measured(k, "down", lambda: size / timed(p[k] + [f"head -c {size} /dev/zero"])))
+                down[k].append(measured(k, "down", lambda: size / transfer(p[k], "down", size)))
                 drop_finished_logs()  # the upload starts without the download's GiB in the page cache
-                with open("/dev/zero", "rb") as z:
-                    src = subprocess.Popen(["head", "-c", str(size)], stdin=z, stdout=subprocess.PIPE)
-                    up[k].append(measured(k, "up", lambda: size / timed(p[k] + ["cat > /dev/null"], stdin=src.stdout)))
-                    src.wait()
+                up[k].append(measured(k, "up", lambda: size / transfer(p[k], "up", size)))
         stored = None if a.skip_s3 else s3_store(d, ports, size, a.runs)
         setup_paths = ["direct", "openssh-jump", "portcullis", "portcullis-user"]
         setups = {k: [] for k in setup_paths}

@@ -72,9 +72,9 @@ def main():
     os.chmod(d, 0o755)
     # Under valgrind the proxy compiles its policies (Cranelift) about fifty times
     # slower than on the machine itself.
-    bench.SERVE_UNDER = ["valgrind", "--tool=callgrind", "--dump-instr=no", f"--callgrind-out-file={d}/cg.%p"]
-    bench.START_WITHIN = 600
-    ports, procs, proxy, _ = bench.setup(d)
+    ports, procs, proxy, _ = bench.setup(
+        d, serve_under=["valgrind", "--tool=callgrind", "--dump-instr=no", f"--callgrind-out-file={d}/cg.%p"],
+        start_within=600)
     size = a.size_mib << 20
     rows = []
     try:
@@ -85,13 +85,7 @@ def main():
         for k in names:
             for direction in ["down", "up"]:
                 subprocess.run(["callgrind_control", "-z", str(proxy.pid)], check=True, capture_output=True)
-                if direction == "down":
-                    subprocess.run(p[k] + [f"head -c {size} /dev/zero"], check=True, stdout=subprocess.DEVNULL)
-                else:
-                    with open("/dev/zero", "rb") as z:
-                        src = subprocess.Popen(["head", "-c", str(size)], stdin=z, stdout=subprocess.PIPE)
-                        subprocess.run(p[k] + ["cat > /dev/null"], check=True, stdin=src.stdout)
-                        src.wait()
+                bench.transfer(p[k], direction, size)
                 before = set(glob.glob(f"{d}/cg.{proxy.pid}.*"))
                 subprocess.run(["callgrind_control", "-d", f"{k}-{direction}", str(proxy.pid)],
                                check=True, capture_output=True)

@@ -382,19 +382,9 @@ fn an_audited_upload_held_up_by_the_target_arrives_and_is_logged_whole() {
         use sha2::Digest;
         hex::encode(sha2::Sha256::digest(&data))
     };
-    let forms: [Vec<String>; 2] = [
-        vec![
-            "-J".into(),
-            "jdoe@portcullis".into(),
-            "-p".into(),
-            lab.sshd_port.to_string(),
-            "jdoe@127.0.0.1".into(),
-        ],
-        vec![
-            "-p".into(),
-            lab.proxy_port.to_string(),
-            format!("jdoe%127.0.0.1:{}@127.0.0.1", lab.sshd_port),
-        ],
+    let forms = [
+        lab.jump_args("jdoe", "jdoe"),
+        lab.username_form_args("jdoe"),
     ];
     for (n, form) in forms.iter().enumerate() {
         // Fed through a pipe a little at a time: the client sends what it reads, in

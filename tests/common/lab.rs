@@ -458,25 +458,40 @@ impl Lab {
         vec!["-F".into(), config.display().to_string()]
     }
 
+    /// The arguments that reach the target as LOGIN by ProxyJump through the proxy:
+    /// `-J USER@portcullis -p SSHD_PORT LOGIN@127.0.0.1`.
+    pub fn jump_args(&self, user: &str, login: &str) -> Vec<String> {
+        vec![
+            "-J".into(),
+            format!("{user}@portcullis"),
+            "-p".into(),
+            self.sshd_port.to_string(),
+            format!("{login}@127.0.0.1"),
+        ]
+    }
+
+    /// The arguments that reach the target as LOGIN by the username form:
+    /// `-p PROXY 'LOGIN%127.0.0.1:SSHD_PORT@127.0.0.1'`.
+    pub fn username_form_args(&self, login: &str) -> Vec<String> {
+        vec![
+            "-p".into(),
+            self.proxy_port.to_string(),
+            format!("{login}%127.0.0.1:{}@127.0.0.1", self.sshd_port),
+        ]
+    }
+
     /// `ssh -J portcullis LOGIN@127.0.0.1 -p SSHD_PORT COMMAND` as `user`.
     pub fn ssh_jump(&self, user: &str, login: &str, command: &str) -> Output {
-        self.ssh(
-            user,
-            &[
-                "-J",
-                &format!("{user}@portcullis"),
-                "-p",
-                &self.sshd_port.to_string(),
-                &format!("{login}@127.0.0.1"),
-                command,
-            ],
-        )
+        let mut args = self.jump_args(user, login);
+        args.push(command.into());
+        self.ssh(user, &args.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
     /// `ssh -p PROXY 'LOGIN%127.0.0.1:SSHD_PORT@127.0.0.1' COMMAND` as `user`.
     pub fn ssh_username_form(&self, user: &str, login: &str, command: &str) -> Output {
-        let dest = format!("{login}%127.0.0.1:{}@127.0.0.1", self.sshd_port);
-        self.ssh(user, &["-p", &self.proxy_port.to_string(), &dest, command])
+        let mut args = self.username_form_args(login);
+        args.push(command.into());
+        self.ssh(user, &args.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
     /// Runs `ssh` with the lab's client configuration as `user` and extra arguments.
@@ -503,13 +518,7 @@ impl Lab {
         use std::io::Read;
         let mut child = command_in(&self.ns_client, "ssh")
             .args(self.client_args(user))
-            .args([
-                "-J",
-                &format!("{user}@portcullis"),
-                "-p",
-                &self.sshd_port.to_string(),
-            ])
-            .arg(format!("{login}@127.0.0.1"))
+            .args(self.jump_args(user, login))
             .arg(command)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
