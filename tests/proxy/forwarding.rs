@@ -11,13 +11,7 @@ fn ssh_forward(lab: &Lab, user: &str, flag: &str, port: u16) -> std::process::Ch
         .args(lab.client_args(user))
         .args(["-N", "-o", "ExitOnForwardFailure=yes", flag])
         .arg(format!("{port}:127.0.0.1:{}", lab.sshd_port))
-        .args([
-            "-J",
-            &format!("{user}@portcullis"),
-            "-p",
-            &lab.sshd_port.to_string(),
-        ])
-        .arg(format!("{user}@127.0.0.1"))
+        .args(lab.jump_args(user, user))
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -218,14 +212,8 @@ fn agent_forwarding_needs_the_permission() {
 fn ssh_jump_as_self(lab: &Lab, user: &str, flag: &str, command: &str) -> std::process::Command {
     let mut ssh = std::process::Command::new("ssh");
     ssh.args(lab.client_args(user))
-        .args([
-            flag,
-            "-J",
-            &format!("{user}@portcullis"),
-            "-p",
-            &lab.sshd_port.to_string(),
-        ])
-        .arg(format!("{user}@127.0.0.1"))
+        .arg(flag)
+        .args(lab.jump_args(user, user))
         .arg(command)
         .stdin(std::process::Stdio::null());
     ssh

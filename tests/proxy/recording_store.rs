@@ -110,14 +110,8 @@ fn decrypt_object(lab: &Lab, key: &str) -> Vec<u8> {
 fn session(lab: &Lab, command: &str) -> std::process::Child {
     common::lab::command_in(&None, "ssh")
         .args(lab.client_args("jdoe"))
-        .args([
-            "-J",
-            "jdoe@portcullis",
-            "-p",
-            &lab.sshd_port.to_string(),
-            "jdoe@127.0.0.1",
-            command,
-        ])
+        .args(lab.jump_args("jdoe", "jdoe"))
+        .arg(command)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

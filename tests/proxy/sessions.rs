@@ -329,20 +329,16 @@ fn environment_the_target_refuses_does_not_fail_the_command() {
     ensure_user("jdoe");
     let lab = default_lab(&[("jdoe@example.com", &[])]);
     let env = ["-o", "SetEnv=LANG=C.UTF-8 LC_ALL=C"];
-    let (sshd_port, proxy_port) = (lab.sshd_port.to_string(), lab.proxy_port.to_string());
-    let user_form = format!("jdoe%127.0.0.1:{sshd_port}@127.0.0.1");
     let command = "echo ran; exit 3";
-    let jump = [
-        "-J",
-        "jdoe@portcullis",
-        "-p",
-        &sshd_port,
-        "jdoe@127.0.0.1",
-        command,
-    ];
-    let direct = ["-p", &proxy_port, &user_form, command];
-    for rest in [&jump[..], &direct[..]] {
-        let args: Vec<&str> = env.iter().chain(rest).copied().collect();
+    for way in [
+        lab.jump_args("jdoe", "jdoe"),
+        lab.username_form_args("jdoe"),
+    ] {
+        let args: Vec<&str> = env
+            .into_iter()
+            .chain(way.iter().map(String::as_str))
+            .chain([command])
+            .collect();
         let out = lab.ssh("jdoe", &args);
         assert_eq!(out.stdout_text(), "ran\n", "{}", out.stderr_text());
         assert_eq!(out.status.code(), Some(3), "{}", out.stderr_text());
@@ -459,19 +455,13 @@ fn environment_variables_are_asked_of_the_policies() {
         .module("90-default-principal.wasm", "default_principal");
     lab.sshd_extra = "AcceptEnv LC_* SECRET_*\n".into();
     lab.start();
-    let out = lab.ssh(
-        "jdoe",
-        &[
-            "-o",
-            "SetEnv=LC_PORTCULLIS=passed SECRET_TOKEN=leaked",
-            "-J",
-            "jdoe@portcullis",
-            "-p",
-            &lab.sshd_port.to_string(),
-            "jdoe@127.0.0.1",
-            "echo \"[$LC_PORTCULLIS][$SECRET_TOKEN]\"",
-        ],
-    );
+    let jump = lab.jump_args("jdoe", "jdoe");
+    let args: Vec<&str> = ["-o", "SetEnv=LC_PORTCULLIS=passed SECRET_TOKEN=leaked"]
+        .into_iter()
+        .chain(jump.iter().map(String::as_str))
+        .chain(["echo \"[$LC_PORTCULLIS][$SECRET_TOKEN]\""])
+        .collect();
+    let out = lab.ssh("jdoe", &args);
     assert_eq!(out.stdout_text(), "[passed][]\n", "{}", out.stderr_text());
     let sessions = lab.wait_sessions(1);
     let refused = sessions[0]["channels"]
@@ -511,8 +501,9 @@ fn the_proxy_picks_the_cipher_from_its_list_and_lets_every_client_in() {
     let lab = default_lab(&[("jdoe@example.com", &[])]);
     ensure_user("jdoe");
     let dest = format!("jdoe%127.0.0.1:{}@127.0.0.1", lab.sshd_port);
-    let (port, sshd_port) = (lab.proxy_port.to_string(), lab.sshd_port.to_string());
-    let jump = ["-J", "jdoe@portcullis", "-p", &sshd_port, "jdoe@127.0.0.1"];
+    let port = lab.proxy_port.to_string();
+    let jump = lab.jump_args("jdoe", "jdoe");
+    let jump: Vec<&str> = jump.iter().map(String::as_str).collect();
     let cases: [(&[&str], &[&str], &[&str]); 5] = [
         (&[], &["-p", &port, &dest], &["aes128-gcm@openssh.com"]),
         (

@@ -59,22 +59,9 @@ pub(crate) fn run(tool: &str, lab: &Lab, askpass: &Askpass, user: &str, args: &[
 }
 
 fn jump(lab: &Lab, askpass: &Askpass, user: &str, command: &str) -> Output {
-    let port = lab.sshd_port.to_string();
-    let dest = format!("{user}@127.0.0.1");
-    run(
-        "ssh",
-        lab,
-        askpass,
-        user,
-        &[
-            "-J",
-            &format!("{user}@portcullis"),
-            "-p",
-            &port,
-            &dest,
-            command,
-        ],
-    )
+    let jump = lab.jump_args(user, user);
+    let args: Vec<&str> = jump.iter().map(String::as_str).chain([command]).collect();
+    run("ssh", lab, askpass, user, &args)
 }
 
 fn username_form(lab: &Lab, askpass: &Askpass, user: &str, command: &str) -> Output {
@@ -316,10 +303,9 @@ fn revoking_a_login_ends_its_running_session() {
     let idp = Idp::start(&[]);
     let lab = sso_lab(&idp, "", &["jdoe"]);
     let askpass = Askpass::new("jdoe", "approve");
-    let port = lab.sshd_port.to_string();
     let mut child = Command::new("ssh")
         .args(sso_args(&lab, "jdoe"))
-        .args(["-J", "jdoe@portcullis", "-p", &port, "jdoe@127.0.0.1"])
+        .args(lab.jump_args("jdoe", "jdoe"))
         .arg("echo running; sleep 60; echo not-cut")
         .envs(askpass.env())
         .stdin(Stdio::null())
