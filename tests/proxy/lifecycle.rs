@@ -289,9 +289,32 @@ fn metrics_count_decisions_sessions_and_bytes() {
     assert!(value("portcullis_decision_seconds_sum") > 0.0);
     assert_eq!(value("portcullis_sessions_active"), 0.0);
     assert_eq!(value("portcullis_sessions_ended_total"), 1.0);
-    assert!(value("portcullis_session_bytes_total{direction=\"to_client\"}") >= 6.0);
+    let ended_to_client = value("portcullis_session_bytes_total{direction=\"to_client\"}");
+    assert!(ended_to_client >= 6.0);
+    assert_eq!(
+        value("portcullis_forwarded_bytes_total{direction=\"to_client\"}"),
+        ended_to_client,
+        "with no session running, all bytes forwarded are those of ended sessions"
+    );
     assert_eq!(value("portcullis_policy_modules"), 1.0);
     assert!(metrics.contains("# TYPE portcullis_sessions_active gauge"));
+    // The process metrics of every Prometheus client library, from /proc.
+    assert!(value("process_cpu_seconds_total") > 0.0);
+    assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(value("process_virtual_memory_bytes") >= value("process_resident_memory_bytes"));
+    assert!(value("process_threads") >= 2.0);
+    let (open, max) = (value("process_open_fds"), value("process_max_fds"));
+    assert!(open >= 3.0 && open < max, "{open} of {max}");
+    let started = value("process_start_time_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        started > now - 600.0 && started <= now + 1.0,
+        "{started} at {now}"
+    );
+    assert!(metrics.contains("# TYPE process_cpu_seconds_total counter"));
 
     assert!(get("/nothing").starts_with("HTTP/1.1 404"));
     let post = http(port, "POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -300,7 +323,13 @@ fn metrics_count_decisions_sessions_and_bytes() {
     // A running session holds its connection on one of the connection threads (one
     // per CPU by default): the counts add up to that one client once the connections
     // before it have closed.
-    let (mut held, _) = lab.spawn_jump_until("jdoe", "jdoe", "echo started; sleep 60", "started");
+    // Its bytes count before it ends: 1 MB moved, none of it in the ended sessions'.
+    let (mut held, _) = lab.spawn_jump_until(
+        "jdoe",
+        "jdoe",
+        "head -c 1000000 /dev/zero; echo started; sleep 60",
+        "started",
+    );
     let per_thread = |metrics: &str| -> Vec<f64> {
         metrics
             .lines()
@@ -322,6 +351,12 @@ fn metrics_count_decisions_sessions_and_bytes() {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     assert_eq!(counts.len(), cpus, "one gauge per thread: {running}");
     assert_eq!(counts.iter().sum::<f64>(), 1.0, "{running}");
+    let to_client = |name: &str| read(&running, &format!("{name}{{direction=\"to_client\"}}"));
+    assert_eq!(to_client("portcullis_session_bytes_total"), ended_to_client);
+    assert!(
+        to_client("portcullis_forwarded_bytes_total") >= ended_to_client + 1_000_008.0,
+        "{running}"
+    );
     let _ = held.kill();
     let _ = held.wait();
 }

@@ -1,15 +1,18 @@
 //! Prometheus metrics (`[metrics] listen`): counters kept by the connections, served as
 //! the text exposition format on `GET /metrics`, with `GET /healthz` for liveness probes.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::channels::Traffic;
 use crate::policy::{Action, PolicyEngine};
+use crate::sync::lock;
 
 /// Why the proxy disconnected a client.
 #[derive(Debug, Clone, Copy)]
@@ -31,8 +34,7 @@ pub(crate) struct Metrics {
     refused: AtomicU64,
     active: AtomicI64,
     ended: AtomicU64,
-    bytes_from_client: AtomicU64,
-    bytes_to_client: AtomicU64,
+    bytes: Mutex<Bytes>,
     target_failures: AtomicU64,
     auth_timeouts: AtomicU64,
     idle: AtomicU64,
@@ -50,6 +52,33 @@ pub(crate) struct Metrics {
     pub(crate) replica: std::sync::OnceLock<String>,
     /// The connections each connection thread holds (threads.rs), once they run.
     pub(crate) threads: std::sync::OnceLock<Vec<Arc<AtomicUsize>>>,
+}
+
+/// Channel bytes of the allowed sessions: the ended ones' totals, and the running
+/// ones' counters (read at each scrape, so that a long transfer shows as it moves and
+/// the data path counts nothing twice). A session moves from one to the other under
+/// this lock, so the sum only grows.
+#[derive(Debug, Default)]
+struct Bytes {
+    ended_from_client: u64,
+    ended_to_client: u64,
+    /// By the address of the session's `from_client` counter, which the entry keeps.
+    running: HashMap<usize, Traffic>,
+}
+
+impl Bytes {
+    /// (ended sessions, all sessions) from the client and to it.
+    fn totals(&self) -> ([u64; 2], [u64; 2]) {
+        let ended = [self.ended_from_client, self.ended_to_client];
+        let all = self.running.values().fold(ended, |[from, to], t| {
+            [from + t.from_client(), to + t.to_client()]
+        });
+        (ended, all)
+    }
+}
+
+fn key(traffic: &Traffic) -> usize {
+    Arc::as_ptr(&traffic.from_client) as usize
 }
 
 fn bump(counter: &AtomicU64) {
@@ -81,17 +110,21 @@ impl Metrics {
         bump(&self.refused);
     }
 
-    pub(crate) fn session_started(&self) {
+    /// An allowed session starts; its bytes count from now on.
+    pub(crate) fn session_started(&self, traffic: &Traffic) {
         self.active.fetch_add(1, Ordering::Relaxed);
+        lock(&self.bytes)
+            .running
+            .insert(key(traffic), traffic.clone());
     }
 
-    pub(crate) fn session_ended(&self, bytes_from_client: u64, bytes_to_client: u64) {
+    pub(crate) fn session_ended(&self, traffic: &Traffic) {
         self.active.fetch_sub(1, Ordering::Relaxed);
         bump(&self.ended);
-        self.bytes_from_client
-            .fetch_add(bytes_from_client, Ordering::Relaxed);
-        self.bytes_to_client
-            .fetch_add(bytes_to_client, Ordering::Relaxed);
+        let mut bytes = lock(&self.bytes);
+        bytes.running.remove(&key(traffic));
+        bytes.ended_from_client += traffic.from_client();
+        bytes.ended_to_client += traffic.to_client();
     }
 
     pub(crate) fn target_failure(&self) {
@@ -187,20 +220,24 @@ impl Metrics {
             "Allowed sessions that have ended.",
             &[("", get(&self.ended).to_string())],
         );
+        let (ended, all) = lock(&self.bytes).totals();
+        let directions = |[from, to]: [u64; 2]| {
+            [
+                ("{direction=\"from_client\"}", from.to_string()),
+                ("{direction=\"to_client\"}", to.to_string()),
+            ]
+        };
         metric(
             "portcullis_session_bytes_total",
             "counter",
             "Channel bytes of ended sessions, by direction.",
-            &[
-                (
-                    "{direction=\"from_client\"}",
-                    get(&self.bytes_from_client).to_string(),
-                ),
-                (
-                    "{direction=\"to_client\"}",
-                    get(&self.bytes_to_client).to_string(),
-                ),
-            ],
+            &directions(ended),
+        );
+        metric(
+            "portcullis_forwarded_bytes_total",
+            "counter",
+            "Channel bytes of all allowed sessions, running ones included, by direction.",
+            &directions(all),
         );
         metric(
             "portcullis_target_failures_total",
@@ -301,9 +338,85 @@ impl Metrics {
         if let Some(uploads) = self.uploads.get() {
             uploads.render_metrics(&mut out);
         }
+        render_process(&mut out);
         out
     }
 }
+
+/// The process metrics every Prometheus client library exports (the same names), from
+/// /proc: with `portcullis_forwarded_bytes_total`, the CPU the proxy spends per GiB it
+/// forwards. A value /proc does not give is left out.
+#[cfg(target_os = "linux")]
+fn render_process(out: &mut String) {
+    use procfs::process::{LimitValue, Process};
+    let Ok(me) = Process::myself() else {
+        return;
+    };
+    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    if let Ok(stat) = me.stat() {
+        let ticks = procfs::ticks_per_second() as f64;
+        metric(
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            format!("{:.2}", (stat.utime + stat.stime) as f64 / ticks),
+        );
+        metric(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            (stat.rss * procfs::page_size()).to_string(),
+        );
+        metric(
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes.",
+            stat.vsize.to_string(),
+        );
+        metric(
+            "process_threads",
+            "gauge",
+            "Number of OS threads in the process.",
+            stat.num_threads.to_string(),
+        );
+        if let Ok(boot) = procfs::boot_time_secs() {
+            metric(
+                "process_start_time_seconds",
+                "gauge",
+                "Start time of the process since unix epoch in seconds.",
+                format!("{:.2}", boot as f64 + stat.starttime as f64 / ticks),
+            );
+        }
+    }
+    if let Ok(fds) = me.fd_count() {
+        metric(
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            fds.to_string(),
+        );
+    }
+    if let Ok(limits) = me.limits() {
+        let max = match limits.max_open_files.soft_limit {
+            LimitValue::Value(n) => n.to_string(),
+            LimitValue::Unlimited => "+Inf".to_string(),
+        };
+        metric(
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors.",
+            max,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn render_process(_out: &mut String) {}
 
 /// Serves `/metrics` and `/healthz` until the task is dropped.
 pub(crate) async fn serve(listener: TcpListener, metrics: Arc<Metrics>, policy: Arc<PolicyEngine>) {

@@ -103,7 +103,7 @@ pub(crate) async fn start(
     };
     match written {
         Ok(()) => {
-            shared.metrics.session_started();
+            shared.metrics.session_started(&watch.traffic);
             let _ = watch.running.set(Running {
                 record: running,
                 live: Arc::clone(&session.live),
@@ -131,9 +131,7 @@ pub(crate) fn finish(shared: Arc<Shared>, conn: Connection, session: Session, wa
     // No running record is written from here on: the final record replaces it.
     *lock(&watch.ended) = true;
     if watch.running.get().is_some() {
-        shared
-            .metrics
-            .session_ended(watch.traffic.from_client(), watch.traffic.to_client());
+        shared.metrics.session_ended(&watch.traffic);
     } else if session.decided.evaluation.is_allowed() {
         shared.metrics.refused();
     }
