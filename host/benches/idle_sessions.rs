@@ -325,7 +325,11 @@ async fn main() -> Result<()> {
             let (args, key, gate) = (Arc::clone(&args), Arc::clone(&key), Arc::clone(&gate));
             tasks.push(tokio::spawn(async move {
                 let _permit = gate.acquire_owned().await?;
-                open(&args, &key).await
+                // A proxy out of file descriptors accepts nothing and the connection
+                // waits in its backlog: counted as failed, not waited for forever.
+                tokio::time::timeout(Duration::from_secs(90), open(&args, &key))
+                    .await
+                    .unwrap_or_else(|_| bail!("no session within 90 s (connect, login, shell)"))
             }));
         }
         let mut failures = 0usize;
