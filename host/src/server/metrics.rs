@@ -486,3 +486,35 @@ async fn answer(
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn totals(metrics: &Metrics) -> ([u64; 2], [u64; 2]) {
+        lock(&metrics.bytes).totals()
+    }
+
+    #[test]
+    fn a_sessions_bytes_count_while_it_runs_and_once_when_it_ends() {
+        let metrics = Metrics::default();
+        let (a, b) = (Traffic::default(), Traffic::default());
+        metrics.session_started(&a);
+        metrics.session_started(&b);
+        a.to_client.fetch_add(100, Ordering::Relaxed);
+        b.from_client.fetch_add(7, Ordering::Relaxed);
+        // (ended sessions, all sessions), each [from the client, to the client].
+        assert_eq!(totals(&metrics), ([0, 0], [7, 100]));
+        metrics.session_ended(&a);
+        assert_eq!(totals(&metrics), ([0, 100], [7, 100]));
+        // Bytes a session still reports after its end are counted nowhere: the
+        // counters never go back.
+        a.to_client.fetch_add(5, Ordering::Relaxed);
+        b.to_client.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(totals(&metrics), ([0, 100], [7, 101]));
+        metrics.session_ended(&b);
+        assert_eq!(totals(&metrics), ([7, 101], [7, 101]));
+        assert_eq!(metrics.active.load(Ordering::Relaxed), 0);
+        assert_eq!(metrics.ended.load(Ordering::Relaxed), 2);
+    }
+}
