@@ -484,18 +484,18 @@ impl Lab {
     pub fn ssh_jump(&self, user: &str, login: &str, command: &str) -> Output {
         let mut args = self.jump_args(user, login);
         args.push(command.into());
-        self.ssh(user, &args.iter().map(String::as_str).collect::<Vec<_>>())
+        self.ssh(user, &args)
     }
 
     /// `ssh -p PROXY 'LOGIN%127.0.0.1:SSHD_PORT@127.0.0.1' COMMAND` as `user`.
     pub fn ssh_username_form(&self, user: &str, login: &str, command: &str) -> Output {
         let mut args = self.username_form_args(login);
         args.push(command.into());
-        self.ssh(user, &args.iter().map(String::as_str).collect::<Vec<_>>())
+        self.ssh(user, &args)
     }
 
     /// Runs `ssh` with the lab's client configuration as `user` and extra arguments.
-    pub fn ssh(&self, user: &str, args: &[&str]) -> Output {
+    pub fn ssh<S: AsRef<std::ffi::OsStr>>(&self, user: &str, args: &[S]) -> Output {
         command_in(&self.ns_client, "ssh")
             .args(self.client_args(user))
             .args(args)

@@ -162,10 +162,7 @@ impl Metrics {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, String)]| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "{name}{labels} {value}");
-            }
+            write_metric(&mut out, name, kind, help, samples)
         };
         metric(
             "portcullis_connections_total",
@@ -325,10 +322,11 @@ impl Metrics {
             &[("", policy.failed_reloads().to_string())],
         );
         if let Some(replica) = self.replica.get() {
-            let _ = writeln!(
-                out,
-                "# HELP portcullis_replica_info This replica's name in the shared store.\n\
-                 # TYPE portcullis_replica_info gauge\nportcullis_replica_info{{replica=\"{replica}\"}} 1"
+            metric(
+                "portcullis_replica_info",
+                "gauge",
+                "This replica's name in the shared store.",
+                &[(&format!("{{replica=\"{replica}\"}}"), "1".into())],
             );
         }
         policy.stats().render(&policy.current().names(), &mut out);
@@ -343,6 +341,15 @@ impl Metrics {
     }
 }
 
+/// One metric in the text exposition format: its help and type lines, then a line for
+/// each sample (labels, value).
+fn write_metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, String)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
+}
+
 /// The process metrics every Prometheus client library exports (the same names), from
 /// /proc: with `portcullis_forwarded_bytes_total`, the CPU the proxy spends per GiB it
 /// forwards. A value /proc does not give is left out.
@@ -353,10 +360,7 @@ fn render_process(out: &mut String) {
         return;
     };
     let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
+        write_metric(out, name, kind, help, &[("", value)])
     };
     if let Ok(stat) = me.stat() {
         let ticks = procfs::ticks_per_second() as f64;
