@@ -27,6 +27,17 @@ def run(cmd, **kw):
     return subprocess.run(cmd, check=True, **kw)
 
 
+def serve(cmd, **kw):
+    """Starts a server the way a service manager would, in a session of its own. Where
+    the kernel shares the CPU out by session (autogroup, `kernel.sched_autogroup_enabled`,
+    on in most distributions), a server started in the bench's session would share one
+    share with every client the bench runs; the target's sshd never does (it starts a
+    session per connection). With the proxy in the clients' session, a -J download
+    found the proxy waiting to run half of the time while a core sat idle
+    (docs/benchmarks.md, session 21)."""
+    return subprocess.Popen(cmd, start_new_session=True, **kw)
+
+
 def setup(d, serve_under=(), start_within=20):
     """The bench's target and bastion sshd, the proxy (run under `serve_under`, e.g.
     valgrind for scripts/instructions, and given `start_within` seconds to listen) and
@@ -65,15 +76,15 @@ def setup(d, serve_under=(), start_within=20):
         open(conf, "w").write(
             f"ListenAddress 127.0.0.1\n{extra}HostKey {d}/{name}_host\nPasswordAuthentication no\n"
             f"KbdInteractiveAuthentication no\nUsePAM no\nPidFile none\nSubsystem sftp internal-sftp\n")
-        p = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", conf, "-p", str(ports[name])],
-                             stderr=subprocess.DEVNULL)
+        p = serve(["/usr/sbin/sshd", "-D", "-e", "-f", conf, "-p", str(ports[name])],
+                  stderr=subprocess.DEVNULL)
         wait_port(ports[name], p, name); procs.append(p)
-    proxy = subprocess.Popen([*serve_under, BIN, "serve", "--config", f"{d}/portcullis.toml"],
-                             stderr=open(f"{d}/proxy.log", "w"))
+    proxy = serve([*serve_under, BIN, "serve", "--config", f"{d}/portcullis.toml"],
+                  stderr=open(f"{d}/proxy.log", "w"))
     wait_port(ports["proxy"], proxy, "portcullis", start_within); procs.append(proxy)
     # One more hop and nothing else (splice, no crypto): the floor under any proxy here.
-    relay = subprocess.Popen([sys.executable, os.path.join(ROOT, "scripts/relay.py"), str(ports["relay"]),
-                              str(ports["target"])])
+    relay = serve([sys.executable, os.path.join(ROOT, "scripts/relay.py"), str(ports["relay"]),
+                   str(ports["target"])])
     wait_port(ports["relay"], relay, "the relay"); procs.append(relay)
     kh = open(f"{d}/known_hosts", "w")
     for name in ["target", "bastion"]:
@@ -139,7 +150,7 @@ def fleet(d, ports, total, concurrency):
             conf = f"{d}/fleet-{name}.toml"
             open(conf, "w").write(base.replace(f'127.0.0.1:{ports["proxy"]}', f"127.0.0.1:{port}")
                                   + state + f'replica = "{name}"\n')
-            pr = subprocess.Popen([BIN, "serve", "--config", conf], stderr=open(f"{d}/{name}.log", "w"))
+            pr = serve([BIN, "serve", "--config", conf], stderr=open(f"{d}/{name}.log", "w"))
             wait_port(port, pr, name); procs.append(pr); replicas.append(port)
         key = " ".join(open(d + "/host_key.pub").read().split()[:2])
         for n in (1, 2):
@@ -148,8 +159,8 @@ def fleet(d, ports, total, concurrency):
             open(f"{d}/haproxy-{n}.cfg", "w").write(
                 "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n"
                 f"frontend ssh\n  bind 127.0.0.1:{lb}\n  default_backend r\nbackend r\n  balance roundrobin\n{servers}")
-            ha = subprocess.Popen(["haproxy", "-db", "-f", f"{d}/haproxy-{n}.cfg"], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
+            ha = serve(["haproxy", "-db", "-f", f"{d}/haproxy-{n}.cfg"], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
             wait_port(lb, ha, "haproxy")
             with open(f"{d}/known_hosts", "a") as kh:
                 kh.write(f"[127.0.0.1]:{lb} {key}\n")
@@ -182,9 +193,9 @@ def s3_store(d, ports, size, runs):
     s3port, pport = free_port(), free_port()
     procs = []
     try:
-        s3 = subprocess.Popen([s3bin, "--host", "127.0.0.1", "--port", str(s3port), "--access-key", "bench",
-                               "--secret-key", "bench-secret-key", data],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        s3 = serve([s3bin, "--host", "127.0.0.1", "--port", str(s3port), "--access-key", "bench",
+                    "--secret-key", "bench-secret-key", data],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(s3); wait_port(s3port, s3, "s3s-fs")
         open(f"{d}/aws-credentials", "w").write(
             "[default]\naws_access_key_id = bench\naws_secret_access_key = bench-secret-key\n")
@@ -193,7 +204,7 @@ def s3_store(d, ports, size, runs):
         conf += (f'[recording.s3]\nbucket = "bench"\nendpoint = "http://127.0.0.1:{s3port}"\n'
                  f'credentials_file = "{d}/aws-credentials"\n')
         open(f"{d}/portcullis-s3.toml", "w").write(conf)
-        pr = subprocess.Popen([BIN, "serve", "--config", f"{d}/portcullis-s3.toml"], stderr=open(f"{d}/proxy-s3.log", "w"))
+        pr = serve([BIN, "serve", "--config", f"{d}/portcullis-s3.toml"], stderr=open(f"{d}/proxy-s3.log", "w"))
         procs.append(pr); wait_port(pport, pr, "portcullis (s3)")
         with open(f"{d}/known_hosts", "a") as kh:
             kh.write(f"[127.0.0.1]:{pport} {' '.join(open(d + '/host_key.pub').read().split()[:2])}\n")
@@ -238,7 +249,7 @@ def spare_proxy(d, sd, extra=""):
     for name in ["ca", "host_key", "users.toml"]:
         src = f"{d}/{name}"
         (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, f"{sd}/{name}")
-    pr = subprocess.Popen([BIN, "serve", "--config", f"{sd}/portcullis.toml"], stderr=open(f"{sd}/proxy.log", "w"))
+    pr = serve([BIN, "serve", "--config", f"{sd}/portcullis.toml"], stderr=open(f"{sd}/proxy.log", "w"))
     wait_port(port, pr, "portcullis (spare)")
     return pr, port
 

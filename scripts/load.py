@@ -2,7 +2,7 @@
 import argparse, glob, json, os, random, subprocess, sys, tempfile, time, zipfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import BIN, USER, setup, wait_port  # noqa: E402
+from bench import BIN, USER, serve, setup, wait_port  # noqa: E402
 
 
 def fds(pid):
@@ -158,8 +158,8 @@ def main():
             proxy.wait()
 
         out = run_clients(d, ports, kill_n, 30_000, slow=True, kill=kill)
-        restarted = subprocess.Popen([BIN, "serve", "--config", f"{d}/portcullis.toml"],
-                                     stderr=open(f"{d}/proxy2.log", "w"))
+        restarted = serve([BIN, "serve", "--config", f"{d}/portcullis.toml"],
+                          stderr=open(f"{d}/proxy2.log", "w"))
         procs.append(restarted)
         wait_port(ports["proxy"], restarted, "portcullis (restarted)")
         time.sleep(1)
