@@ -329,10 +329,13 @@ pub struct SSHBuffer {
     // Sequence numbers are on 32 bits and wrap.
     // https://tools.ietf.org/html/rfc4253#section-6.4
     pub seqn: Wrapping<u32>,
-    /// Bytes of the next packets read with the end of the last one (`cipher::read`),
-    /// still encrypted; at most `READ_AHEAD`, the first `ahead_len` of `ahead`.
-    pub(crate) ahead: [u8; crate::cipher::READ_AHEAD],
-    pub(crate) ahead_len: usize,
+    /// What `cipher::read` read of the packets not yet returned, still encrypted, from
+    /// `ahead_at` on.
+    pub(crate) ahead: Vec<u8>,
+    pub(crate) ahead_at: usize,
+    /// Whether the last read from the stream returned all that was asked for (more is
+    /// likely waiting): `cipher::read` then keeps its read buffer between packets.
+    pub(crate) reading_on: bool,
 }
 
 impl SSHBuffer {
@@ -342,21 +345,10 @@ impl SSHBuffer {
             len: 0,
             bytes: 0,
             seqn: Wrapping(0),
-            ahead: [0; crate::cipher::READ_AHEAD],
-            ahead_len: 0,
+            ahead: Vec::new(),
+            ahead_at: 0,
+            reading_on: false,
         }
-    }
-
-    /// Moves up to `out.len()` bytes read ahead into `out`; returns how many.
-    pub(crate) fn take_ahead(&mut self, out: &mut [u8]) -> usize {
-        let n = out.len().min(self.ahead_len);
-        #[allow(clippy::indexing_slicing)] // n <= ahead_len <= READ_AHEAD and n <= out.len()
-        {
-            out[..n].copy_from_slice(&self.ahead[..n]);
-            self.ahead.copy_within(n..self.ahead_len, 0);
-        }
-        self.ahead_len -= n;
-        n
     }
 
     pub fn send_ssh_id(&mut self, id: &SshId) {

@@ -57,11 +57,13 @@ impl super::Cipher for GcmCipher {
         _: &[u8],
         _: &dyn MacAlgorithm,
     ) -> Box<dyn super::OpeningKey + Send> {
-        #[allow(clippy::unwrap_used)]
-        Box::new(OpeningKey(AeadOpeningKey::new(
-            UnboundKey::new(self.0, k).unwrap(),
-            Nonce(n.try_into().unwrap()),
-        )))
+        // aws-lc's streaming interface opens a packet from where it was read, so that
+        // `read` can read several at once.
+        #[cfg(feature = "aws-lc-rs")]
+        if let Some(key) = super::gcm_stream::StreamingOpeningKey::new(k, n) {
+            return Box::new(key);
+        }
+        Box::new(self.one_shot_opening_key(k, n))
     }
 
     fn make_sealing_key(
@@ -81,6 +83,27 @@ impl super::Cipher for GcmCipher {
             UnboundKey::new(self.0, k).unwrap(),
             Nonce(n.try_into().unwrap()),
         )))
+    }
+}
+
+impl GcmCipher {
+    /// The AEAD interface's opening key (the streaming keys' tests check them against it).
+    #[allow(clippy::unwrap_used)]
+    pub(super) fn one_shot_opening_key(&self, k: &[u8], n: &[u8]) -> impl super::OpeningKey + Send + use<> {
+        OpeningKey(AeadOpeningKey::new(
+            UnboundKey::new(self.0, k).unwrap(),
+            Nonce(n.try_into().unwrap()),
+        ))
+    }
+
+    /// The AEAD interface's sealing key.
+    #[cfg(test)]
+    #[allow(clippy::unwrap_used)]
+    pub(super) fn one_shot_sealing_key(&self, k: &[u8], n: &[u8]) -> impl super::SealingKey + Send + use<> {
+        SealingKey(AeadSealingKey::new(
+            UnboundKey::new(self.0, k).unwrap(),
+            Nonce(n.try_into().unwrap()),
+        ))
     }
 }
 

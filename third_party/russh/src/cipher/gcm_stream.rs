@@ -1,25 +1,30 @@
-//! AES-GCM sealing through aws-lc's streaming cipher interface (`EVP_CIPHER`).
+//! AES-GCM through aws-lc's streaming cipher interface (`EVP_CIPHER`).
 //!
-//! The one-shot AEAD interface seals one contiguous buffer in place, so channel data
-//! had to be copied into the packet before it was sealed. The streaming interface
-//! encrypts piece by piece and from one buffer into another: the packet's header is
-//! sealed in place and the data straight from where it lies into the packet, one pass
-//! over the data instead of a copy and a pass. Same algorithm, key and nonce sequence as
-//! [`super::gcm::SealingKey`]; the packets are the same (the tests open them with the
-//! one-shot opening key).
+//! The one-shot AEAD interface seals and opens one contiguous buffer in place, so channel
+//! data had to be copied into the packet before it was sealed, and a packet had to be
+//! read into a buffer of its own before it was opened. The streaming interface works
+//! piece by piece and from one buffer into another: the packet's header is sealed in
+//! place and the data straight from where it lies into the packet, and a packet is
+//! opened from the buffer it was read into (with the packets after it) into one of its
+//! own: one pass over the data instead of a copy and a pass. Same algorithm, key and
+//! nonce sequence as [`super::gcm::SealingKey`] and [`super::gcm::OpeningKey`]; the
+//! packets are the same (the tests open them with the one-shot opening key, and open
+//! the one-shot key's packets).
 
 use std::num::Wrapping;
 use std::ptr::{NonNull, null, null_mut};
 
 use aws_lc_rs::aead::NONCE_LEN;
 use aws_lc_sys::{
-    EVP_CIPHER_CTX, EVP_CIPHER_CTX_ctrl, EVP_CIPHER_CTX_free, EVP_CIPHER_CTX_new,
-    EVP_CTRL_GCM_GET_TAG, EVP_EncryptFinal_ex, EVP_EncryptInit_ex, EVP_EncryptUpdate,
+    EVP_CIPHER, EVP_CIPHER_CTX, EVP_CIPHER_CTX_ctrl, EVP_CIPHER_CTX_free, EVP_CIPHER_CTX_new,
+    EVP_CTRL_GCM_GET_TAG, EVP_CTRL_GCM_SET_TAG, EVP_DecryptFinal_ex, EVP_DecryptInit_ex,
+    EVP_DecryptUpdate, EVP_EncryptFinal_ex, EVP_EncryptInit_ex, EVP_EncryptUpdate,
     EVP_aes_128_gcm, EVP_aes_256_gcm,
 };
 use byteorder::{BigEndian, ByteOrder};
 
 use super::{PACKET_LENGTH_LEN, PADDING_LENGTH_LEN};
+use crate::Error;
 use crate::sshbuffer::SSHBuffer;
 
 const TAG_LEN: usize = 16;
@@ -54,17 +59,30 @@ struct Piece {
     len: usize,
 }
 
+/// AES-128-GCM or AES-256-GCM, by the key's length.
+fn cipher_for(key: &[u8]) -> Option<*const EVP_CIPHER> {
+    // SAFETY: these return static cipher descriptions.
+    match key.len() {
+        16 => Some(unsafe { EVP_aes_128_gcm() }),
+        32 => Some(unsafe { EVP_aes_256_gcm() }),
+        _ => None,
+    }
+}
+
+/// The nonce after `nonce`: its last 8 bytes count packets (RFC 5647 section 7.1), as
+/// in OpenSSH. (The one-shot keys carry into the first 4 bytes too, which differs only
+/// after 2^64 packets.)
+fn advance(nonce: &mut [u8; NONCE_LEN]) {
+    let counter = Wrapping(BigEndian::read_u64(&nonce[4..])) + Wrapping(1);
+    BigEndian::write_u64(&mut nonce[4..], counter.0);
+}
+
 impl StreamingSealingKey {
     /// A key for AES-128-GCM or AES-256-GCM (by the key's length); `None` when aws-lc
     /// refuses it, and the caller keeps the one-shot key.
     pub(crate) fn new(key: &[u8], nonce: &[u8]) -> Option<Self> {
         let nonce: [u8; NONCE_LEN] = nonce.try_into().ok()?;
-        // SAFETY: these return static cipher descriptions.
-        let cipher = match key.len() {
-            16 => unsafe { EVP_aes_128_gcm() },
-            32 => unsafe { EVP_aes_256_gcm() },
-            _ => return None,
-        };
+        let cipher = cipher_for(key)?;
         // SAFETY: a fresh context, freed by `Drop` from here on.
         let ctx = NonNull::new(unsafe { EVP_CIPHER_CTX_new() })?;
         let this = StreamingSealingKey { ctx, nonce };
@@ -112,11 +130,7 @@ impl StreamingSealingKey {
         if !sealed {
             panic!("aws-lc failed to seal an AES-GCM packet");
         }
-        // The nonce's last 8 bytes count packets (RFC 5647 section 7.1), as in OpenSSH.
-        // (The one-shot key carries into the first 4 bytes too, which differs only after
-        // 2^64 packets.)
-        let counter = Wrapping(BigEndian::read_u64(&self.nonce[4..])) + Wrapping(1);
-        BigEndian::write_u64(&mut self.nonce[4..], counter.0);
+        advance(&mut self.nonce);
     }
 }
 
@@ -214,5 +228,226 @@ impl super::SealingKey for StreamingSealingKey {
 
         buffer.bytes += payload_len;
         buffer.seqn += Wrapping(1);
+    }
+}
+
+pub(crate) struct StreamingOpeningKey {
+    /// Owned by this value alone; keyed once, given a nonce per packet.
+    ctx: NonNull<EVP_CIPHER_CTX>,
+    /// The next packet's nonce.
+    nonce: [u8; NONCE_LEN],
+}
+
+// SAFETY: as for `StreamingSealingKey`.
+unsafe impl Send for StreamingOpeningKey {}
+
+impl Drop for StreamingOpeningKey {
+    fn drop(&mut self) {
+        // SAFETY: `ctx` came from `EVP_CIPHER_CTX_new` and is freed once, here.
+        unsafe { EVP_CIPHER_CTX_free(self.ctx.as_ptr()) }
+    }
+}
+
+impl StreamingOpeningKey {
+    /// A key for AES-128-GCM or AES-256-GCM (by the key's length); `None` when aws-lc
+    /// refuses it, and the caller keeps the one-shot key.
+    pub(crate) fn new(key: &[u8], nonce: &[u8]) -> Option<Self> {
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().ok()?;
+        let cipher = cipher_for(key)?;
+        // SAFETY: a fresh context, freed by `Drop` from here on.
+        let ctx = NonNull::new(unsafe { EVP_CIPHER_CTX_new() })?;
+        let this = StreamingOpeningKey { ctx, nonce };
+        // SAFETY: `key` has the cipher's key length; no IV yet (set per packet).
+        let keyed =
+            unsafe { EVP_DecryptInit_ex(ctx.as_ptr(), cipher, null_mut(), key.as_ptr(), null()) };
+        (keyed == 1).then_some(this)
+    }
+
+    /// Opens the packet `packet` (the 4-byte length, the encrypted rest, the tag),
+    /// writing the rest's plaintext to `to`; advances the nonce whether or not the tag
+    /// matched (a packet that does not open ends the connection).
+    ///
+    /// # Safety
+    /// `to` must be writable for `packet.len() - PACKET_LENGTH_LEN - TAG_LEN` bytes,
+    /// and be the start of the encrypted rest or not overlap `packet`.
+    unsafe fn open_from(&mut self, packet: &[u8], to: *mut u8) -> Result<usize, Error> {
+        let body_len = packet
+            .len()
+            .checked_sub(PACKET_LENGTH_LEN + TAG_LEN)
+            .filter(|n| i32::try_from(*n).is_ok())
+            .ok_or(Error::DecryptionError)?;
+        let ctx = self.ctx.as_ptr();
+        let (aad, rest) = packet.split_at(PACKET_LENGTH_LEN);
+        let (body, tag) = rest.split_at(body_len);
+        let mut out_len: std::os::raw::c_int = 0;
+        // `EVP_CIPHER_CTX_ctrl` takes the tag through a mutable pointer.
+        let mut tag_copy = [0u8; TAG_LEN];
+        tag_copy.copy_from_slice(tag);
+        // SAFETY: keyed in `new`; a 12-byte nonce; `to` holds `body_len` bytes (the
+        // caller's promise); the tag is TAG_LEN bytes; the final call writes nothing
+        // (GCM has no block left over), `out_len` says so.
+        let opened = unsafe {
+            EVP_DecryptInit_ex(ctx, null(), null_mut(), null(), self.nonce.as_ptr()) == 1
+                && EVP_DecryptUpdate(ctx, null_mut(), &mut out_len, aad.as_ptr(), aad.len() as _)
+                    == 1
+                && (body_len == 0
+                    || (EVP_DecryptUpdate(ctx, to, &mut out_len, body.as_ptr(), body_len as _)
+                        == 1
+                        && out_len as usize == body_len))
+                && EVP_CIPHER_CTX_ctrl(
+                    ctx,
+                    EVP_CTRL_GCM_SET_TAG as _,
+                    TAG_LEN as _,
+                    tag_copy.as_mut_ptr().cast(),
+                ) == 1
+                && EVP_DecryptFinal_ex(ctx, to.add(body_len), &mut out_len) == 1
+                && out_len == 0
+        };
+        advance(&mut self.nonce);
+        if opened {
+            Ok(body_len)
+        } else {
+            Err(Error::DecryptionError)
+        }
+    }
+}
+
+impl super::OpeningKey for StreamingOpeningKey {
+    fn decrypt_packet_length(&self, _seqn: u32, encrypted_packet_length: &[u8]) -> [u8; 4] {
+        // The length is sent in the clear; `read` passes exactly its 4 bytes
+        // (`packet_length_to_read_for_block_length`).
+        #[allow(clippy::unwrap_used)]
+        encrypted_packet_length.try_into().unwrap()
+    }
+
+    fn tag_len(&self) -> usize {
+        TAG_LEN
+    }
+
+    fn open<'a>(&mut self, _seqn: u32, ciphertext_and_tag: &'a mut [u8]) -> Result<&'a [u8], Error> {
+        let body_len = ciphertext_and_tag
+            .len()
+            .checked_sub(PACKET_LENGTH_LEN + TAG_LEN)
+            .ok_or(Error::DecryptionError)?;
+        let to = ciphertext_and_tag.as_mut_ptr().wrapping_add(PACKET_LENGTH_LEN);
+        // SAFETY: in place: `to` is the start of the encrypted rest, `body_len` bytes of
+        // the slice.
+        unsafe { self.open_from(ciphertext_and_tag, to)? };
+        ciphertext_and_tag
+            .get(PACKET_LENGTH_LEN..PACKET_LENGTH_LEN + body_len)
+            .ok_or(Error::DecryptionError)
+    }
+
+    fn opens_into(&self) -> bool {
+        true
+    }
+
+    fn open_into(&mut self, _seqn: u32, packet: &[u8], out: &mut Vec<u8>) -> Result<usize, Error> {
+        let body_len = packet
+            .len()
+            .checked_sub(PACKET_LENGTH_LEN + TAG_LEN)
+            .ok_or(Error::DecryptionError)?;
+        out.clear();
+        out.reserve(PACKET_LENGTH_LEN + body_len);
+        out.extend_from_slice(packet.get(..PACKET_LENGTH_LEN).unwrap_or_default());
+        // SAFETY: `out` has room for the body past the length, and is not `packet`
+        // (borrowed mutably while `packet` is borrowed); every byte of the body is
+        // written when the packet opens, and `out` keeps only the length otherwise.
+        unsafe {
+            self.open_from(packet, out.as_mut_ptr().add(PACKET_LENGTH_LEN))?;
+            out.set_len(PACKET_LENGTH_LEN + body_len);
+        }
+        Ok(body_len)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::super::gcm::GcmCipher;
+    use super::super::{_AES_128_GCM, _AES_256_GCM, OpeningKey, SealingKey};
+    use super::*;
+
+    fn payloads() -> Vec<Vec<u8>> {
+        [0, 1, 15, 16, 17, 4096, 32768]
+            .iter()
+            .map(|&n| (0..n).map(|b| (b * 3 + n) as u8).collect())
+            .collect()
+    }
+
+    /// Each payload sealed by `key` into a packet of its own.
+    fn seal_all(key: &mut dyn SealingKey) -> Vec<Vec<u8>> {
+        payloads()
+            .iter()
+            .map(|p| {
+                let mut b = SSHBuffer::new();
+                key.write(p, &mut b);
+                b.buffer
+            })
+            .collect()
+    }
+
+    /// The payload of an opened packet's plaintext (padding length, payload, padding).
+    fn payload(plaintext: &[u8], len: usize) -> &[u8] {
+        assert_eq!(plaintext.len(), 1 + len + plaintext[0] as usize);
+        &plaintext[1..1 + len]
+    }
+
+    fn keys(c: &GcmCipher) -> (Vec<u8>, Vec<u8>) {
+        (vec![3; c.0.key_len()], vec![4; NONCE_LEN])
+    }
+
+    #[test]
+    fn the_streaming_keys_open_what_the_one_shot_keys_seal_and_back() {
+        for c in [&_AES_128_GCM, &_AES_256_GCM] {
+            let (k, n) = keys(c);
+            let sealed = seal_all(&mut c.one_shot_sealing_key(&k, &n));
+            let mut in_place = StreamingOpeningKey::new(&k, &n).unwrap();
+            let mut into = StreamingOpeningKey::new(&k, &n).unwrap();
+            for (packet, p) in sealed.iter().zip(payloads()) {
+                let mut copy = packet.clone();
+                assert_eq!(payload(in_place.open(0, &mut copy).unwrap(), p.len()), &p[..]);
+                let mut out = vec![1, 2, 3];
+                let len = into.open_into(0, packet, &mut out).unwrap();
+                assert_eq!(out.len(), PACKET_LENGTH_LEN + len);
+                assert_eq!(out[..PACKET_LENGTH_LEN], packet[..PACKET_LENGTH_LEN]);
+                assert_eq!(payload(&out[PACKET_LENGTH_LEN..], p.len()), &p[..]);
+            }
+
+            let sealed = seal_all(&mut StreamingSealingKey::new(&k, &n).unwrap());
+            let mut one_shot = c.one_shot_opening_key(&k, &n);
+            for (mut packet, p) in sealed.into_iter().zip(payloads()) {
+                assert_eq!(payload(one_shot.open(0, &mut packet).unwrap(), p.len()), &p[..]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_packet_changed_anywhere_does_not_open() {
+        let c = &_AES_128_GCM;
+        let (k, n) = keys(c);
+        let sealed = seal_all(&mut c.one_shot_sealing_key(&k, &n));
+        let packet = &sealed[5];
+        // The length (associated data), the padding length, the payload, the padding,
+        // the tag.
+        for at in [0, 3, 4, 5, 2000, packet.len() - 17, packet.len() - 16, packet.len() - 1] {
+            let mut changed = packet.clone();
+            changed[at] ^= 0x20;
+            // Each key at the packet's place in the sequence (nonce), as the others
+            // opened.
+            let mut in_place = StreamingOpeningKey::new(&k, &n).unwrap();
+            let mut into = StreamingOpeningKey::new(&k, &n).unwrap();
+            for p in &sealed[..5] {
+                into.open_into(0, p, &mut Vec::new()).unwrap();
+                in_place.open(0, &mut p.clone()).unwrap();
+            }
+            assert!(in_place.open(0, &mut changed.clone()).is_err(), "byte {at}");
+            assert!(into.open_into(0, &changed, &mut Vec::new()).is_err(), "byte {at}");
+        }
+        // Out of sequence (another nonce) does not open either.
+        let mut first = StreamingOpeningKey::new(&k, &n).unwrap();
+        assert!(first.open_into(0, packet, &mut Vec::new()).is_err());
+        // Nor what is too short to hold a tag.
+        assert!(first.open_into(0, &packet[..19], &mut Vec::new()).is_err());
     }
 }

@@ -202,6 +202,23 @@ pub(crate) trait OpeningKey {
     fn tag_len(&self) -> usize;
 
     fn open<'a>(&mut self, seqn: u32, ciphertext_and_tag: &'a mut [u8]) -> Result<&'a [u8], Error>;
+
+    /// Whether [`OpeningKey::open_into`] opens a packet without copying it first;
+    /// `read` then reads several packets at once.
+    fn opens_into(&self) -> bool {
+        false
+    }
+
+    /// Opens `packet` (what [`OpeningKey::open`] takes) into `out`, which it leaves
+    /// holding what `open` leaves in place up to the plaintext's end: the 4-byte length,
+    /// then the plaintext. Returns the plaintext's length.
+    fn open_into(&mut self, seqn: u32, packet: &[u8], out: &mut Vec<u8>) -> Result<usize, Error> {
+        out.clear();
+        out.extend_from_slice(packet);
+        let n = self.open(seqn, out)?.len();
+        out.truncate(PACKET_LENGTH_LEN + n);
+        Ok(n)
+    }
 }
 
 pub(crate) trait SealingKey {
@@ -315,101 +332,91 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
     buffer: &mut SSHBuffer,
     cipher: &mut (dyn OpeningKey + Send),
 ) -> Result<usize, Error> {
+    // What is read from the stream goes into `buffer.ahead` first, still encrypted, and
+    // stays there until its packet is whole (so a read cancelled half-way loses nothing).
+    let batch = cipher.opens_into();
     if buffer.len == 0 {
-        let mut probe = [0; READ_AHEAD];
-        let len_block = probe
-            .get_mut(..cipher.packet_length_to_read_for_block_length())
+        let l = cipher.packet_length_to_read_for_block_length();
+        fill(stream, buffer, l, batch).await?;
+        let at = buffer.ahead_at;
+        let len_block = buffer
+            .ahead
+            .get(at..at + l)
             .ok_or(Error::IndexOutOfBounds)?;
-        // The start of this packet may have come in with the end of the last one.
-        let ahead = buffer.take_ahead(len_block);
-        #[allow(clippy::indexing_slicing)] // ahead <= len_block.len()
-        if ahead < len_block.len() {
-            stream.read_exact(&mut len_block[ahead..]).await?;
-        }
-        let len_block = &*len_block;
         trace!("reading, len = {len_block:?}");
-        {
-            let seqn = buffer.seqn.0;
-            buffer.buffer.clear();
-            trace!("reading, seqn = {seqn:?}");
-            let len = cipher.decrypt_packet_length(seqn, len_block);
-            let len = BigEndian::read_u32(&len) as usize;
+        let seqn = buffer.seqn.0;
+        trace!("reading, seqn = {seqn:?}");
+        let len = cipher.decrypt_packet_length(seqn, len_block);
+        let len = BigEndian::read_u32(&len) as usize;
 
-            if len > MAXIMUM_PACKET_LEN {
-                return Err(Error::PacketSize(len));
-            }
-
-            // A valid packet (with its MAC tag) can never be shorter than the
-            // block we already read to probe it; a smaller value would shrink
-            // the buffer below `l` below and panic on the `buffer.buffer[l..]`
-            // slice. Reject it as a protocol error instead. The tag counts:
-            // with an EtM MAC and 8-byte blocks (3des-cbc), packet_length can
-            // be 8, and the probe also reads the start of the tag.
-            if len + PACKET_LENGTH_LEN + cipher.tag_len()
-                < cipher.packet_length_to_read_for_block_length()
-            {
-                return Err(Error::PacketSize(len));
-            }
-
-            buffer.len = len + cipher.tag_len();
-            trace!("reading, clear len = {:?}", buffer.len);
-            // The whole packet's room at once, and the read-ahead's: the buffer is
-            // often a new one (the last packet's became that packet's storage).
-            buffer
-                .buffer
-                .reserve(buffer.len + PACKET_LENGTH_LEN + READ_AHEAD);
-            buffer.buffer.extend_from_slice(len_block);
+        if len > MAXIMUM_PACKET_LEN {
+            return Err(Error::PacketSize(len));
         }
+
+        // A valid packet (with its MAC tag) can never be shorter than the
+        // block we already read to probe it; a smaller value would make the
+        // packet end before the probe. Reject it as a protocol error instead.
+        // The tag counts: with an EtM MAC and 8-byte blocks (3des-cbc),
+        // packet_length can be 8, and the probe also reads the start of the tag.
+        if len + PACKET_LENGTH_LEN + cipher.tag_len() < l {
+            return Err(Error::PacketSize(len));
+        }
+
+        buffer.len = len + cipher.tag_len();
+        trace!("reading, clear len = {:?}", buffer.len);
     }
 
-    let total = buffer.len + 4;
+    let total = buffer.len + PACKET_LENGTH_LEN;
     trace!("read_exact {total:?}");
+    fill(stream, buffer, total, batch).await?;
+    trace!("read_exact done");
 
-    let l = cipher.packet_length_to_read_for_block_length();
-
-    // The rest of the packet goes into the spare capacity reserved with the length: no
-    // zero-filling it first (a memset of every byte received), and never more than
-    // this packet.
-    buffer.buffer.truncate(l);
-    // Then what was read ahead past the length, never more than this packet...
-    if buffer.ahead_len > 0 {
-        let mut ahead = [0; READ_AHEAD];
-        let ahead = ahead
-            .get_mut(..total.saturating_sub(l).min(buffer.ahead_len))
-            .unwrap_or_default();
-        buffer.take_ahead(ahead);
-        buffer.buffer.extend_from_slice(ahead);
-    }
-    // ... and the rest from the stream, with the start of the next packet if it is
-    // already there: when packets follow each other, reading the next one's length
-    // then costs no read of its own. The loop waits for this packet only.
-    while buffer.buffer.len() < total {
-        let want = total + READ_AHEAD - buffer.buffer.len();
-        if stream
-            .read_buf(&mut (&mut buffer.buffer).limit(want))
-            .await?
-            == 0
-        {
-            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+    let seqn = buffer.seqn.0;
+    let at = buffer.ahead_at;
+    let plaintext_len = if batch {
+        // Opened from where it was read into a buffer of its own, which becomes the
+        // packet's payload: no copy.
+        let packet = buffer
+            .ahead
+            .get(at..at + total)
+            .ok_or(Error::IndexOutOfBounds)?;
+        let n = cipher.open_into(seqn, packet, &mut buffer.buffer)?;
+        buffer.ahead_at += total;
+        n
+    } else {
+        if at == 0 && buffer.ahead.len() <= total + READ_AHEAD {
+            // The packet starts the read buffer, which becomes the packet's (what
+            // follows, at most READ_AHEAD bytes, moves to a new one): no copy.
+            let rest = buffer.ahead.split_off(total);
+            buffer.buffer = std::mem::replace(&mut buffer.ahead, rest);
+        } else {
+            // Only after a key exchange that changed to a cipher that opens in place,
+            // with more read ahead than such a cipher reads.
+            buffer.buffer.clear();
+            buffer.buffer.extend_from_slice(
+                buffer
+                    .ahead
+                    .get(at..at + total)
+                    .ok_or(Error::IndexOutOfBounds)?,
+            );
+            buffer.ahead_at += total;
+        }
+        cipher.open(seqn, &mut buffer.buffer)?.len()
+    };
+    if buffer.ahead_at == buffer.ahead.len() {
+        buffer.ahead_at = 0;
+        if buffer.reading_on {
+            // More is coming: keep the room.
+            buffer.ahead.clear();
+        } else {
+            // An idle connection holds no read buffer.
+            buffer.ahead = Vec::new();
         }
     }
-    #[allow(clippy::indexing_slicing)] // total <= len; what passed it is at most READ_AHEAD
-    if buffer.buffer.len() > total {
-        // Only read when everything read ahead before was used: `ahead` is empty.
-        let extra = buffer.buffer.len() - total;
-        buffer.ahead[..extra].copy_from_slice(&buffer.buffer[total..]);
-        buffer.ahead_len = extra;
-        buffer.buffer.truncate(total);
-    }
 
-    trace!("read_exact done");
-    let seqn = buffer.seqn.0;
-    let plaintext = cipher.open(seqn, &mut buffer.buffer)?;
-
-    let padding_length = *plaintext.first().to_owned().unwrap_or(&0) as usize;
+    let padding_length = *buffer.buffer.get(PACKET_LENGTH_LEN).unwrap_or(&0) as usize;
     trace!("reading, padding_length {padding_length:?}");
-    let plaintext_end = plaintext
-        .len()
+    let plaintext_end = plaintext_len
         .checked_sub(padding_length)
         .ok_or(Error::IndexOutOfBounds)?;
     let payload_len = plaintext_end.saturating_sub(PADDING_LENGTH_LEN);
@@ -420,10 +427,66 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
     buffer.bytes = buffer.bytes.saturating_add(payload_len);
     buffer.len = 0;
 
-    // Remove the padding
+    // Remove the padding (and the tag, where it was opened in place)
     buffer.buffer.resize(plaintext_end + 4, 0);
 
     Ok(plaintext_end + 4)
+}
+
+/// Reads until `buffer.ahead` holds `need` bytes from `buffer.ahead_at`. With nothing
+/// there, the wait is on a few bytes in a local array (an idle connection holds no
+/// read buffer), unless the last read returned all it asked for. Then it asks for the
+/// rest of what is needed and READ_AHEAD bytes more: the start of the next packet,
+/// when packets follow each other, comes with no read of its own. Where the cipher
+/// opens packets from where they lie (`batch`) and the last read returned all it
+/// asked for, it asks for READ_BATCH bytes (or what is needed, if more): several
+/// packets per read, instead of one.
+async fn fill<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    buffer: &mut SSHBuffer,
+    need: usize,
+    batch: bool,
+) -> Result<(), Error> {
+    loop {
+        let unread = buffer.ahead.len() - buffer.ahead_at;
+        if unread >= need {
+            return Ok(());
+        }
+        let n = if unread == 0 && !(batch && buffer.reading_on) {
+            let mut probe = [0; READ_AHEAD];
+            let want = probe
+                .get_mut(..need.min(READ_AHEAD))
+                .ok_or(Error::IndexOutOfBounds)?;
+            let n = stream.read(want).await?;
+            buffer.ahead.clear();
+            buffer.ahead_at = 0;
+            buffer
+                .ahead
+                .extend_from_slice(want.get(..n).ok_or(Error::IndexOutOfBounds)?);
+            n
+        } else {
+            let want = if batch && buffer.reading_on {
+                (need - unread).max(READ_BATCH)
+            } else {
+                need - unread + READ_AHEAD
+            };
+            let room = unread + want;
+            if buffer.ahead.capacity() - buffer.ahead_at < room {
+                // What is left of the last read (part of a packet) moves to the front.
+                buffer.ahead.drain(..buffer.ahead_at);
+                buffer.ahead_at = 0;
+                buffer.ahead.reserve_exact(room - buffer.ahead.len());
+            }
+            let n = stream
+                .read_buf(&mut (&mut buffer.ahead).limit(want))
+                .await?;
+            buffer.reading_on = n == want;
+            n
+        };
+        if n == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+    }
 }
 
 pub(crate) const PACKET_LENGTH_LEN: usize = 4;
@@ -431,6 +494,11 @@ pub(crate) const PACKET_LENGTH_LEN: usize = 4;
 /// How many bytes past the end of a packet `read` asks the stream for: at least every
 /// cipher's length probe (`OpeningKey::packet_length_to_read_for_block_length`).
 pub(crate) const READ_AHEAD: usize = 16;
+
+/// How many bytes `read` asks the stream for at once when it keeps having more than was
+/// asked for, and the cipher opens packets from where they lie: four full channel data
+/// packets of OpenSSH's.
+pub(crate) const READ_BATCH: usize = 128 * 1024;
 
 const MINIMUM_PACKET_LEN: usize = 16;
 // Keep the transport limit aligned with the 256 KiB channel packet baseline.
@@ -545,7 +613,11 @@ mod read_ahead_tests {
                     let n = read(&mut stream, &mut buffer, &mut *opening).await.unwrap();
                     assert_eq!(&buffer.buffer[5..n], &p[..], "{cipher:?}, reads of {chunk}");
                 }
-                assert_eq!(buffer.ahead_len, 0, "{cipher:?}, reads of {chunk}");
+                assert_eq!(buffer.ahead_at, buffer.ahead.len(), "{cipher:?}, reads of {chunk}");
+                if chunk == usize::MAX {
+                    // The last read had less than it asked for: nothing kept.
+                    assert_eq!(buffer.ahead.capacity(), 0, "{cipher:?}");
+                }
                 buffer.buffer.clear();
                 assert!(read(&mut stream, &mut buffer, &mut *opening).await.is_err());
             }
@@ -555,7 +627,9 @@ mod read_ahead_tests {
     #[tokio::test]
     #[allow(clippy::unwrap_used)]
     async fn packets_that_follow_each_other_take_one_read_each() {
-        let (data, mut opening) = sealed(&AES_128_GCM, &crate::mac::_NONE, &payloads());
+        // A cipher that opens in place: each packet is read into a buffer of its own.
+        let (data, mut opening) = sealed(&CHACHA20_POLY1305, &crate::mac::_NONE, &payloads());
+        assert!(!opening.opens_into());
         let mut stream = Chunked::over(data, usize::MAX);
         let mut buffer = SSHBuffer::new();
         for _ in payloads() {
@@ -565,6 +639,42 @@ mod read_ahead_tests {
         // The first packet's length, then each packet's rest with the next's length
         // (it was two reads per packet).
         assert_eq!(stream.reads, payloads().len() + 1);
+    }
+
+    #[tokio::test]
+    #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    async fn packets_waiting_in_the_stream_are_read_together() {
+        // AES-GCM opens a packet from where it was read: the packets the stream already
+        // holds come in one read.
+        let (data, mut opening) = sealed(&AES_128_GCM, &crate::mac::_NONE, &payloads());
+        assert!(opening.opens_into());
+        let mut stream = Chunked::over(data, usize::MAX);
+        let mut buffer = SSHBuffer::new();
+        for p in payloads() {
+            buffer.buffer.clear();
+            let n = read(&mut stream, &mut buffer, &mut *opening).await.unwrap();
+            assert_eq!(&buffer.buffer[5..n], &p[..]);
+        }
+        // The first packet's length (4 bytes, into a local array), its rest with 16
+        // bytes more (all there were asked for: more may be waiting), then the rest of
+        // the stream, 38 KiB, in one read of up to READ_BATCH.
+        assert_eq!(stream.reads, 3);
+        // That read had less than it asked for: the buffer went with the last packet.
+        assert_eq!(buffer.ahead.capacity(), 0);
+
+        // A stream that keeps more than a batch: each read brings READ_BATCH bytes
+        // while the stream has them.
+        let many: Vec<Vec<u8>> = (0..64).map(|i| vec![i as u8; 32768]).collect();
+        let (data, mut opening) = sealed(&AES_128_GCM, &crate::mac::_NONE, &many);
+        let size = data.len();
+        let mut stream = Chunked::over(data, usize::MAX);
+        let mut buffer = SSHBuffer::new();
+        for p in &many {
+            buffer.buffer.clear();
+            let n = read(&mut stream, &mut buffer, &mut *opening).await.unwrap();
+            assert_eq!(&buffer.buffer[5..n], &p[..]);
+        }
+        assert!(stream.reads <= 2 + size.div_ceil(READ_BATCH), "{} reads", stream.reads);
     }
 }
 
