@@ -87,9 +87,14 @@ impl super::Cipher for GcmCipher {
 }
 
 impl GcmCipher {
-    /// The AEAD interface's opening key (the streaming keys' tests check them against it).
+    /// The AEAD interface's opening key: where aws-lc's streaming one is not to be had,
+    /// and for the streaming keys' tests.
     #[allow(clippy::unwrap_used)]
-    pub(super) fn one_shot_opening_key(&self, k: &[u8], n: &[u8]) -> impl super::OpeningKey + Send + use<> {
+    pub(super) fn one_shot_opening_key(
+        &self,
+        k: &[u8],
+        n: &[u8],
+    ) -> impl super::OpeningKey + Send + use<> {
         OpeningKey(AeadOpeningKey::new(
             UnboundKey::new(self.0, k).unwrap(),
             Nonce(n.try_into().unwrap()),
@@ -99,7 +104,11 @@ impl GcmCipher {
     /// The AEAD interface's sealing key.
     #[cfg(test)]
     #[allow(clippy::unwrap_used)]
-    pub(super) fn one_shot_sealing_key(&self, k: &[u8], n: &[u8]) -> impl super::SealingKey + Send + use<> {
+    pub(super) fn one_shot_sealing_key(
+        &self,
+        k: &[u8],
+        n: &[u8],
+    ) -> impl super::SealingKey + Send + use<> {
         SealingKey(AeadSealingKey::new(
             UnboundKey::new(self.0, k).unwrap(),
             Nonce(n.try_into().unwrap()),

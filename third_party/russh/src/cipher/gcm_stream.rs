@@ -263,42 +263,50 @@ impl StreamingOpeningKey {
         (keyed == 1).then_some(this)
     }
 
-    /// Opens the packet `packet` (the 4-byte length, the encrypted rest, the tag),
-    /// writing the rest's plaintext to `to`; advances the nonce whether or not the tag
-    /// matched (a packet that does not open ends the connection).
+    /// Opens the `len`-byte packet at `packet` (the 4-byte length, the encrypted rest,
+    /// the tag), writing the rest's plaintext to `to`; returns the plaintext's length.
+    /// Advances the nonce whether or not the tag matched (a packet that does not open
+    /// ends the connection).
     ///
     /// # Safety
-    /// `to` must be writable for `packet.len() - PACKET_LENGTH_LEN - TAG_LEN` bytes,
-    /// and be the start of the encrypted rest or not overlap `packet`.
-    unsafe fn open_from(&mut self, packet: &[u8], to: *mut u8) -> Result<usize, Error> {
-        let body_len = packet
-            .len()
+    /// `packet` must be readable for `len` bytes, and `to` writable for
+    /// `len - PACKET_LENGTH_LEN - TAG_LEN` bytes; `to` is the start of the encrypted
+    /// rest (opened in place) or does not overlap the packet.
+    unsafe fn open_from(
+        &mut self,
+        packet: *const u8,
+        len: usize,
+        to: *mut u8,
+    ) -> Result<usize, Error> {
+        let body_len = len
             .checked_sub(PACKET_LENGTH_LEN + TAG_LEN)
             .filter(|n| i32::try_from(*n).is_ok())
             .ok_or(Error::DecryptionError)?;
         let ctx = self.ctx.as_ptr();
-        let (aad, rest) = packet.split_at(PACKET_LENGTH_LEN);
-        let (body, tag) = rest.split_at(body_len);
+        // The length and the tag are read before the body is decrypted (in place, it is
+        // written over; they are not), and the tag is passed by a mutable pointer.
+        let mut aad = [0u8; PACKET_LENGTH_LEN];
+        let mut tag = [0u8; TAG_LEN];
         let mut out_len: std::os::raw::c_int = 0;
-        // `EVP_CIPHER_CTX_ctrl` takes the tag through a mutable pointer.
-        let mut tag_copy = [0u8; TAG_LEN];
-        tag_copy.copy_from_slice(tag);
-        // SAFETY: keyed in `new`; a 12-byte nonce; `to` holds `body_len` bytes (the
-        // caller's promise); the tag is TAG_LEN bytes; the final call writes nothing
-        // (GCM has no block left over), `out_len` says so.
+        // SAFETY: the caller's promises; the length is the packet's first 4 bytes, the
+        // body the `body_len` after them, the tag the last TAG_LEN. The context was keyed
+        // in `new`; the nonce has GCM's 12 bytes; the final call writes nothing (GCM
+        // keeps no block back), which `out_len` confirms.
         let opened = unsafe {
+            let body = packet.add(PACKET_LENGTH_LEN);
+            std::ptr::copy_nonoverlapping(packet, aad.as_mut_ptr(), PACKET_LENGTH_LEN);
+            std::ptr::copy_nonoverlapping(body.add(body_len), tag.as_mut_ptr(), TAG_LEN);
             EVP_DecryptInit_ex(ctx, null(), null_mut(), null(), self.nonce.as_ptr()) == 1
                 && EVP_DecryptUpdate(ctx, null_mut(), &mut out_len, aad.as_ptr(), aad.len() as _)
                     == 1
                 && (body_len == 0
-                    || (EVP_DecryptUpdate(ctx, to, &mut out_len, body.as_ptr(), body_len as _)
-                        == 1
+                    || (EVP_DecryptUpdate(ctx, to, &mut out_len, body, body_len as _) == 1
                         && out_len as usize == body_len))
                 && EVP_CIPHER_CTX_ctrl(
                     ctx,
                     EVP_CTRL_GCM_SET_TAG as _,
                     TAG_LEN as _,
-                    tag_copy.as_mut_ptr().cast(),
+                    tag.as_mut_ptr().cast(),
                 ) == 1
                 && EVP_DecryptFinal_ex(ctx, to.add(body_len), &mut out_len) == 1
                 && out_len == 0
@@ -324,15 +332,17 @@ impl super::OpeningKey for StreamingOpeningKey {
         TAG_LEN
     }
 
-    fn open<'a>(&mut self, _seqn: u32, ciphertext_and_tag: &'a mut [u8]) -> Result<&'a [u8], Error> {
-        let body_len = ciphertext_and_tag
-            .len()
-            .checked_sub(PACKET_LENGTH_LEN + TAG_LEN)
-            .ok_or(Error::DecryptionError)?;
-        let to = ciphertext_and_tag.as_mut_ptr().wrapping_add(PACKET_LENGTH_LEN);
-        // SAFETY: in place: `to` is the start of the encrypted rest, `body_len` bytes of
-        // the slice.
-        unsafe { self.open_from(ciphertext_and_tag, to)? };
+    fn open<'a>(
+        &mut self,
+        _seqn: u32,
+        ciphertext_and_tag: &'a mut [u8],
+    ) -> Result<&'a [u8], Error> {
+        let len = ciphertext_and_tag.len();
+        let packet = ciphertext_and_tag.as_mut_ptr();
+        // SAFETY: in place, within the slice: the packet is its `len` bytes, `to` the
+        // start of the encrypted rest.
+        let body_len =
+            unsafe { self.open_from(packet, len, packet.wrapping_add(PACKET_LENGTH_LEN))? };
         ciphertext_and_tag
             .get(PACKET_LENGTH_LEN..PACKET_LENGTH_LEN + body_len)
             .ok_or(Error::DecryptionError)
@@ -354,7 +364,11 @@ impl super::OpeningKey for StreamingOpeningKey {
         // (borrowed mutably while `packet` is borrowed); every byte of the body is
         // written when the packet opens, and `out` keeps only the length otherwise.
         unsafe {
-            self.open_from(packet, out.as_mut_ptr().add(PACKET_LENGTH_LEN))?;
+            self.open_from(
+                packet.as_ptr(),
+                packet.len(),
+                out.as_mut_ptr().add(PACKET_LENGTH_LEN),
+            )?;
             out.set_len(PACKET_LENGTH_LEN + body_len);
         }
         Ok(body_len)
