@@ -708,12 +708,13 @@ def main():
             ld, lu = med(down[k]) / 2**20, med(up[k]) / 2**20
             lines.append(f"| {k} | {ld:.0f} | {med(sd)/2**20:.0f} | {med(sd)/2**20/ld:.2f} | {lu:.0f} | "
                          f"{med(su)/2**20:.0f} | {med(su)/2**20/lu:.2f} | {med(settle):.1f} |")
-    lines += ["", f"Connection set-up, `ssh ... true` x{a.setups} (ms; ratio of medians to direct / to OpenSSH ProxyJump):", "",
-              "| path | median | p95 | ratio | vs jump |", "| --- | ---: | ---: | ---: | ---: |"]
-    for k in setup_paths:
-        m = med(setups[k]) * 1000
-        lines.append(f"| {k} | {m:.0f} | {p95(setups[k])*1000:.0f} | {m/(med(setups['direct'])*1000):.2f} | "
-                     f"{m/(med(setups['openssh-jump'])*1000):.2f} |")
+    if a.setups:  # --setups 0 leaves the set-up out
+        lines += ["", f"Connection set-up, `ssh ... true` x{a.setups} (ms; ratio of medians to direct / to OpenSSH "
+                  "ProxyJump):", "", "| path | median | p95 | ratio | vs jump |", "| --- | ---: | ---: | ---: | ---: |"]
+        for k in setup_paths:
+            m = med(setups[k]) * 1000
+            lines.append(f"| {k} | {m:.0f} | {p95(setups[k])*1000:.0f} | {m/(med(setups['direct'])*1000):.2f} | "
+                         f"{m/(med(setups['openssh-jump'])*1000):.2f} |")
     if conc:
         lines += ["", "Concurrent idle interactive sessions (pty + shell) through Portcullis, opened 16 at a time "
                   "by one russh client (proxy RSS after each level; per session = growth over one warm session; "
