@@ -373,9 +373,18 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
 
     let seqn = buffer.seqn.0;
     let at = buffer.ahead_at;
-    let plaintext_len = if batch {
+    let plaintext_len = if !batch && at == 0 && buffer.ahead.len() <= total + READ_AHEAD {
+        // A cipher that opens in place: the packet starts the read buffer, which becomes
+        // the packet's (what follows, at most READ_AHEAD bytes, moves to a new one): no
+        // copy.
+        let rest = buffer.ahead.split_off(total);
+        buffer.buffer = std::mem::replace(&mut buffer.ahead, rest);
+        cipher.open(seqn, &mut buffer.buffer)?.len()
+    } else {
         // Opened from where it was read into a buffer of its own, which becomes the
-        // packet's payload: no copy.
+        // packet's payload: no copy where the cipher can (`opens_into`). One that opens
+        // in place gets here only after a key exchange changed to it with more read
+        // ahead than it reads, and copies the packet first.
         let packet = buffer
             .ahead
             .get(at..at + total)
@@ -383,25 +392,6 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
         let n = cipher.open_into(seqn, packet, &mut buffer.buffer)?;
         buffer.ahead_at += total;
         n
-    } else {
-        if at == 0 && buffer.ahead.len() <= total + READ_AHEAD {
-            // The packet starts the read buffer, which becomes the packet's (what
-            // follows, at most READ_AHEAD bytes, moves to a new one): no copy.
-            let rest = buffer.ahead.split_off(total);
-            buffer.buffer = std::mem::replace(&mut buffer.ahead, rest);
-        } else {
-            // Only after a key exchange that changed to a cipher that opens in place,
-            // with more read ahead than such a cipher reads.
-            buffer.buffer.clear();
-            buffer.buffer.extend_from_slice(
-                buffer
-                    .ahead
-                    .get(at..at + total)
-                    .ok_or(Error::IndexOutOfBounds)?,
-            );
-            buffer.ahead_at += total;
-        }
-        cipher.open(seqn, &mut buffer.buffer)?.len()
     };
     if buffer.ahead_at == buffer.ahead.len() {
         buffer.ahead_at = 0;
