@@ -555,6 +555,24 @@ pub(crate) fn future_or_pending<R, F: Future<Output = R>, T>(
     }
 }
 
+/// Points `timer` at `deadline` if that is not what it was last armed for
+/// (`armed`). The session loops ask on every pass; a timer made anew each time
+/// would cost a clock read and an insertion into the timer wheel and a removal
+/// from it. Without a deadline the timer is left as it was, and the loops stop
+/// polling it while `armed` is `None`.
+pub(crate) fn rearm(
+    timer: Pin<&mut tokio::time::Sleep>,
+    armed: &mut Option<tokio::time::Instant>,
+    deadline: Option<tokio::time::Instant>,
+) {
+    if deadline != *armed {
+        if let Some(at) = deadline {
+            timer.reset(at);
+        }
+        *armed = deadline;
+    }
+}
+
 /// Pending channel-open state, passed through the reply handle to the session loop.
 #[derive(Debug)]
 #[doc(hidden)]

@@ -1798,3 +1798,27 @@ mod rekey_under_load {
         assert!(echoed == payload, "echoed data differs from what was sent");
     }
 }
+
+#[tokio::test]
+async fn rearm_moves_the_timer_only_when_the_deadline_changes() {
+    use std::time::Duration;
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
+    let mut armed = None;
+    let at = tokio::time::Instant::now() + Duration::from_secs(60);
+
+    rearm(timer.as_mut(), &mut armed, Some(at));
+    assert_eq!((timer.deadline(), armed), (at, Some(at)));
+
+    // Asked again for the same deadline, the timer is left alone.
+    let elsewhere = at + Duration::from_secs(1);
+    timer.as_mut().reset(elsewhere);
+    rearm(timer.as_mut(), &mut armed, Some(at));
+    assert_eq!(timer.deadline(), elsewhere);
+
+    // No deadline disarms it (the loops stop polling it); the next one re-arms it.
+    rearm(timer.as_mut(), &mut armed, None);
+    assert_eq!(armed, None);
+    rearm(timer.as_mut(), &mut armed, Some(at));
+    assert_eq!((timer.deadline(), armed), (at, Some(at)));
+}

@@ -1417,6 +1417,11 @@ impl Session {
             crate::future_or_pending(self.common.config.inactivity_timeout, tokio::time::sleep);
         pin!(inactivity_timer);
 
+        // One rekey timer for the connection, re-armed only when its deadline moves.
+        let rekey_timer = tokio::time::sleep(Duration::ZERO);
+        pin!(rekey_timer);
+        let mut rekey_armed = None;
+
         let reading = start_reading(stream_read, buffer, opening_cipher);
         pin!(reading);
 
@@ -1430,9 +1435,7 @@ impl Session {
             // application output in its bounded receivers while a channel is
             // window-blocked.
             let can_receive_outbound = !self.kex.active() && !self.common.has_any_pending_data();
-            let rekey_timer =
-                crate::future_or_pending(self.rekey_time_remaining(), tokio::time::sleep);
-            pin!(rekey_timer);
+            crate::rearm(rekey_timer.as_mut(), &mut rekey_armed, self.rekey_deadline());
             tokio::select! {
                 r = &mut reading => {
                     let (stream_read, mut buffer, mut opening_cipher) = match r {
@@ -1475,7 +1478,7 @@ impl Session {
                     std::mem::swap(&mut opening_cipher, &mut self.common.remote_to_local);
                     reading.set(start_reading(stream_read, buffer, opening_cipher));
                 }
-                () = &mut rekey_timer => {
+                () = &mut rekey_timer, if rekey_armed.is_some() => {
                     // The flush after the select sees the elapsed limit.
                     debug!("rekey time limit reached");
                 }
@@ -1568,13 +1571,17 @@ impl Session {
                 // data from it.
                 self.common.alive_timeouts = 0;
             }
+            // Both timers restart from the same reading of the clock.
+            let mut now = None;
             if (self.common.received_data || keepalive_elapsed)
                 && let (futures::future::Either::Right(ref mut sleep), Some(d)) = (
                     keepalive_timer.as_mut().as_pin_mut(),
                     self.common.config.keepalive_interval,
                 )
             {
-                sleep.as_mut().reset(tokio::time::Instant::now() + d);
+                sleep
+                    .as_mut()
+                    .reset(*now.get_or_insert_with(tokio::time::Instant::now) + d);
             }
             if !keepalive_elapsed
                 && let (futures::future::Either::Right(ref mut sleep), Some(d)) = (
@@ -1582,7 +1589,9 @@ impl Session {
                     self.common.config.inactivity_timeout,
                 )
             {
-                sleep.as_mut().reset(tokio::time::Instant::now() + d);
+                sleep
+                    .as_mut()
+                    .reset(*now.get_or_insert_with(tokio::time::Instant::now) + d);
             }
         }
 
@@ -1902,14 +1911,27 @@ impl Session {
                 .is_some_and(|enc| matches!(enc.state, EncryptedState::Authenticated))
     }
 
-    fn rekey_time_remaining(&self) -> Option<Duration> {
-        if cfg!(target_arch = "wasm32") || !self.automatic_rekey_allowed() {
+    /// When the event loop's rekey timer should fire (see `Encrypted::rekey_deadline`).
+    #[cfg(not(target_arch = "wasm32"))]
+    fn rekey_deadline(&self) -> Option<tokio::time::Instant> {
+        if !self.automatic_rekey_allowed() {
             return None;
         }
         self.common
             .encrypted
             .as_ref()?
-            .rekey_time_remaining(&self.common.config.limits, &self.common.packet_writer)
+            .rekey_deadline(&self.common.config.limits, &self.common.packet_writer)
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    fn rekey_deadline(&self) -> Option<tokio::time::Instant> {
+        None
+    }
+
+    #[cfg(test)]
+    fn rekey_time_remaining(&self) -> Option<Duration> {
+        self.rekey_deadline()
+            .map(|at| at.saturating_duration_since(tokio::time::Instant::now()))
     }
 
     /// Flush the temporary cleartext buffer into the encryption

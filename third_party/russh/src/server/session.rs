@@ -663,6 +663,11 @@ impl Session {
             future_or_pending(self.common.config.inactivity_timeout, tokio::time::sleep);
         pin!(inactivity_timer);
 
+        // One rekey timer for the connection, re-armed only when its deadline moves.
+        let rekey_timer = tokio::time::sleep(Duration::ZERO);
+        pin!(rekey_timer);
+        let mut rekey_armed = None;
+
         let reading = start_reading(stream_read, buffer, opening_cipher);
         pin!(reading);
         let mut is_reading = None;
@@ -717,8 +722,7 @@ impl Session {
                 }
             }
 
-            let rekey_timer = future_or_pending(self.rekey_time_remaining(), tokio::time::sleep);
-            pin!(rekey_timer);
+            crate::rearm(rekey_timer.as_mut(), &mut rekey_armed, self.rekey_deadline());
 
             tokio::select! {
                 r = &mut reading => {
@@ -784,7 +788,7 @@ impl Session {
                     }
                     reading.set(start_reading(stream_read, buffer, opening_cipher));
                 }
-                () = &mut rekey_timer => {
+                () = &mut rekey_timer, if rekey_armed.is_some() => {
                     if self.awaiting_first_kexinit() {
                         debug!("no KEXINIT from the client yet: sending ours");
                         self.begin_rekey(None)?;
@@ -849,13 +853,17 @@ impl Session {
                 // data from it.
                 self.common.alive_timeouts = 0;
             }
+            // Both timers restart from the same reading of the clock.
+            let mut now = None;
             if (self.common.received_data || sent_keepalive)
                 && let (futures::future::Either::Right(ref mut sleep), Some(d)) = (
                     keepalive_timer.as_mut().as_pin_mut(),
                     self.common.config.keepalive_interval,
                 )
             {
-                sleep.as_mut().reset(tokio::time::Instant::now() + d);
+                sleep
+                    .as_mut()
+                    .reset(*now.get_or_insert_with(tokio::time::Instant::now) + d);
             }
             if !sent_keepalive
                 && let (futures::future::Either::Right(ref mut sleep), Some(d)) = (
@@ -863,7 +871,9 @@ impl Session {
                     self.common.config.inactivity_timeout,
                 )
             {
-                sleep.as_mut().reset(tokio::time::Instant::now() + d);
+                sleep
+                    .as_mut()
+                    .reset(*now.get_or_insert_with(tokio::time::Instant::now) + d);
             }
         }
         debug!("disconnected");
@@ -982,11 +992,11 @@ impl Session {
                 .is_some_and(|enc| Self::automatic_rekey_eligible(&enc.state))
     }
 
-    fn rekey_time_remaining(&self) -> Option<Duration> {
+    /// When the event loop's rekey timer should fire (see `Encrypted::rekey_deadline`):
+    /// before the client's first KEXINIT, when the server stops waiting for it.
+    fn rekey_deadline(&self) -> Option<tokio::time::Instant> {
         if self.awaiting_first_kexinit() {
-            return self
-                .first_kexinit_deadline
-                .map(|d| d.saturating_duration_since(russh_util::time::Instant::now()));
+            return self.first_kexinit_deadline.map(Into::into);
         }
         if !self.automatic_rekey_allowed() {
             return None;
@@ -994,7 +1004,13 @@ impl Session {
         self.common
             .encrypted
             .as_ref()?
-            .rekey_time_remaining(&self.common.config.limits, &self.common.packet_writer)
+            .rekey_deadline(&self.common.config.limits, &self.common.packet_writer)
+    }
+
+    #[cfg(test)]
+    fn rekey_time_remaining(&self) -> Option<Duration> {
+        self.rekey_deadline()
+            .map(|at| at.saturating_duration_since(tokio::time::Instant::now()))
     }
 
     pub fn flush_pending(&mut self, channel: ChannelId) -> Result<usize, Error> {
@@ -1852,6 +1868,26 @@ mod tests {
         let enc = session.common.encrypted.as_mut().unwrap();
         enc.kex = KEXES.get(&crate::kex::CURVE25519).unwrap().make();
         enc.decompress = Decompress::None;
+    }
+
+    #[test]
+    fn the_rekey_deadline_reads_no_clock() {
+        let mut session = authenticated_session();
+        let limit = Duration::from_secs(3600);
+        allow_rekey(&mut session, crate::Limits::new(1 << 30, 1 << 30, limit));
+        let last_rekey = session.common.encrypted.as_ref().unwrap().last_rekey;
+        let deadline = Some(tokio::time::Instant::from_std(last_rekey + limit));
+        assert_eq!(session.rekey_deadline(), deadline);
+        // The same on the next pass of the event loop, so its timer is not re-armed.
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(session.rekey_deadline(), deadline);
+
+        // A limit beyond any representable time: no deadline, rather than a panic.
+        allow_rekey(
+            &mut session,
+            crate::Limits::new(1 << 30, 1 << 30, Duration::MAX),
+        );
+        assert_eq!(session.rekey_deadline(), None);
     }
 
     #[test]
