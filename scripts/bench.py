@@ -254,12 +254,40 @@ def spare_proxy(d, sd, extra=""):
     return pr, port
 
 
+# The bench targets a run calls, by name: copies made before anything is measured
+# (`freeze`), so that a run never compiles and measures one build throughout, even when
+# the sources change or another build finishes while it runs.
+BENCHES = {}
+
+
+def freeze(d):
+    """Builds the bench targets (host/benches/floor.rs, idle_sessions.rs, decision.rs) and
+    copies them and the proxy's binary into `d`; BIN then names the copy."""
+    global BIN
+    out = subprocess.run(["cargo", "bench", "--no-run", "-q", "--message-format=json", "-p", "portcullis",
+                          *(f"--bench={b}" for b in ("floor", "idle_sessions", "decision"))],
+                         cwd=ROOT, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"building the bench targets failed:\n{out.stderr.strip()[-2000:]}")
+    os.makedirs(f"{d}/bin")
+    for line in out.stdout.splitlines():
+        m = json.loads(line) if line.startswith("{") else {}
+        if m.get("reason") == "compiler-artifact" and m.get("executable") and "bench" in m["target"]["kind"]:
+            BENCHES[m["target"]["name"]] = shutil.copy(m["executable"], f"{d}/bin/")
+    BIN = shutil.copy(BIN, f"{d}/bin/portcullis")
+
+
+def run_bench(name, *args):
+    """Runs bench target `name` as `cargo bench -p portcullis --bench NAME -- ARGS` would
+    (from the package's directory, `--bench` first), from its copy."""
+    return subprocess.run([BENCHES[name], "--bench", *args], cwd=os.path.join(ROOT, "host"),
+                          capture_output=True, text=True)
+
+
 def idle_bench(d, server, levels, *args):
     """The idle_sessions bench (host/benches/idle_sessions.rs) against `server` with the
     bench's client key: one JSON row per level it reached (said on stderr when it failed)."""
-    out = subprocess.run(["cargo", "bench", "-q", "-p", "portcullis", "--bench", "idle_sessions", "--",
-                          "--proxy", server, "--key", f"{d}/client", "--levels", str(levels), *args],
-                         cwd=ROOT, capture_output=True, text=True)
+    out = run_bench("idle_sessions", "--proxy", server, "--key", f"{d}/client", "--levels", str(levels), *args)
     rows = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
     if out.returncode != 0 or not rows:
         print(f"idle sessions step failed: {out.stderr.strip()[-2000:]}", file=sys.stderr)
@@ -436,8 +464,7 @@ BEGIN, END = "<!-- bench:latest -->", "<!-- /bench:latest -->"
 def floor_once():
     """One run of each model of `benches/floor.rs` (the bare work of a proxy that ends
     SSH: sockets, copies, AES-GCM passes): its relay thread's CPU seconds per GiB."""
-    run = subprocess.run(["cargo", "bench", "-q", "-p", "portcullis", "--bench", "floor", "--", "1"],
-                         cwd=ROOT, capture_output=True, text=True)
+    run = run_bench("floor", "1")
     if run.returncode != 0:
         # The rest of the run is still worth having: the floor column shows "-".
         print(f"note: the floor bench failed: {run.stderr.strip()[-500:]}", file=sys.stderr)
@@ -575,6 +602,7 @@ def main():
     if CLIENT_GROUP:
         atexit.register(remove_group, CLIENT_GROUP)
     d = tempfile.mkdtemp(prefix="portcullis-bench-"); os.chmod(d, 0o755)
+    freeze(d)
     ports, procs, proxy, relay = setup(d)
     try:
         p = paths(d, ports)
@@ -620,9 +648,6 @@ def main():
             cpu[k][direction][1].append((m1 - m0) / TICK / gib)
             cpu[k][direction][2].append((c1 - c0) / gib)
             return rate
-        # The floor's relay is built now, so that no build runs between the transfers.
-        subprocess.run(["cargo", "bench", "--no-run", "-q", "-p", "portcullis", "--bench", "floor"],
-                       cwd=ROOT, capture_output=True)
         floors = []
         for _ in range(a.runs):  # alternate the paths so that noise hits all alike
             floors.append(floor_once())  # in the same minutes as the round's transfers
@@ -648,9 +673,7 @@ def main():
         console = console_index(d, a.console_records) if a.console_records else None
         crit = ""
         if not a.skip_criterion:
-            out = subprocess.run(["cargo", "bench", "-q", "-p", "portcullis", "--bench", "decision", "--",
-                                  "--warm-up-time", "2", "--measurement-time", "5"],
-                                 cwd=ROOT, capture_output=True, text=True).stdout
+            out = run_bench("decision", "--warm-up-time", "2", "--measurement-time", "5").stdout
             # criterion puts a long bench name on a line of its own, before "time:".
             rows, label = [], ""
             for l in out.splitlines():
@@ -663,9 +686,9 @@ def main():
             crit = "\n".join(rows)
     except BaseException:
         # Keep what tells why (the proxy's log, the configs); drop the command logs, up
-        # to a GiB or more of them.
-        for logs in glob.glob(f"{d}/command-logs*"):
-            shutil.rmtree(logs, ignore_errors=True)
+        # to a GiB or more of them, and the copies of the binaries.
+        for big in glob.glob(f"{d}/command-logs*") + [f"{d}/bin"]:
+            shutil.rmtree(big, ignore_errors=True)
         print(f"bench: failed; the proxy's log and configs are left in {d}", file=sys.stderr)
         raise
     finally:
