@@ -279,8 +279,10 @@ def freeze(d):
 
 def run_bench(name, *args):
     """Runs bench target `name` as `cargo bench -p portcullis --bench NAME -- ARGS` would
-    (from the package's directory, `--bench` first), from its copy."""
+    (from the package's directory, `--bench` first), from its copy. CARGO_TARGET_DIR
+    tells criterion where the target directory is (under cargo it asks cargo)."""
     return subprocess.run([BENCHES[name], "--bench", *args], cwd=os.path.join(ROOT, "host"),
+                          env={**os.environ, "CARGO_TARGET_DIR": os.path.join(ROOT, "target")},
                           capture_output=True, text=True)
 
 
