@@ -724,6 +724,48 @@ mod tests {
         )
     }
 
+    /// The writer sends at once while the session's queue has room and the window's
+    /// lock is free, waits for either otherwise, and keeps the order of its writes.
+    #[tokio::test]
+    async fn writer_waits_only_for_room_or_the_window_lock() {
+        use tokio::io::AsyncWriteExt;
+
+        let window_size = WindowSizeRef::new(1 << 20);
+        let (write_half, mut receiver) = test_write_half(window_size.clone(), 4);
+        let mut writer = Box::pin(write_half.make_writer());
+        for i in 0..8 {
+            // The queue holds 8.
+            assert_eq!(writer.write(&[i; 4]).await.unwrap(), 4);
+        }
+        let held = window_size.value.clone().lock_owned().await;
+        let ninth = tokio::spawn(async move {
+            let n = writer.write(&[8; 4]).await.unwrap();
+            (n, writer)
+        });
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!ninth.is_finished(), "the window's lock is held");
+        drop(held);
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!ninth.is_finished(), "the queue is full");
+        for i in 0..9 {
+            match receiver.recv().await.unwrap() {
+                (ChannelId(7), ChannelMsg::Data { data }) => assert_eq!(data.as_ref(), [i; 4]),
+                msg => panic!("unexpected message: {msg:?}"),
+            }
+        }
+        let (n, mut writer) = ninth.await.unwrap();
+        assert_eq!(n, 4);
+        assert_eq!(*window_size.value.lock().await, (1 << 20) - 36);
+
+        drop(receiver);
+        let err = writer.write(b"late").await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe);
+    }
+
     #[tokio::test]
     async fn data_bytes_sends_one_owned_message_when_window_permits() {
         let payload = Bytes::from_static(b"owned data");

@@ -80,11 +80,21 @@ where
     }
 
     fn poll_writable(&mut self, cx: &mut Context<'_>, buf_len: usize) -> Poll<NonZeroUsize> {
-        let window_size = self.window_size.clone();
-        let window_size_fut = self
-            .window_size_fut
-            .get_or_insert_with(|| Box::pin(window_size.lock_owned()));
-        let mut window_size = ready!(window_size_fut.poll_unpin(cx));
+        // The lock is free unless the session is updating the window: take it at once,
+        // and box a future to wait for it only when it is not.
+        let mut window_size = match self.window_size_fut {
+            None => match Arc::clone(&self.window_size).try_lock_owned() {
+                Ok(guard) => guard,
+                Err(_) => {
+                    let window_size = Arc::clone(&self.window_size);
+                    let window_size_fut = self
+                        .window_size_fut
+                        .insert(Box::pin(window_size.lock_owned()));
+                    ready!(window_size_fut.poll_unpin(cx))
+                }
+            },
+            Some(ref mut window_size_fut) => ready!(window_size_fut.poll_unpin(cx)),
+        };
         self.window_size_fut.take();
 
         let writable = (self.max_packet_size).min(*window_size).min(buf_len as u32) as usize;
@@ -145,7 +155,7 @@ where
                 permit.send((self.id, msg).into());
                 Ok(writable)
             }
-            Err(SendError(())) => Err(io::Error::new(io::ErrorKind::BrokenPipe, "channel closed")),
+            Err(SendError(())) => Err(channel_closed()),
         }
     }
 }
@@ -170,6 +180,18 @@ where
             x
         } else {
             let (msg, writable) = ready!(self.poll_mk_msg(cx, buf));
+            // With room in the session's queue, the message goes at once; a boxed
+            // future waits for room only when there is none.
+            match self.sender.try_reserve() {
+                Ok(permit) => {
+                    permit.send((self.id, msg).into());
+                    return Poll::Ready(Ok(writable.into()));
+                }
+                Err(mpsc::error::TrySendError::Closed(())) => {
+                    return Poll::Ready(Err(channel_closed()));
+                }
+                Err(mpsc::error::TrySendError::Full(())) => {}
+            }
             self.activate(msg, writable.into())
         };
         let r = ready!(send_fut.as_mut().poll_unpin(cx));
@@ -192,6 +214,10 @@ where
         let r = ready!(send_fut.as_mut().poll_unpin(cx)).map(|(p, _, _)| (p, ChannelMsg::Eof, 0));
         Poll::Ready(self.handle_write_result(r).map(drop))
     }
+}
+
+fn channel_closed() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "channel closed")
 }
 
 impl<S> Drop for ChannelTx<S> {
